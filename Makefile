@@ -1,0 +1,31 @@
+# make demo : run the main job (toy-world demo) | make test : unit tests + every notebook in CI mode
+# Both create .venv on first use and reuse it until pyproject.toml changes.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint notebooks clean
+
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+	$(BIN)/pip install -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/deop-lite demo
+
+test: $(STAMP)
+	$(BIN)/ruff check deop_lite tests
+	DEOP_CI=1 MPLBACKEND=Agg $(BIN)/pytest
+
+# Re-execute every notebook in full (non-CI) mode and store its outputs, widget state stripped.
+notebooks: $(STAMP)
+	for nb in notebooks/*.ipynb; do \
+		$(BIN)/jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=3600 $$nb || exit 1; \
+		$(BIN)/python tools/strip_widget_state.py $$nb; \
+	done
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache

@@ -1,0 +1,75 @@
+"""ZS3 segmentation metrics from a confusion matrix, with detectron2's SemSegEvaluator conventions.
+
+- Pixels labelled ``ignore_index`` are not counted.
+- IoU_c = TP / (TP + FP + FN); a class with no ground-truth pixels in the whole dataset gets no IoU
+  (NaN) and is left out of every mean, even if it was predicted (its false positives still lower the
+  IoU of the true classes of those pixels, through their FN).
+- mIoU(seen), mIoU(unseen) average over the classes of each set that have IoU; hIoU is their harmonic
+  mean (ZS3Net's protocol). Pixel accuracy = correctly labelled / all labelled pixels.
+Results are percentages, as in the paper's tables.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+
+class SegmentationMeter:
+    """Accumulates a (C, C) confusion matrix over a dataset without keeping predictions.
+
+    >>> meter = SegmentationMeter(["a", "b"])
+    >>> meter.update(torch.tensor([[0, 1]]), torch.tensor([[0, 0]]))
+    >>> meter.compute()["pAcc"]
+    50.0
+    """
+
+    def __init__(self, class_names: Sequence[str], ignore_index: int = 255):
+        self.class_names = list(class_names)
+        self.ignore_index = ignore_index
+        self.confusion = torch.zeros(len(self.class_names), len(self.class_names), dtype=torch.int64)
+
+    def update(self, pred: torch.Tensor, label: torch.Tensor) -> None:
+        """Add a batch: ``pred`` and ``label`` are (B, H, W) (or any equal shape) int class ids."""
+        if pred.shape != label.shape:
+            raise ValueError(f"pred {tuple(pred.shape)} and label {tuple(label.shape)} must have the same shape")
+        n = len(self.class_names)
+        valid = label != self.ignore_index
+        pred, label = pred[valid].long().cpu(), label[valid].long().cpu()
+        if len(label) and (label.max() >= n or pred.min() < 0 or pred.max() >= n):
+            raise ValueError(f"class ids must lie in [0, {n}) or equal ignore_index {self.ignore_index}")
+        self.confusion += torch.bincount(label * n + pred, minlength=n * n).view(n, n)  # rows: truth
+
+    def per_class_iou(self) -> np.ndarray:
+        """(C,) IoU in percent; NaN for classes without ground-truth pixels."""
+        conf = self.confusion.double().numpy()
+        tp, gt, predicted = np.diag(conf), conf.sum(1), conf.sum(0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            iou = tp / (gt + predicted - tp)
+        iou[gt == 0] = np.nan
+        return 100 * iou
+
+    def compute(self, seen_classes: Sequence[str] | None = None,
+                unseen_classes: Sequence[str] | None = None) -> dict:
+        """mIoU (all classes), pAcc, and with a split also mIoU over seen and unseen and their hIoU."""
+        iou = self.per_class_iou()
+        conf = self.confusion.double()
+        total = conf.sum().item()
+        result = {"mIoU": _nanmean(iou), "pAcc": 100 * conf.diag().sum().item() / total if total else float("nan"),
+                  "IoU": dict(zip(self.class_names, iou.tolist()))}
+        if seen_classes is not None and unseen_classes is not None:
+            seen = _nanmean(iou[[self.class_names.index(c) for c in seen_classes]])
+            unseen = _nanmean(iou[[self.class_names.index(c) for c in unseen_classes]])
+            result.update(seen=seen, unseen=unseen, hIoU=harmonic_mean(seen, unseen))
+        return result
+
+
+def _nanmean(values: np.ndarray) -> float:
+    values = np.asarray(values, dtype=float)
+    return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
+
+
+def harmonic_mean(seen: float, unseen: float) -> float:
+    """hIoU = 2 * seen * unseen / (seen + unseen); 0 when both are 0."""
+    return 2 * seen * unseen / (seen + unseen) if seen + unseen > 0 else 0.0

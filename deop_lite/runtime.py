@@ -1,0 +1,48 @@
+"""Run mode, seeds, paths and device: the one place where deop_lite reads the environment.
+
+``DEOP_CI=1`` switches every notebook and command to CI mode (few steps, small sets). Nothing else in
+the package looks at environment variables; code asks ``runtime.CI`` instead.
+"""
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+CI: bool = os.environ.get("DEOP_CI", "0").strip().lower() in {"1", "true", "yes"}
+"""True when the package runs in CI mode (``DEOP_CI=1``)."""
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+PROJECT_ROOT = PACKAGE_DIR.parent
+DATA_DIR = PROJECT_ROOT / "data"
+"""Shipped checkpoints and fixtures (``data/`` at the repository root)."""
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA) in one call."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def default_device() -> torch.device:
+    """CUDA when available (never in CI mode), else CPU."""
+    if torch.cuda.is_available() and not CI:
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def run_mode() -> str:
+    """``"CI"``, ``"GPU"`` or ``"CPU"``: what notebooks print in their setup cell."""
+    if CI:
+        return "CI"
+    return "GPU" if default_device().type == "cuda" else "CPU"
+
+
+def describe() -> str:
+    """One line for a notebook's setup cell: run mode, device, torch version and thread count."""
+    return (f"run mode: {run_mode()} | device: {default_device()} | torch {torch.__version__} "
+            f"| {torch.get_num_threads()} CPU threads")

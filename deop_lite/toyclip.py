@@ -1,0 +1,291 @@
+"""The toy CLIP: an open_clip ``CLIP`` small enough to pre-train on toy-world captions on a CPU.
+
+Like real CLIP it is pre-trained contrastively on captions that cover **every** class, seen and unseen:
+only segmentation training is restricted to seen classes. It ships as ``data/toy_clip.safetensors``.
+
+Re-train it (about 25 minutes on 2 CPU cores, resumable; logs in ``runs/toy_clip/train.log``)::
+
+    python -m deop_lite.toyclip train
+
+Evaluate zero-shot classification of single-class toy images::
+
+    python -m deop_lite.toyclip eval
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import open_clip
+import torch
+import torch.nn.functional as F
+from open_clip.model import CLIPTextCfg, CLIPVisionCfg
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from . import runtime, toyworld
+from .train import TrainConfig, fit
+
+DEFAULT_CHECKPOINT = runtime.DATA_DIR / "toy_clip.safetensors"
+TRAIN_COMMAND = "python -m deop_lite.toyclip train"
+
+
+# ----------------------------------------------------------------------------------------------------
+# A word-level tokenizer over the toy vocabulary
+
+def toy_vocabulary() -> list[str]:
+    """Every word and punctuation mark the toy world's captions and prompts can use, sorted."""
+    texts = [*toyworld._SCENE_TEMPLATES, *toyworld._STUFF_TEMPLATES, *toyworld._OBJECT_TEMPLATES,
+             *toyworld.PROMPT_TEMPLATES, *toyworld.CLASS_NAMES, *toyworld.COLOURS, "and , an the"]
+    words = set()
+    for text in texts:
+        words.update(_split(re.sub(r"\{\w*\}", " ", text)))
+    return sorted(words)
+
+
+def _split(text: str) -> list[str]:
+    return re.findall(r"[a-z]+|[.,]", text.lower())
+
+
+class WordTokenizer:
+    """Words -> ids, padded to ``context_length``, like open_clip's tokenizers.
+
+    Ids: 0 is padding, words are 1..V, then start-of-text and end-of-text. End-of-text has the largest
+    id, so open_clip's ``argmax`` text pooling finds it, exactly as with OpenAI's BPE tokenizer.
+    """
+
+    def __init__(self, vocabulary: Sequence[str], context_length: int = 32):
+        self.vocabulary = list(vocabulary)
+        self.context_length = context_length
+        self.word_to_id = {w: i + 1 for i, w in enumerate(self.vocabulary)}
+        self.sot_id = len(self.vocabulary) + 1
+        self.eot_id = len(self.vocabulary) + 2
+        self.vocab_size = len(self.vocabulary) + 3
+
+    def encode(self, text: str) -> list[int]:
+        """Ids of ``text`` without start/end tokens; unknown words raise ``ValueError``."""
+        words = _split(text)
+        unknown = [w for w in words if w not in self.word_to_id]
+        if unknown:
+            raise ValueError(f"word(s) {unknown} are not in the toy CLIP's vocabulary; it knows: "
+                             f"{' '.join(self.vocabulary)}")
+        return [self.word_to_id[w] for w in words]
+
+    def __call__(self, texts: str | Sequence[str]) -> torch.Tensor:
+        """(B, context_length) int64: [SOT] words [EOT] 0 0 ..."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        tokens = torch.zeros(len(texts), self.context_length, dtype=torch.long)
+        for row, text in enumerate(texts):
+            ids = [self.sot_id, *self.encode(text), self.eot_id]
+            if len(ids) > self.context_length:
+                raise ValueError(f"{text!r} has {len(ids)} tokens, more than the context length "
+                                 f"{self.context_length}")
+            tokens[row, :len(ids)] = torch.tensor(ids)
+        return tokens
+
+    def decode(self, tokens: torch.Tensor) -> str:
+        """(L,) ids -> text, special tokens dropped."""
+        return " ".join(self.vocabulary[i - 1] for i in tokens.tolist() if 0 < i <= len(self.vocabulary))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Model and training configuration
+
+@dataclass
+class ToyClipConfig:
+    """Architecture of the toy CLIP and how it is pre-trained."""
+    embed_dim: int = 128
+    image_size: int = 64
+    patch_size: int = 8  # 64 x 64 images -> an 8 x 8 patch grid
+    vision_width: int = 128
+    vision_layers: int = 4
+    text_width: int = 128
+    text_layers: int = 2
+    context_length: int = 32
+    batch_size: int = 96
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        steps=2000, lr=1e-3, weight_decay=0.1, warmup_steps=100, log_every=25, checkpoint_every=250))
+
+    @classmethod
+    def tiny(cls) -> "ToyClipConfig":
+        """A few steps of a smaller model: for tests and CI smoke runs, not for use."""
+        return cls(vision_layers=2, text_layers=1, batch_size=16,
+                   train=TrainConfig(steps=4, warmup_steps=1, log_every=2, checkpoint_every=2))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ToyClipConfig":
+        d = dict(d)
+        d["train"] = TrainConfig(**d.get("train", {}))
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+
+
+def build_toy_clip(config: ToyClipConfig, vocab_size: int) -> open_clip.CLIP:
+    """A randomly initialised open_clip ``CLIP`` (QuickGELU, like OpenAI's ViT-B/16) of this config."""
+    vision = CLIPVisionCfg(layers=config.vision_layers, width=config.vision_width, head_width=64,
+                           patch_size=config.patch_size, image_size=config.image_size)
+    text = CLIPTextCfg(context_length=config.context_length, vocab_size=vocab_size, width=config.text_width,
+                       heads=config.text_width // 64, layers=config.text_layers)
+    return open_clip.CLIP(config.embed_dim, vision, text, quick_gelu=True)
+
+
+def contrastive_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, tokens: torch.Tensor,
+                     logit_scale: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE where identical captions are positives of each other, not negatives.
+
+    Args:
+        image_emb, text_emb: (B, D) unit-norm embeddings of matching pairs.
+        tokens: (B, L) caption token ids; rows with equal ids are the same caption.
+        logit_scale: scalar, log of the inverse temperature.
+    """
+    logits = logit_scale.exp().clamp(max=100) * image_emb @ text_emb.T  # (B, B)
+    same = (tokens[:, None, :] == tokens[None, :, :]).all(-1).float()  # (B, B), 1 on the diagonal
+    targets = same / same.sum(1, keepdim=True)  # each row spreads its mass over its duplicates
+    return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
+
+
+def caption_batch(step: int, batch_size: int, image_size: int) -> tuple[torch.Tensor, list[str]]:
+    """Batch ``step`` of the pre-training stream: (B, 3, S, S) raw images in [0, 1] and B captions."""
+    world = toyworld.ToyWorldConfig(image_size=image_size)
+    scenes = [toyworld.make_scene(toyworld.scene_rng("train", step * batch_size + i), world)
+              for i in range(batch_size)]
+    images = torch.from_numpy(np.stack([s.image for s in scenes])).permute(0, 3, 1, 2).float() / 255
+    return images, [s.caption for s in scenes]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Evaluation: zero-shot classification of single-class images
+
+@torch.no_grad()
+def evaluate_zero_shot(clip, n_per_class: int = 50, split: str = "val", batch_size: int = 256) -> dict:
+    """Top-1 accuracy of zero-shot classification over all 16 classes on single-class toy images.
+
+    Args:
+        clip: a :class:`deop_lite.clip.ClipModel`.
+    Returns:
+        dict with ``top1``, ``seen_top1``, ``unseen_top1`` (fractions) and ``confusion`` (C, C) int
+        counts (rows: true class, columns: predicted), class order ``toyworld.CLASS_NAMES``.
+    """
+    image_raw, targets = toyworld.single_class_images(n_per_class, split, toyworld.ToyWorldConfig(clip.image_size))
+    text_emb = clip.text_embeddings(toyworld.CLASS_NAMES)  # (C, D)
+    preds = torch.cat([(clip.encode_image(clip.normalize(chunk.to(clip.device))) @ text_emb.T).argmax(1).cpu()
+                       for chunk in image_raw.split(batch_size)])  # (n,)
+    n = len(toyworld.CLASS_NAMES)
+    confusion = torch.bincount(targets * n + preds, minlength=n * n).view(n, n)
+    correct = preds == targets
+    unseen = torch.tensor([toyworld.CLASS_NAMES[t] in toyworld.UNSEEN_CLASSES for t in targets])
+    return {"top1": correct.float().mean().item(), "seen_top1": correct[~unseen].float().mean().item(),
+            "unseen_top1": correct[unseen].float().mean().item(), "confusion": confusion}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Train, save, load
+
+def train_toy_clip(config: ToyClipConfig, run_dir: str | Path = "runs/toy_clip",
+                   out: str | Path = DEFAULT_CHECKPOINT) -> open_clip.CLIP:
+    """Pre-train the toy CLIP (resumable from ``run_dir``) and write it to ``out`` as safetensors."""
+    from .clip import ClipModel  # local import: clip.py imports this module lazily too
+    runtime.set_seed(config.train.seed)
+    tokenizer = WordTokenizer(toy_vocabulary(), config.context_length)
+    model = build_toy_clip(config, tokenizer.vocab_size)
+    clip = ClipModel(model, tokenizer, "toy", toyworld.PROMPT_TEMPLATES)
+    print(f"toy CLIP: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters\n{config}")
+
+    def step_loss(step: int):
+        image_raw, captions = caption_batch(step, config.batch_size, config.image_size)
+        tokens = tokenizer(captions)  # (B, L)
+        image_emb = F.normalize(model.encode_image(clip.normalize(image_raw)), dim=-1)  # (B, D)
+        text_emb = F.normalize(model.encode_text(tokens), dim=-1)  # (B, D)
+        return contrastive_loss(image_emb, text_emb, tokens, model.logit_scale), \
+            {"logit_scale": model.logit_scale.exp().item()}
+
+    def evaluate():
+        result = evaluate_zero_shot(clip, n_per_class=20)
+        return {k: result[k] for k in ("top1", "seen_top1", "unseen_top1")}
+
+    tic = time.perf_counter()
+    history = fit(model, step_loss, config.train, run_dir, evaluate)
+    final = evaluate_zero_shot(clip, n_per_class=50)
+    summary = {"top1": final["top1"], "seen_top1": final["seen_top1"], "unseen_top1": final["unseen_top1"],
+               "train_minutes_this_session": (time.perf_counter() - tic) / 60,
+               "s_per_step": history[-1]["s_per_step"], "steps": config.train.steps,
+               "command": TRAIN_COMMAND, "torch": torch.__version__}
+    save_toy_clip(model, tokenizer, config, out, summary)
+    shutil.copy(Path(run_dir) / "train.log", Path(out).with_name(Path(out).stem + "_train.log"))
+    print(f"saved {out}: zero-shot top-1 {final['top1']:.3f} (seen {final['seen_top1']:.3f}, "
+          f"unseen {final['unseen_top1']:.3f})")
+    return model
+
+
+def save_toy_clip(model: open_clip.CLIP, tokenizer: WordTokenizer, config: ToyClipConfig, path: str | Path,
+                  summary: dict | None = None) -> None:
+    """Write weights + config + vocabulary (+ training summary) to one safetensors file."""
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    metadata = {"config": json.dumps(asdict(config)), "vocabulary": json.dumps(tokenizer.vocabulary),
+                "summary": json.dumps(summary or {}), "format": "deop_lite.toy_clip/1"}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path), metadata=metadata)
+
+
+def read_metadata(path: str | Path) -> dict:
+    """The config, vocabulary and training summary stored beside the weights."""
+    from safetensors import safe_open
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+    return {k: json.loads(v) for k, v in meta.items() if k != "format"}
+
+
+def load_toy_clip(path: str | Path = DEFAULT_CHECKPOINT) -> tuple[open_clip.CLIP, WordTokenizer]:
+    """Load a toy CLIP written by :func:`save_toy_clip`, with clear errors for missing or corrupt files."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no toy CLIP checkpoint at {path}. Restore the shipped one with "
+                                f"`git checkout -- data/toy_clip.safetensors`, or train one with `{TRAIN_COMMAND}`.")
+    try:
+        meta = read_metadata(path)
+        state = load_file(str(path))
+        config = ToyClipConfig.from_dict(meta["config"])
+        tokenizer = WordTokenizer(meta["vocabulary"], config.context_length)
+        model = build_toy_clip(config, tokenizer.vocab_size)
+        model.load_state_dict(state)
+    except (SafetensorError, KeyError, ValueError, RuntimeError, json.JSONDecodeError, OSError) as error:
+        raise RuntimeError(f"the toy CLIP checkpoint {path} is unreadable or not a toy CLIP "
+                           f"({type(error).__name__}: {str(error)[:200]}). If it is the shipped file, restore "
+                           f"it with `git checkout -- {path.name}` (a git-lfs pointer? run `git lfs pull`), "
+                           f"or re-train it with `{TRAIN_COMMAND}`.") from error
+    return model.eval(), tokenizer
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m deop_lite.toyclip", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="pre-train the toy CLIP on toy-world captions (resumable)")
+    train.add_argument("--steps", type=int, help="override the number of steps (default: the config's)")
+    train.add_argument("--tiny", action="store_true", help="a few steps of a small model (smoke test)")
+    train.add_argument("--run-dir", default="runs/toy_clip", help="checkpoints and log (resume from here)")
+    train.add_argument("--out", default=str(DEFAULT_CHECKPOINT), help="where to write the safetensors file")
+    evaluate = sub.add_parser("eval", help="zero-shot classification accuracy of a toy CLIP")
+    evaluate.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
+    evaluate.add_argument("--per-class", type=int, default=50)
+    args = parser.parse_args(argv)
+    if args.command == "train":
+        config = ToyClipConfig.tiny() if args.tiny else ToyClipConfig()
+        if args.steps:
+            config.train.steps = args.steps
+        train_toy_clip(config, args.run_dir, args.out)
+    else:
+        from .clip import load_clip
+        result = evaluate_zero_shot(load_clip("toy", pretrained=args.checkpoint), n_per_class=args.per_class)
+        print(f"zero-shot top-1 over {len(toyworld.CLASS_NAMES)} classes: {result['top1']:.3f} "
+              f"(seen {result['seen_top1']:.3f}, unseen {result['unseen_top1']:.3f})")
+
+
+if __name__ == "__main__":
+    main()

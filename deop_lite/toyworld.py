@@ -1,0 +1,445 @@
+"""The toy world: a procedural, seeded, zero-download stand-in for COCO-Stuff.
+
+A scene is a canvas of *stuff* textures (sky, grass, ...) filling regions, with *things* (shapes in
+random colours, sizes and rotations) on top. Every scene comes with a pixel label map and a caption
+naming what is in it. A fixed seen/unseen split mirrors the paper's zero-shot protocol (ZS3): training
+labels hide the unseen classes (their pixels become ``IGNORE_INDEX``, the images are kept), evaluation
+uses every class.
+
+Scenes are a pure function of ``(split, seed, index)``: the same triple gives byte-identical images,
+labels and captions, on any machine, so datasets need no files and random access is free.
+
+>>> scene = make_scene(np.random.default_rng(0))
+>>> scene.image.shape, scene.image.dtype, scene.label.shape
+((64, 64, 3), dtype('uint8'), (64, 64))
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import numpy as np
+import torch
+from scipy import ndimage
+from torch.utils.data import Dataset
+
+STUFF_CLASSES = ("sky", "grass", "water", "sand", "brick", "wood", "snow", "road")
+THING_CLASSES = ("circle", "square", "triangle", "star", "cross", "ring", "diamond", "heart")
+CLASS_NAMES = STUFF_CLASSES + THING_CLASSES
+"""All 16 classes; a class's label id is its index here."""
+UNSEEN_CLASSES = ("grass", "road", "star", "heart")
+"""Never labelled in segmentation training (12 seen / 4 unseen, both stuff and things among them;
+COCO-Stuff's unseen list also holds grass and road)."""
+SEEN_CLASSES = tuple(c for c in CLASS_NAMES if c not in UNSEEN_CLASSES)
+IGNORE_INDEX = 255
+"""Label of pixels that are not scored (unseen classes in training labels, plain backgrounds)."""
+
+COLOURS = {  # named colours of things; the names may appear in captions
+    "red": (215, 40, 40), "orange": (240, 140, 20), "yellow": (240, 215, 40), "green": (40, 170, 60),
+    "blue": (40, 80, 220), "purple": (130, 50, 170), "pink": (240, 120, 180), "white": (245, 245, 245),
+    "black": (25, 25, 25),
+}
+SPLIT_SEEDS = {"train": 0, "val": 1, "test": 2}
+SCENE_KINDS = ("scene", "stuff", "object")
+_TEXTURE_SIZE = 256  # side of each precomputed texture tile
+_TEXTURE_VARIANTS = 4  # tiles per stuff class
+
+
+def check_class_names(names) -> list[str]:
+    """Return ``names`` as a list, or raise ``ValueError`` naming the unknown ones and the vocabulary."""
+    names = [names] if isinstance(names, str) else list(names)
+    unknown = [n for n in names if n not in CLASS_NAMES]
+    if unknown:
+        raise ValueError(f"unknown toy-world class name(s) {unknown}; the toy world knows: "
+                         f"{', '.join(CLASS_NAMES)}")
+    return names
+
+
+# ----------------------------------------------------------------------------------------------------
+# Stuff: texture tiles, computed once (seeded) and cropped per scene.
+
+def _smooth_noise(rng: np.random.Generator, size: int, cell: int) -> np.ndarray:
+    """(size, size) float field in [0, 1] with features about ``cell`` pixels wide."""
+    coarse = rng.normal(size=(size // cell + 3, size // cell + 3))
+    field_ = ndimage.zoom(coarse, cell, order=3)[cell:cell + size, cell:cell + size]
+    return (field_ - field_.min()) / (np.ptp(field_) + 1e-8)
+
+
+def _stretched_noise(rng: np.random.Generator, size: int, sy: int, sx: int) -> np.ndarray:
+    """(size, size) noise in [0, 1] stretched ``sy`` times vertically and ``sx`` times horizontally."""
+    coarse = rng.random((size // sy + 1, size // sx + 1))
+    return np.kron(coarse, np.ones((sy, sx)))[:size, :size]
+
+
+def _texture(name: str, rng: np.random.Generator, s: int) -> np.ndarray:
+    """One (s, s, 3) float texture tile in [0, 255] for stuff class ``name``."""
+    y, x = np.mgrid[0:s, 0:s].astype(np.float64)
+    fine = rng.random((s, s))
+    if name == "sky":
+        t = (y / s)[..., None]
+        base = (1 - t) * np.array([70, 130, 225]) + t * np.array([160, 200, 245])
+        clouds = np.clip((_smooth_noise(rng, s, 24) - 0.55) * 4, 0, 1)[..., None]
+        return base * (1 - clouds) + np.array([250, 250, 252]) * clouds
+    if name == "grass":
+        blades = _stretched_noise(rng, s, 7, 1)
+        shade = 0.55 + 0.35 * blades + 0.2 * _smooth_noise(rng, s, 16)
+        return shade[..., None] * np.array([70, 150, 45])
+    if name == "water":
+        warp = _smooth_noise(rng, s, 32)
+        ripples = 0.5 + 0.5 * np.sin(2 * np.pi * (y / 7 + 1.5 * warp))
+        highlight = (ripples > 0.85)[..., None] * 70
+        return (0.8 + 0.2 * ripples)[..., None] * np.array([30, 95, 175]) + highlight
+    if name == "sand":
+        dunes = 0.5 + 0.5 * np.sin(2 * np.pi * ((x + 0.6 * y) / 40 + _smooth_noise(rng, s, 32)))
+        shade = 0.85 + 0.1 * dunes + 0.12 * (fine - 0.5)
+        return shade[..., None] * np.array([225, 195, 135])
+    if name == "brick":
+        row = (y // 8).astype(int)
+        col = ((x + 8 * (row % 2)) // 16).astype(int)
+        jitter = rng.uniform(0.8, 1.1, size=(row.max() + 1, col.max() + 1))[row, col]
+        mortar = ((y % 8) < 1.5) | (((x + 8 * (row % 2)) % 16) < 1.5)
+        bricks = (jitter * (0.92 + 0.16 * fine))[..., None] * np.array([165, 65, 45])
+        return np.where(mortar[..., None], np.array([195, 190, 180]), bricks)
+    if name == "wood":
+        grain = 0.5 + 0.5 * np.sin(2 * np.pi * (x / 6 + 2.5 * _smooth_noise(rng, s, 48)))
+        shade = 0.7 + 0.3 * grain + 0.08 * (fine - 0.5)
+        return shade[..., None] * np.array([160, 105, 55])
+    if name == "snow":
+        shade = 0.93 + 0.06 * _smooth_noise(rng, s, 20)
+        sparkle = (fine > 0.985)[..., None] * 30
+        return shade[..., None] * np.array([235, 242, 252]) + sparkle - 10 * (fine < 0.02)[..., None]
+    if name == "road":
+        asphalt = (0.8 + 0.4 * fine + 0.15 * _smooth_noise(rng, s, 12))[..., None] * np.array([70, 70, 76])
+        dashes = ((y % 48) > 40) & ((x % 32) < 18)  # dashed lane markings
+        return np.where(dashes[..., None], np.array([235, 210, 60]), asphalt)
+    raise KeyError(name)
+
+
+@lru_cache(maxsize=1)
+def texture_bank() -> dict[str, np.ndarray]:
+    """Stuff class -> (variants, S, S, 3) uint8 tiles. Seeded: identical on every machine."""
+    rng = np.random.default_rng(20231001)
+    return {name: np.stack([np.clip(_texture(name, rng, _TEXTURE_SIZE), 0, 255).astype(np.uint8)
+                            for _ in range(_TEXTURE_VARIANTS)])
+            for name in STUFF_CLASSES}
+
+
+@lru_cache(maxsize=1)
+def _noise_bank() -> np.ndarray:
+    """(8, S, S) smooth noise fields used for blob-shaped stuff layouts."""
+    rng = np.random.default_rng(7)
+    return np.stack([_smooth_noise(rng, _TEXTURE_SIZE, 20) for _ in range(8)]).astype(np.float32)
+
+
+@lru_cache(maxsize=8)
+def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel-centre coordinates (y, x), each (size, size) float32."""
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
+    return y, x
+
+
+def _crop_tile(rng: np.random.Generator, tiles: np.ndarray, size: int) -> np.ndarray:
+    """A random (size, size, 3) uint8 window of a random tile."""
+    tile = tiles[rng.integers(len(tiles))]
+    oy, ox = rng.integers(0, tile.shape[0] - size + 1, size=2)
+    return tile[oy:oy + size, ox:ox + size]
+
+
+def _stuff_layout(rng: np.random.Generator, n_regions: int, size: int) -> np.ndarray:
+    """(size, size) int region map with values in [0, n_regions): wavy bands, Voronoi cells or blobs."""
+    if n_regions == 1:
+        return np.zeros((size, size), np.int64)
+    y, x = _grid(size)
+    kind = rng.choice(["bands", "cells", "blobs"] if n_regions == 2 else ["bands", "cells"])
+    if kind == "bands":
+        along, across = (x, y) if rng.random() < 0.6 else (y, x)  # horizontal bands are more common
+        cuts = np.sort(rng.uniform(0.25, 0.75, size=n_regions - 1)) * size
+        if n_regions == 3 and cuts[1] - cuts[0] < 0.2 * size:
+            cuts = np.array([0.33, 0.67]) * size
+        amp, freq, phase = rng.uniform(0, 0.08 * size), rng.uniform(0.5, 2.5), rng.uniform(0, 2 * np.pi)
+        wave = amp * np.sin(2 * np.pi * freq * along / size + phase)
+        return np.searchsorted(cuts, across + wave).astype(np.int64)
+    if kind == "cells":
+        seeds = rng.uniform(0.1, 0.9, size=(n_regions, 2)) * size  # (n, 2) as (y, x)
+        dist = (y[None] - seeds[:, 0, None, None]) ** 2 + (x[None] - seeds[:, 1, None, None]) ** 2
+        return dist.argmin(0)
+    noise = _crop_tile(rng, _noise_bank()[..., None], size)[..., 0]
+    return (noise > np.quantile(noise, rng.uniform(0.4, 0.75))).astype(np.int64)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Things: shapes as implicit functions of rotated, normalised coordinates (u, v) in [-1, 1].
+
+def _convex(u, v, vertices) -> np.ndarray:
+    """Inside test for a convex polygon given counter-clockwise in (u, v) with v pointing down."""
+    inside = np.ones(u.shape, bool)
+    for (u0, v0), (u1, v1) in zip(vertices, vertices[1:] + vertices[:1]):
+        inside &= (u1 - u0) * (v - v0) - (v1 - v0) * (u - u0) <= 0
+    return inside
+
+
+def _shape_mask(name: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    r2 = u * u + v * v
+    if name == "circle":
+        return r2 <= 1.0
+    if name == "square":
+        return np.maximum(np.abs(u), np.abs(v)) <= 0.8
+    if name == "triangle":
+        return _convex(u, v, [(0.0, -0.95), (0.95, 0.7), (-0.95, 0.7)][::-1])
+    if name == "star":  # five spikes: the radius falls linearly from the tips to the inner corners
+        spike = np.abs(2 * ((np.arctan2(u, -v) * 5 / (2 * np.pi)) % 1.0) - 1)
+        return np.sqrt(r2) <= 0.4 + 0.6 * spike
+    if name == "cross":
+        return ((np.abs(u) <= 0.3) & (np.abs(v) <= 0.95)) | ((np.abs(v) <= 0.3) & (np.abs(u) <= 0.95))
+    if name == "ring":
+        return (r2 <= 1.0) & (r2 >= 0.55 ** 2)
+    if name == "diamond":
+        return np.abs(u) / 0.65 + np.abs(v) <= 1.0
+    if name == "heart":
+        hx, hy = 1.2 * u, -1.15 * v + 0.1
+        return (hx * hx + hy * hy - 1) ** 3 - hx * hx * hy ** 3 <= 0
+    raise KeyError(name)
+
+
+_MAX_ROTATION = {"circle": 0, "ring": 0, "square": 15, "triangle": 20, "star": 36, "cross": 15,
+                 "diamond": 15, "heart": 20}  # degrees; small enough that square and diamond stay apart
+
+
+def _draw_thing(rng, image, label, name: str, diameter: float, centre, colour) -> None:
+    """Paint one shape into ``image`` (H, W, 3) float and ``label`` (H, W) uint8, in place."""
+    size = label.shape[0]
+    half = diameter / 2
+    y0, y1 = max(int(centre[0] - half), 0), min(int(np.ceil(centre[0] + half)), size)
+    x0, x1 = max(int(centre[1] - half), 0), min(int(np.ceil(centre[1] + half)), size)
+    gy, gx = _grid(size)
+    dy, dx = (gy[y0:y1, x0:x1] - centre[0]) / half, (gx[y0:y1, x0:x1] - centre[1]) / half
+    theta = np.deg2rad(rng.uniform(-1, 1) * _MAX_ROTATION[name])
+    u, v = np.cos(theta) * dx + np.sin(theta) * dy, -np.sin(theta) * dx + np.cos(theta) * dy
+    inside = _shape_mask(name, u, v)
+    light = rng.uniform(-0.25, 0.25, size=2)
+    shade = (1.0 + light[0] * u - light[1] * v)[..., None]  # soft directional lighting
+    patch = image[y0:y1, x0:x1]
+    patch[inside] = np.clip(np.asarray(colour) * shade, 0, 255)[inside]
+    label[y0:y1, x0:x1][inside] = CLASS_NAMES.index(name)
+
+
+def _pick_colour(rng: np.random.Generator, behind: np.ndarray) -> tuple[str, np.ndarray]:
+    """A named colour that stands out from the mean colour ``behind`` (3,), with a little jitter."""
+    names = list(COLOURS)
+    rng.shuffle(names)
+    far = [n for n in names if np.abs(np.array(COLOURS[n]) - behind).sum() > 150] or names
+    name = far[0]
+    return name, np.clip(np.array(COLOURS[name]) + rng.integers(-20, 21, size=3), 0, 255)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Captions
+
+_SCENE_TEMPLATES = ("a photo of {things} on {stuff}.", "{things} on {stuff}.",
+                    "a picture of {things} over {stuff}.", "there is {things} in front of {stuff}.",
+                    "{stuff} with {things}.", "an image of {things} and {stuff}.")
+_STUFF_TEMPLATES = ("a photo of {stuff}.", "{stuff}.", "a picture of {stuff}.", "a view of {stuff}.")
+_OBJECT_TEMPLATES = ("a photo of {things}.", "{things}.", "a picture of {things}.",
+                     "an image of {things}.", "there is {things}.")
+PROMPT_TEMPLATES = ("a photo of a {}.", "a picture of a {}.", "an image of a {}.")
+"""Class-name prompts used by the text classifier; some single-class captions use them too, as the
+web captions that CLIP was trained on contain "a photo of a ..." sentences."""
+
+
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def _join(words: list[str]) -> str:
+    """["a star", "a ring", "a cross"] -> "a star, a ring and a cross"."""
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+
+
+def _caption(rng, stuff: list[str], things: list[tuple[str, str]]) -> str:
+    """A caption naming every class in the scene; ``things`` holds (class, colour name) pairs."""
+    phrases = []
+    for name, colour in things:
+        noun = f"{colour} {name}" if rng.random() < 0.5 else name
+        phrases.append(f"{_article(noun)} {noun}")
+    if len(stuff) + len(things) == 1 and rng.random() < 0.2:
+        return str(rng.choice(PROMPT_TEMPLATES)).format((stuff or [things[0][0]])[0])
+    templates = _SCENE_TEMPLATES if stuff and things else _OBJECT_TEMPLATES if things else _STUFF_TEMPLATES
+    return str(rng.choice(templates)).format(things=_join(phrases) if phrases else "",
+                                             stuff=_join(stuff) if stuff else "")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Scenes
+
+@dataclass(frozen=True)
+class ToyWorldConfig:
+    """How scenes are drawn. Sizes are in pixels."""
+    image_size: int = 64
+    max_things: int = 3  # things per "scene" (0..max_things), each class at most once
+    max_stuff: int = 3  # stuff regions per "scene" (1..max_stuff)
+    thing_size: tuple[float, float] = (14.0, 30.0)  # diameter range of things in scenes
+    min_visible: float = 0.015  # fraction of the image a class needs to be named in the caption
+    kind_probs: tuple[float, float, float] = (0.7, 0.15, 0.15)  # "scene", "stuff", "object"
+
+    @classmethod
+    def tiny(cls) -> "ToyWorldConfig":
+        """The default 64 x 64 world that the toy CLIP is pre-trained on."""
+        return cls()
+
+    @classmethod
+    def segmentation(cls) -> "ToyWorldConfig":
+        """128 x 128 scenes for segmentation: things of the same pixel size as in pre-training, so CLIP
+        sees familiar scales on a 16 x 16 patch grid, and more of them per scene."""
+        return cls(image_size=128, max_things=6, kind_probs=(1.0, 0.0, 0.0))
+
+
+@dataclass
+class Scene:
+    image: np.ndarray  # (H, W, 3) uint8
+    label: np.ndarray  # (H, W) uint8, class ids or IGNORE_INDEX
+    caption: str
+    classes: tuple[str, ...]  # classes named in the caption, stuff first
+    kind: str
+    colours: dict = field(default_factory=dict)  # thing class -> colour name
+
+
+def make_scene(rng: np.random.Generator, config: ToyWorldConfig = ToyWorldConfig(),
+               kind: str | None = None, classes: tuple[str, ...] | None = None) -> Scene:
+    """Draw one scene.
+
+    Args:
+        rng: the only source of randomness; the same generator state gives a byte-identical scene.
+        config: sizes and probabilities.
+        kind: "scene" (stuff regions with things on top), "stuff" (one texture filling the image) or
+            "object" (one large thing on a plain, unlabelled background); None draws it.
+        classes: force the classes of a "stuff" or "object" scene (exactly one name).
+    """
+    size = config.image_size
+    kind = kind or SCENE_KINDS[rng.choice(3, p=config.kind_probs)]
+    if kind not in SCENE_KINDS:
+        raise ValueError(f"kind must be one of {SCENE_KINDS}, got {kind!r}")
+    if classes is not None:
+        check_class_names(classes)
+        pool = STUFF_CLASSES if kind == "stuff" else THING_CLASSES
+        if kind == "scene" or len(classes) != 1 or classes[0] not in pool:
+            raise ValueError(f"classes can force one {'stuff' if kind == 'stuff' else 'thing'} class "
+                             f"of a 'stuff' or 'object' scene, got kind={kind!r}, classes={classes}")
+    image = np.empty((size, size, 3), np.float32)
+    label = np.full((size, size), IGNORE_INDEX, np.uint8)
+    bank = texture_bank()
+    stuff: list[str] = []
+    if kind == "object":  # a plain background with a soft gradient
+        base = rng.uniform(70, 190) + rng.uniform(-25, 25, size=3)
+        gy, gx = _grid(size)
+        ramp = (gy * rng.uniform(-0.4, 0.4) + gx * rng.uniform(-0.4, 0.4))[..., None]
+        image[:] = base + ramp
+    else:
+        n_stuff = 1 if kind == "stuff" else int(rng.integers(1, config.max_stuff + 1))
+        stuff = list(classes) if classes and kind == "stuff" else \
+            [STUFF_CLASSES[i] for i in rng.choice(len(STUFF_CLASSES), n_stuff, replace=False)]
+        regions = _stuff_layout(rng, n_stuff, size)
+        for i, name in enumerate(stuff):
+            inside = regions == i  # (S, S) bool
+            tile = _crop_tile(rng, bank[name], size) * np.float32(rng.uniform(0.85, 1.15))  # (S, S, 3)
+            np.copyto(image, tile, where=inside[..., None])
+            label[inside] = CLASS_NAMES.index(name)
+    if kind == "object":
+        thing_names = list(classes) if classes else [THING_CLASSES[rng.integers(len(THING_CLASSES))]]
+        diameters = [rng.uniform(0.45, 0.8) * size]
+    elif kind == "scene":
+        n_things = int(rng.integers(0, config.max_things + 1))
+        thing_names = [THING_CLASSES[i] for i in rng.choice(len(THING_CLASSES), n_things, replace=False)]
+        diameters = list(rng.uniform(*config.thing_size, size=n_things))
+    else:
+        thing_names, diameters = [], []
+    colours = {}
+    for name, diameter in zip(thing_names, diameters):
+        centre = rng.uniform(diameter / 2, size - diameter / 2, size=2)
+        cy, cx = int(centre[0]), int(centre[1])
+        colours[name], colour = _pick_colour(rng, image[cy, cx])
+        _draw_thing(rng, image, label, name, diameter, centre, colour)
+    counts = np.bincount(label.ravel(), minlength=256)
+    visible = counts >= config.min_visible * size * size
+    stuff = [n for n in stuff if visible[CLASS_NAMES.index(n)]]
+    things = [(n, colours[n]) for n in thing_names if visible[CLASS_NAMES.index(n)]]
+    caption = _caption(rng, stuff, things)
+    image = np.clip(image, 0, 255, out=image) + 0.5  # round half up on the cast below
+    return Scene(image=image.astype(np.uint8), label=label, caption=caption,
+                 classes=tuple(stuff) + tuple(n for n, _ in things), kind=kind,
+                 colours={n: c for n, c in things})
+
+
+def scene_rng(split: str, index: int, seed: int = 0) -> np.random.Generator:
+    """The generator of scene ``index`` of ``split``: scenes are independent and randomly accessible."""
+    if split not in SPLIT_SEEDS:
+        raise ValueError(f"split must be one of {tuple(SPLIT_SEEDS)}, got {split!r}")
+    return np.random.default_rng((SPLIT_SEEDS[split], seed, index))
+
+
+# ----------------------------------------------------------------------------------------------------
+# torch Datasets
+
+def hide_unseen(label: np.ndarray) -> np.ndarray:
+    """ZS3 training labels: pixels of unseen classes become IGNORE_INDEX (the image is kept)."""
+    lut = np.arange(256, dtype=np.uint8)
+    lut[[CLASS_NAMES.index(c) for c in UNSEEN_CLASSES]] = IGNORE_INDEX
+    return lut[label]
+
+
+class ToyWorld(Dataset):
+    """Toy scenes as a torch ``Dataset`` with the ZS3 protocol of DeOP's data code.
+
+    Items are dicts: ``image_raw`` (3, H, W) float32 in [0, 1] (not CLIP-normalised), ``label``
+    (H, W) int64 with ``IGNORE_INDEX``, ``caption`` str and ``index`` int.
+
+    Args:
+        split: "train", "val" or "test" (disjoint random streams).
+        length: number of scenes.
+        config: scene sizes and probabilities.
+        seen_only_labels: hide unseen classes in the labels; default True for "train", False otherwise
+            (evaluation scores all classes).
+        seed: another seed gives another, equally valid world of the same split.
+        kind: draw only this scene kind ("scene", "stuff" or "object"), or None for the mix of the config.
+    """
+
+    def __init__(self, split: str = "train", length: int = 1000, config: ToyWorldConfig = ToyWorldConfig(),
+                 seen_only_labels: bool | None = None, seed: int = 0, kind: str | None = None):
+        scene_rng(split, 0)  # validates the split name
+        self.split, self.length, self.config, self.seed, self.kind = split, length, config, seed, kind
+        self.seen_only_labels = split == "train" if seen_only_labels is None else seen_only_labels
+
+    def __len__(self) -> int:
+        return self.length
+
+    def scene(self, index: int) -> Scene:
+        """The raw scene (uint8 image, full labels, caption) behind item ``index``."""
+        if not 0 <= index < self.length:
+            raise IndexError(f"index {index} out of range for a ToyWorld of length {self.length}")
+        return make_scene(scene_rng(self.split, index, self.seed), self.config, kind=self.kind)
+
+    def __getitem__(self, index: int) -> dict:
+        scene = self.scene(index)
+        label = hide_unseen(scene.label) if self.seen_only_labels else scene.label
+        return {"image_raw": torch.from_numpy(scene.image).permute(2, 0, 1).float() / 255.0,  # (3, H, W)
+                "label": torch.from_numpy(label.astype(np.int64)),  # (H, W)
+                "caption": scene.caption, "index": index}
+
+
+def single_class_images(n_per_class: int, split: str = "val", config: ToyWorldConfig = ToyWorldConfig(),
+                        class_names=CLASS_NAMES) -> tuple[torch.Tensor, torch.Tensor]:
+    """A zero-shot classification set: one class per image (a stuff texture, or one thing on a plain
+    background).
+
+    Returns:
+        image_raw (C * n_per_class, 3, S, S) float32 in [0, 1], and targets (C * n_per_class,) int64
+        indexing ``class_names``.
+    """
+    images, targets = [], []
+    for target, name in enumerate(check_class_names(class_names)):
+        kind = "stuff" if name in STUFF_CLASSES else "object"
+        for i in range(n_per_class):
+            rng = scene_rng(split, 10_000_000 + CLASS_NAMES.index(name) * 100_000 + i)
+            images.append(make_scene(rng, config, kind=kind, classes=(name,)).image)
+            targets.append(target)
+    image_raw = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255.0
+    return image_raw, torch.tensor(targets)

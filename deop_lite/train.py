@@ -1,0 +1,150 @@
+"""One resumable training loop for every stage: AdamW, warm-up + cosine or poly schedule, gradient
+clipping, fixed-format logs, progress bar, checkpoints on a timer and on Ctrl-C.
+
+A stage provides ``step_loss(step) -> (loss, metrics)``. Data must be a function of the step (the toy
+world is indexed by scene number), so a resumed run sees exactly the batches it would have seen.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import runtime
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings shared by all stages."""
+    steps: int = 1000
+    lr: float = 1e-3
+    weight_decay: float = 0.1  # on weight matrices only; biases, norms and embeddings are not decayed
+    warmup_steps: int = 100
+    schedule: str = "cosine"  # "cosine", or "poly": (1 - t)^0.9 as in DeOP's detectron2 configs
+    grad_clip: float = 1.0
+    log_every: int = 50
+    checkpoint_every: int = 250  # also when evaluation runs
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.schedule not in ("cosine", "poly"):
+            raise ValueError(f"schedule must be 'cosine' or 'poly', got {self.schedule!r}")
+
+
+def lr_factor(step: int, config: TrainConfig) -> float:
+    """Learning-rate multiplier at ``step``: linear warm-up, then cosine or poly decay to 0."""
+    if step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    t = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    return 0.5 * (1 + math.cos(math.pi * t)) if config.schedule == "cosine" else (1 - t) ** 0.9
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters; weight decay on tensors with 2+ dims except embeddings."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 and "embedding" not in name else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=config.lr)
+
+
+def fit(model: nn.Module, step_loss: Callable[[int], tuple[torch.Tensor, dict]], config: TrainConfig,
+        run_dir: str | Path, evaluate: Callable[[], dict] | None = None) -> list[dict]:
+    """Train ``model``, resuming from ``run_dir/last.pt`` when it exists.
+
+    Args:
+        model: the module; only parameters with ``requires_grad`` are optimised.
+        step_loss: step -> (scalar loss, dict of floats to log). Called in train mode.
+        config: optimisation settings.
+        run_dir: where ``last.pt`` (model, optimiser, history) and ``train.log`` go.
+        evaluate: optional, called in eval mode under no_grad every ``checkpoint_every`` steps and at the
+            end; its dict is logged too.
+    Returns:
+        The history: one dict per log line (``step``, ``loss``, ``lr``, ... and evaluation results).
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint = run_dir / "last.pt"
+    optimizer = make_optimizer(model, config)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, config))
+    start, history = 0, []
+    if checkpoint.exists():
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start, history = state["step"], state["history"]
+        print(f"Found {checkpoint} at step {start}/{config.steps}: resuming")
+
+    def save(step: int) -> None:
+        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                 "scheduler": scheduler.state_dict(), "history": history, "config": asdict(config)}
+        torch.save(state, checkpoint.with_suffix(".tmp"))
+        checkpoint.with_suffix(".tmp").replace(checkpoint)  # atomic: an interrupt never leaves half a file
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    step, tic = start, time.perf_counter()
+    with open(run_dir / "train.log", "a") as log:
+        try:
+            for step in tqdm(range(start, config.steps), initial=start, total=config.steps,
+                             disable=runtime.CI, desc="train", mininterval=2):
+                model.train()
+                loss, metrics = step_loss(step)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+                optimizer.step()
+                scheduler.step()
+                done = step + 1
+                if done % config.log_every == 0 or done == config.steps:
+                    record = {"step": done, "loss": loss.item(), "lr": scheduler.get_last_lr()[0],
+                              "grad_norm": grad_norm.item(), **metrics,
+                              "s_per_step": (time.perf_counter() - tic) / (done - start)}
+                    if evaluate is not None and (done % config.checkpoint_every == 0 or done == config.steps):
+                        model.eval()
+                        with torch.no_grad():
+                            record.update(evaluate())
+                    history.append(record)
+                    log.write(format_record(record, config.steps) + "\n")
+                    log.flush()
+                if done % config.checkpoint_every == 0:
+                    save(done)
+        except KeyboardInterrupt:
+            save(step)
+            print(f"Interrupted: saved {checkpoint} at step {step}; run the same command again to resume.")
+            raise
+    save(config.steps)
+    model.eval()
+    return history
+
+
+def format_record(record: dict, total_steps: int) -> str:
+    """One fixed-format log line: ``step   500/2000 | loss 1.2345 | lr 9.1e-04 | ...``."""
+    parts = [f"step {record['step']:5d}/{total_steps}"]
+    for key, value in record.items():
+        if key != "step":
+            parts.append(f"{key} {value:.3e}" if key == "lr" else f"{key} {value:.4f}")
+    return " | ".join(parts)
+
+
+def read_log(path: str | Path) -> list[dict]:
+    """Parse a ``train.log`` written by :func:`fit` back into a history (for plots)."""
+    history = []
+    for line in Path(path).read_text().splitlines():
+        fields = [f.strip().split(" ", 1) for f in line.split("|")]
+        record = {k: float(v) for k, v in fields[1:]}
+        record["step"] = int(fields[0][1].split("/")[0])
+        history.append(record)
+    return history
+
+
+def save_json(obj, path: str | Path) -> None:
+    Path(path).write_text(json.dumps(obj, indent=2) + "\n")

@@ -1,0 +1,172 @@
+"""All drawing in one place: the class palette, label overlays, galleries, confusion matrices,
+training curves and the DeOP pipeline figure. Notebooks call these; they never redefine them."""
+from __future__ import annotations
+
+import textwrap
+from typing import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import seaborn as sns
+import torch
+from matplotlib.patches import FancyBboxPatch, Patch
+
+from .toyworld import CLASS_NAMES, IGNORE_INDEX, UNSEEN_CLASSES
+
+PALETTE = (np.array(sns.color_palette("tab20", 20))[[0, 4, 18, 16, 6, 10, 15, 14, 2, 8, 12, 3, 1, 19, 9, 5]]
+           * 255).astype(np.uint8)
+"""(16, 3) uint8: one colour per toy class, in ``CLASS_NAMES`` order (larger label sets wrap around)."""
+IGNORE_COLOUR = np.array([0, 0, 0], np.uint8)
+
+
+def to_hwc(image_raw) -> np.ndarray:
+    """(3, H, W) tensor in [0, 1] or (H, W, 3) uint8 array -> (H, W, 3) float array in [0, 1]."""
+    if isinstance(image_raw, torch.Tensor):
+        return image_raw.detach().cpu().permute(1, 2, 0).clamp(0, 1).numpy()
+    image = np.asarray(image_raw)
+    return image.astype(np.float32) / 255 if image.dtype == np.uint8 else image
+
+
+def colorize(label) -> np.ndarray:
+    """(H, W) class ids -> (H, W, 3) uint8 palette colours; IGNORE_INDEX is black."""
+    label = np.asarray(label.cpu() if isinstance(label, torch.Tensor) else label).astype(np.int64)
+    out = PALETTE[label % len(PALETTE)]
+    out[label == IGNORE_INDEX] = IGNORE_COLOUR
+    return out
+
+
+def overlay(image_raw, label, alpha: float = 0.55) -> np.ndarray:
+    """Blend the palette colours of ``label`` (H, W) over the image; ignored pixels show the image."""
+    image = to_hwc(image_raw)
+    label_np = np.asarray(label.cpu() if isinstance(label, torch.Tensor) else label)
+    blend = (1 - alpha) * image + alpha * colorize(label_np) / 255
+    return np.where((label_np == IGNORE_INDEX)[..., None], image, blend)
+
+
+def class_legend(ax, class_names: Sequence[str] = CLASS_NAMES, unseen: Sequence[str] = UNSEEN_CLASSES,
+                 ncol: int = 8, **kwargs) -> None:
+    """A legend of palette colours; unseen classes are marked with an asterisk."""
+    handles = [Patch(color=PALETTE[CLASS_NAMES.index(c) if c in CLASS_NAMES else i % len(PALETTE)] / 255,
+                     label=f"{c}*" if c in unseen else c) for i, c in enumerate(class_names)]
+    ax.legend(handles=handles, ncol=ncol, frameon=False, fontsize=8, **kwargs)
+
+
+def show_scenes(images, labels=None, captions: Sequence[str] | None = None, ncols: int = 6,
+                size: float = 2.0):
+    """A gallery: each image with its label overlay (if given) and caption as title. Returns the figure."""
+    n = len(images)
+    nrows = -(-n // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows + 0.5), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i >= n:
+            continue
+        ax.imshow(overlay(images[i], labels[i]) if labels is not None else to_hwc(images[i]))
+        if captions is not None:
+            ax.set_title("\n".join(textwrap.wrap(captions[i], 26)), fontsize=7)
+    if labels is not None:
+        class_legend(fig, loc="lower center")
+    fig.tight_layout(rect=(0, 0.06 if labels is not None else 0, 1, 1))
+    return fig
+
+
+def show_segmentations(image_raw, columns: dict, size: float = 2.0):
+    """Rows of scenes: the image, then one column per named label map, e.g. {"ground truth": label,
+    "prediction": pred}, each (B, H, W). Returns the figure."""
+    n = len(image_raw)
+    fig, axes = plt.subplots(n, 1 + len(columns), figsize=(size * (1 + len(columns)), size * n + 0.4),
+                             squeeze=False)
+    for row in range(n):
+        axes[row, 0].imshow(to_hwc(image_raw[row]))
+        for col, (title, labels) in enumerate(columns.items(), start=1):
+            axes[row, col].imshow(overlay(image_raw[row], labels[row], alpha=0.75))
+            if row == 0:
+                axes[row, col].set_title(title, fontsize=9)
+    axes[0, 0].set_title("image", fontsize=9)
+    for ax in axes.flat:
+        ax.axis("off")
+    class_legend(fig, loc="lower center", ncol=8)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    return fig
+
+
+def plot_confusion(confusion, class_names: Sequence[str] = CLASS_NAMES, unseen: Sequence[str] = UNSEEN_CLASSES,
+                   ax=None, title: str = ""):
+    """Row-normalised confusion matrix (rows: true class) as a seaborn heatmap; unseen classes starred."""
+    conf = np.asarray(confusion, dtype=float)
+    conf = conf / np.maximum(conf.sum(1, keepdims=True), 1)
+    names = [f"{c}*" if c in unseen else c for c in class_names]
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6.5, 5.5))
+    sns.heatmap(conf, ax=ax, cmap="Blues", vmin=0, vmax=1, xticklabels=names, yticklabels=names,
+                square=True, cbar_kws={"shrink": 0.7, "label": "fraction of the row"})
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true (* = unseen in segmentation training)")
+    ax.set_title(title)
+    return ax.figure
+
+
+def plot_history(history: Sequence[dict], keys: Sequence[str] = ("loss",), ax=None, title: str = ""):
+    """Training curves: each key of the history records against the step (records lacking it skipped)."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 3))
+    for key in keys:
+        points = [(r["step"], r[key]) for r in history if key in r]
+        ax.plot(*zip(*points), marker="o" if len(points) < 20 else None, ms=3, label=key)
+    ax.set_xlabel("step")
+    ax.set_title(title)
+    ax.legend(frameon=False)
+    ax.grid(alpha=0.3)
+    return ax.figure
+
+
+# ----------------------------------------------------------------------------------------------------
+# The DeOP pipeline, with one notebook's stages highlighted
+
+_BOXES = {  # key: (x, y, width, height, text)
+    "data": (0.0, 1.25, 1.5, 1.1, "image\n(toy world /\nCOCO-Stuff)"),
+    "proposals": (2.2, 2.5, 2.6, 1.0, "mask proposal network\n(class-agnostic MaskFormer)"),
+    "clip_image": (2.2, 1.2, 2.6, 1.0, "frozen CLIP image encoder\nONE pass, visual prompts"),
+    "severance": (2.45, 0.95, 2.1, 0.38, "patch severance (GPS/MPS)"),
+    "names": (0.0, -0.3, 1.5, 0.8, "class names\nseen + unseen"),
+    "clip_text": (2.2, -0.3, 2.6, 0.8, "CLIP text encoder\n+ learned text prompts"),
+    "anchors": (5.5, 1.3, 2.2, 1.0, "CAL heatmap decoder\n$H=\\mathrm{softmax}(qF_V^T/\\sqrt{d})\\odot M$"),
+    "classify": (8.4, 0.9, 2.4, 1.8, "pooling $F_I = H \\odot F_V$\n$F_C = F_T * F_I$\n$O = F_C * M$\n→ label map"),
+}
+_ARROWS = [("data", "proposals", ""), ("data", "clip_image", ""), ("names", "clip_text", ""),
+           ("proposals", "anchors", "$M$"), ("clip_image", "anchors", "$F_V$"), ("anchors", "classify", "$H$"),
+           ("clip_text", "classify", "$F_T$"), ("proposals", "classify", "")]
+NOTEBOOK_STAGES = {
+    "00": ("data", "names", "clip_image", "clip_text"), "01": ("proposals", "classify"),
+    "02": ("clip_image", "clip_text"), "03": ("severance",), "04": ("anchors", "classify"),
+    "05": tuple(_BOXES), "06": ("clip_image", "classify"),
+}
+"""Which boxes each notebook builds (its pipeline figure highlights them)."""
+
+
+def pipeline_figure(highlight: Sequence[str] | str = (), title: str = "DeOP: decoupled one-pass"):
+    """Draw DeOP's pipeline. ``highlight``: box keys, or a notebook number such as "03"."""
+    if isinstance(highlight, str):
+        highlight = NOTEBOOK_STAGES[highlight]
+    fig, ax = plt.subplots(figsize=(9, 3.1))
+    for key, (x, y, w, h, text) in _BOXES.items():
+        lit = key in highlight
+        ax.add_patch(FancyBboxPatch((x, y), w, h, boxstyle="round,pad=0.03", lw=1.5 if lit else 0.8,
+                                    fc="#ffd8a8" if lit else "#f1f3f5", ec="#e8590c" if lit else "#868e96",
+                                    zorder=3 if key == "severance" else 2))
+        ax.text(x + w / 2, y + h / 2, text, ha="center", va="center", fontsize=7.5, zorder=4,
+                fontweight="bold" if lit else "normal")
+    for start, end, label in _ARROWS:
+        x0, y0, w0, h0, _ = _BOXES[start]
+        x1, y1, w1, h1, _ = _BOXES[end]
+        ax.annotate("", xy=(x1, y1 + h1 / 2), xytext=(x0 + w0, y0 + h0 / 2),
+                    arrowprops=dict(arrowstyle="->", color="#495057", lw=1, shrinkA=2, shrinkB=2))
+        if label:
+            ax.text((x0 + w0 + x1) / 2, (y0 + h0 / 2 + y1 + h1 / 2) / 2 + 0.1, label, fontsize=8,
+                    ha="center", color="#495057")
+    ax.set_xlim(-0.1, 10.9)
+    ax.set_ylim(-0.45, 3.65)
+    ax.axis("off")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig

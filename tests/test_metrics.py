@@ -1,0 +1,50 @@
+import math
+
+import pytest
+import torch
+
+from deop_lite.metrics import SegmentationMeter, harmonic_mean
+
+IGN = 255
+
+
+def test_hand_computed_case_with_absent_and_false_positive_classes():
+    # Classes: a (seen), b (seen), c (unseen), d (unseen, never in the ground truth but predicted once).
+    label = torch.tensor([[0, 0, 1, 1, 2, IGN]])
+    pred = torch.tensor([[0, 1, 1, 3, 2, 0]])
+    meter = SegmentationMeter(["a", "b", "c", "d"])
+    meter.update(pred, label)
+    r = meter.compute(seen_classes=["a", "b"], unseen_classes=["c", "d"])
+    # a: TP 1, FP 0, FN 1 -> 1/2; b: TP 1, FP 1, FN 1 -> 1/3; c: 1/1; d: no ground truth -> NaN, left out.
+    assert r["IoU"]["a"] == pytest.approx(50) and r["IoU"]["b"] == pytest.approx(100 / 3)
+    assert r["IoU"]["c"] == pytest.approx(100) and math.isnan(r["IoU"]["d"])
+    assert r["seen"] == pytest.approx((50 + 100 / 3) / 2) and r["unseen"] == pytest.approx(100)
+    assert r["hIoU"] == pytest.approx(harmonic_mean(r["seen"], 100))
+    assert r["pAcc"] == pytest.approx(100 * 3 / 5)  # the ignored pixel is not counted
+    assert r["mIoU"] == pytest.approx((50 + 100 / 3 + 100) / 3)
+
+
+def test_all_ignore_image_changes_nothing():
+    meter = SegmentationMeter(["a", "b"])
+    meter.update(torch.tensor([[0, 1]]), torch.tensor([[0, 1]]))
+    before = meter.confusion.clone()
+    meter.update(torch.zeros(1, 4, 4, dtype=torch.long), torch.full((1, 4, 4), IGN))
+    assert torch.equal(meter.confusion, before)
+
+
+def test_accumulates_over_batches_like_one_big_batch():
+    torch.manual_seed(0)
+    label, pred = torch.randint(0, 3, (4, 8, 8)), torch.randint(0, 3, (4, 8, 8))
+    whole, parts = SegmentationMeter("abc"), SegmentationMeter("abc")
+    whole.update(pred, label)
+    for i in range(4):
+        parts.update(pred[i:i + 1], label[i:i + 1])
+    assert torch.equal(whole.confusion, parts.confusion)
+
+
+def test_bad_input():
+    meter = SegmentationMeter(["a", "b"])
+    with pytest.raises(ValueError, match="same shape"):
+        meter.update(torch.zeros(1, 2, 2), torch.zeros(1, 2, 3))
+    with pytest.raises(ValueError, match="class ids"):
+        meter.update(torch.tensor([5]), torch.tensor([0]))

@@ -1,0 +1,84 @@
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from deop_lite import toyworld as tw
+
+
+def test_classes_and_split_mirror_the_paper():
+    assert len(tw.CLASS_NAMES) >= 16 and len(set(tw.CLASS_NAMES)) == len(tw.CLASS_NAMES)
+    assert len(tw.SEEN_CLASSES) == 3 * len(tw.CLASS_NAMES) // 4
+    assert set(tw.UNSEEN_CLASSES) & set(tw.STUFF_CLASSES) and set(tw.UNSEEN_CLASSES) & set(tw.THING_CLASSES)
+    assert set(tw.SEEN_CLASSES) | set(tw.UNSEEN_CLASSES) == set(tw.CLASS_NAMES)
+
+
+def test_same_seed_gives_byte_identical_scenes():
+    for index in range(20):
+        a = tw.make_scene(tw.scene_rng("val", index))
+        b = tw.make_scene(tw.scene_rng("val", index))
+        assert a.image.tobytes() == b.image.tobytes() and a.label.tobytes() == b.label.tobytes()
+        assert a.caption == b.caption
+    other = tw.make_scene(tw.scene_rng("train", 0))
+    assert other.image.tobytes() != tw.make_scene(tw.scene_rng("val", 0)).image.tobytes()
+
+
+def test_captions_name_exactly_the_visible_classes():
+    for index in range(200):
+        scene = tw.make_scene(tw.scene_rng("train", index))
+        present = {tw.CLASS_NAMES[i] for i in np.unique(scene.label) if i != tw.IGNORE_INDEX}
+        assert set(scene.classes) <= present
+        words = set(scene.caption.replace(".", " ").replace(",", " ").split())
+        assert {c for c in tw.CLASS_NAMES if c in words} == set(scene.classes), scene.caption
+
+
+def test_captions_vary():
+    captions = {tw.make_scene(tw.scene_rng("train", i)).caption.split(" ")[0] for i in range(200)}
+    assert len(captions) >= 5
+
+
+def test_thousand_scenes_per_second_on_one_core():
+    tw.texture_bank()  # built once per process
+    best = 0.0
+    for attempt in range(3):
+        tic = time.perf_counter()
+        for index in range(500):
+            tw.make_scene(tw.scene_rng("train", index + 500 * attempt))
+        best = max(best, 500 / (time.perf_counter() - tic))
+    assert best >= 1000, f"{best:.0f} scenes/s"
+
+
+def test_zs3_protocol_hides_unseen_only_in_training_labels():
+    unseen_ids = [tw.CLASS_NAMES.index(c) for c in tw.UNSEEN_CLASSES]
+    train, val = tw.ToyWorld("train", 64), tw.ToyWorld("val", 64)
+    train_labels = torch.stack([train[i]["label"] for i in range(64)])
+    val_labels = torch.stack([val[i]["label"] for i in range(64)])
+    assert not torch.isin(train_labels, torch.tensor(unseen_ids)).any()
+    assert torch.isin(val_labels, torch.tensor(unseen_ids)).any()
+    # Images are kept: the training item's image is the scene's own, unseen pixels included.
+    scene = train.scene(3)
+    assert torch.equal(train[3]["image_raw"], torch.from_numpy(scene.image).permute(2, 0, 1).float() / 255)
+
+
+def test_dataset_items():
+    item = tw.ToyWorld("val", 4, tw.ToyWorldConfig.segmentation())[2]
+    assert item["image_raw"].shape == (3, 128, 128) and item["image_raw"].dtype == torch.float32
+    assert 0 <= item["image_raw"].min() and item["image_raw"].max() <= 1
+    assert item["label"].shape == (128, 128) and item["label"].dtype == torch.int64
+    with pytest.raises(IndexError):
+        tw.ToyWorld("val", 4)[4]
+    with pytest.raises(ValueError, match="split"):
+        tw.ToyWorld("validation", 4)
+
+
+def test_single_class_images():
+    images, targets = tw.single_class_images(2, class_names=["sky", "star"])
+    assert images.shape == (4, 3, 64, 64) and targets.tolist() == [0, 0, 1, 1]
+
+
+def test_unknown_class_names_are_rejected_with_the_vocabulary():
+    with pytest.raises(ValueError, match="toy world knows: sky, grass"):
+        tw.check_class_names(["sky", "giraffe"])
+    with pytest.raises(ValueError, match="kind"):
+        tw.make_scene(np.random.default_rng(0), kind="indoor")
