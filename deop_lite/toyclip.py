@@ -135,18 +135,30 @@ def build_toy_clip(config: ToyClipConfig, vocab_size: int) -> open_clip.CLIP:
     return open_clip.CLIP(config.embed_dim, vision, text, quick_gelu=True)
 
 
-def contrastive_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, tokens: torch.Tensor,
+def caption_groups(captions: Sequence[str]) -> torch.Tensor:
+    """(B,) int64 group ids: captions that say the same thing (the same class and colour words, in any
+    wording) share a group. "a red star on grass." and "grass with a red star." are one group."""
+    content = set(toyworld.CLASS_NAMES) | set(toyworld.COLOURS)
+    keys = [tuple(sorted(w for w in _split(c) if w in content)) for c in captions]
+    ids: dict[tuple, int] = {}
+    return torch.tensor([ids.setdefault(k, len(ids)) for k in keys])
+
+
+def contrastive_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, groups: torch.Tensor,
                      logit_scale: torch.Tensor) -> torch.Tensor:
-    """Symmetric InfoNCE where identical captions are positives of each other, not negatives.
+    """Symmetric InfoNCE in which captions of the same group are positives of each other, not negatives.
+
+    With exact duplicates only, this equals plain CLIP loss (identical captions have identical text
+    embeddings, so their logits tie); what it changes is paraphrases, which plain CLIP pushes apart.
 
     Args:
         image_emb, text_emb: (B, D) unit-norm embeddings of matching pairs.
-        tokens: (B, L) caption token ids; rows with equal ids are the same caption.
+        groups: (B,) group ids from :func:`caption_groups`.
         logit_scale: scalar, log of the inverse temperature.
     """
     logits = logit_scale.exp().clamp(max=100) * image_emb @ text_emb.T  # (B, B)
-    same = (tokens[:, None, :] == tokens[None, :, :]).all(-1).float()  # (B, B), 1 on the diagonal
-    targets = same / same.sum(1, keepdim=True)  # each row spreads its mass over its duplicates
+    same = (groups[:, None] == groups[None, :]).float()  # (B, B), 1 on the diagonal
+    targets = same / same.sum(1, keepdim=True)  # each row spreads its mass over its group
     return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
 
 
@@ -202,7 +214,7 @@ def train_toy_clip(config: ToyClipConfig, run_dir: str | Path = "runs/toy_clip",
         tokens = tokenizer(captions)  # (B, L)
         image_emb = F.normalize(model.encode_image(clip.normalize(image_raw)), dim=-1)  # (B, D)
         text_emb = F.normalize(model.encode_text(tokens), dim=-1)  # (B, D)
-        return contrastive_loss(image_emb, text_emb, tokens, model.logit_scale), \
+        return contrastive_loss(image_emb, text_emb, caption_groups(captions), model.logit_scale), \
             {"logit_scale": model.logit_scale.exp().item()}
 
     def evaluate():

@@ -1,32 +1,47 @@
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 
-from deop_lite.toyclip import (ToyClipConfig, WordTokenizer, build_toy_clip, caption_batch, contrastive_loss,
-                               toy_vocabulary)
+from deop_lite.toyclip import (ToyClipConfig, WordTokenizer, build_toy_clip, caption_batch, caption_groups,
+                               contrastive_loss, toy_vocabulary)
 from deop_lite.train import TrainConfig, fit, lr_factor, read_log
 
 
-def test_contrastive_loss_is_clip_loss_without_duplicates():
+def test_contrastive_loss_is_clip_loss_without_repeats():
     torch.manual_seed(0)
     img, txt = F.normalize(torch.randn(4, 8), dim=-1), F.normalize(torch.randn(4, 8), dim=-1)
-    tokens = torch.arange(4)[:, None]  # four different captions
     logits = 10 * img @ txt.T
     expected = (F.cross_entropy(logits, torch.arange(4)) + F.cross_entropy(logits.T, torch.arange(4))) / 2
-    assert torch.allclose(contrastive_loss(img, txt, tokens, torch.tensor(math.log(10))), expected)
+    assert torch.allclose(contrastive_loss(img, txt, torch.arange(4), torch.tensor(math.log(10))), expected)
 
 
-def test_repeated_captions_are_not_negatives():
-    # Two images with the same caption: a perfect model cannot tell the two texts apart, and must not
-    # be pushed to. Its loss equals that of a batch where the duplicate is dropped entirely.
-    img = F.normalize(torch.tensor([[1.0, 0, 0], [1.0, 0.01, 0], [0, 0, 1.0]]), dim=-1)
-    txt = F.normalize(torch.tensor([[1.0, 0, 0], [1.0, 0, 0], [0, 0, 1.0]]), dim=-1)
-    tokens = torch.tensor([[5, 6], [5, 6], [7, 8]])
-    scale = torch.tensor(math.log(50))
-    with_dupes = contrastive_loss(img, txt, tokens, scale)
-    as_negatives = contrastive_loss(img, txt, torch.tensor([[1], [2], [3]]), scale)
-    assert with_dupes < 0.5 * as_negatives
+def test_paraphrases_are_positives_not_negatives():
+    groups = caption_groups(["a photo of a red star on grass.", "grass with a red star.", "a star on grass."])
+    assert groups.tolist() == [0, 0, 1]
+    torch.manual_seed(0)
+    img, txt = F.normalize(torch.randn(3, 8), dim=-1), F.normalize(torch.randn(3, 8), dim=-1)
+    logits = 10 * img @ txt.T
+    targets = torch.tensor([[0.5, 0.5, 0], [0.5, 0.5, 0], [0, 0, 1]])
+    expected = (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
+    assert torch.allclose(contrastive_loss(img, txt, groups, torch.tensor(math.log(10))), expected)
+    # Image 0 moving onto its paraphrase (text 1) is not penalised as it would be for a negative.
+    towards_paraphrase = F.normalize(img[0] + 2 * txt[1], dim=-1)
+    moved = torch.stack([towards_paraphrase, img[1], img[2]])
+    plain = lambda x: contrastive_loss(x, txt, torch.arange(3), torch.tensor(math.log(10)))
+    grouped = lambda x: contrastive_loss(x, txt, groups, torch.tensor(math.log(10)))
+    assert grouped(moved) - grouped(img) < plain(moved) - plain(img)
+
+
+def test_exact_duplicates_alone_change_nothing():
+    # Identical captions have identical embeddings: grouping them gives plain CLIP loss exactly.
+    torch.manual_seed(1)
+    img, txt = F.normalize(torch.randn(3, 8), dim=-1), F.normalize(torch.randn(3, 8), dim=-1)
+    txt[1] = txt[0]
+    scale = torch.tensor(math.log(10))
+    assert torch.allclose(contrastive_loss(img, txt, torch.tensor([0, 0, 1]), scale),
+                          contrastive_loss(img, txt, torch.arange(3), scale))
 
 
 def test_caption_batches_are_a_function_of_the_step():
@@ -38,31 +53,33 @@ def test_caption_batches_are_a_function_of_the_step():
     assert tokens.shape == (4, 32)
 
 
-def _train(config: ToyClipConfig, run_dir, steps: int) -> torch.nn.Module:
+def _train(run_dir, interrupt_at: int | None = None) -> torch.nn.Module:
+    """Train the tiny toy CLIP for 4 steps; raise KeyboardInterrupt (as Ctrl-C would) at ``interrupt_at``."""
+    config = ToyClipConfig.tiny()
     tokenizer = WordTokenizer(toy_vocabulary(), config.context_length)
     torch.manual_seed(0)
     model = build_toy_clip(config, tokenizer.vocab_size)
 
     def step_loss(step):
+        if step == interrupt_at:
+            raise KeyboardInterrupt
         images, captions = caption_batch(step, config.batch_size, config.image_size)
-        tokens = tokenizer(captions)
         img = F.normalize(model.encode_image(images), dim=-1)
-        txt = F.normalize(model.encode_text(tokens), dim=-1)
-        return contrastive_loss(img, txt, tokens, model.logit_scale), {}
+        txt = F.normalize(model.encode_text(tokenizer(captions)), dim=-1)
+        return contrastive_loss(img, txt, caption_groups(captions), model.logit_scale), {}
 
-    config.train.steps = steps
     fit(model, step_loss, config.train, run_dir)
     return model
 
 
 def test_interrupted_training_resumes_to_the_same_weights(tmp_path):
-    straight = _train(ToyClipConfig.tiny(), tmp_path / "straight", steps=4)
-    _train(ToyClipConfig.tiny(), tmp_path / "resumed", steps=2)  # "interrupted" after 2 steps
-    resumed = _train(ToyClipConfig.tiny(), tmp_path / "resumed", steps=4)  # picks up from last.pt
+    straight = _train(tmp_path / "straight")
+    with pytest.raises(KeyboardInterrupt):
+        _train(tmp_path / "resumed", interrupt_at=3)  # Ctrl-C during step 3: steps 0-2 are saved
+    resumed = _train(tmp_path / "resumed")  # the same command again picks up from last.pt
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
-        assert torch.allclose(a, b, atol=1e-6), name
-    history = read_log(tmp_path / "resumed" / "train.log")
-    assert [r["step"] for r in history] == [2, 4]
+        assert torch.equal(a, b), name
+    assert [r["step"] for r in read_log(tmp_path / "resumed" / "train.log")] == [2, 4]
 
 
 def test_lr_schedule():

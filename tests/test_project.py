@@ -1,0 +1,52 @@
+"""Project hygiene: packaging lists agree, CI runs the README's test command, notebooks are clean."""
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _pyproject_requirements() -> set[str]:
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    return set(project["dependencies"]) | set(project["optional-dependencies"]["dev"])
+
+
+def _environment_requirements() -> set[str]:
+    lines = (ROOT / "environment.yml").read_text().splitlines()
+    start = lines.index("  - pip:")
+    return {line.strip()[2:] for line in lines[start + 1:] if line.startswith("      - ")} - {"-e ."}
+
+
+def test_environment_yml_matches_pyproject():
+    assert _environment_requirements() == _pyproject_requirements()
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    quickstart = readme.split("## Quickstart", 1)[1].split("\n## ", 1)[0]
+    commands = re.findall(r"^(make \w+)", quickstart, flags=re.M)
+    assert commands == ["make demo", "make test"]
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_ci_mode_is_read_in_one_place():
+    readers = [p.name for p in (ROOT / "deop_lite").glob("*.py") if "os.environ" in p.read_text()]
+    assert readers == ["runtime.py"]
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "notebooks").glob("*.ipynb")), ids=lambda p: p.name)
+def test_notebook_hygiene(path):
+    assert path.stat().st_size < 2 * 1024 * 1024, "keep notebooks under 2 MB"
+    nb = json.loads(path.read_text())
+    assert "widgets" not in nb["metadata"], "strip widget state: python tools/strip_widget_state.py"
+    errors = [o for c in nb["cells"] for o in c.get("outputs", []) if o["output_type"] == "error"]
+    assert not errors
+    first = nb["cells"][0]
+    assert first["cell_type"] == "markdown" and first["source"][0].startswith("# ")
+    last = "".join(nb["cells"][-1]["source"])
+    assert "Next" in last or "The end" in last
+    assert any("## Summary" in "".join(c["source"]) for c in nb["cells"])
+    assert any("## Exercises" in "".join(c["source"]) for c in nb["cells"])
