@@ -1,0 +1,14 @@
+"""deop_lite: DeOP (Han et al., ICCV 2023) rebuilt step by step, for teaching and research.
+
+Modules are the boxes of the DeOP diagram:
+
+- ``toyworld``: the procedural toy world (stuff textures, thing shapes, captions, seen/unseen split)
+- ``clip``: CLIP in both worlds (toy and open_clip), dense patch features, text classifiers
+- ``toyclip``: the toy CLIP's tokenizer, config, contrastive pre-training and checkpoint
+- ``metrics``: ZS3 segmentation metrics (seen/unseen mIoU, hIoU, pAcc)
+- ``train``: the one resumable training loop shared by every stage
+- ``viz``: every figure (palette, overlays, galleries, confusion matrices, the pipeline)
+- ``cli``: the ``deop-lite`` command
+- ``runtime``: run mode (``DEOP_CI=1``), seeds, paths, device
+"""
+__version__ = "0.1.0"
