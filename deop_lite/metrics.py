@@ -1,9 +1,10 @@
 """ZS3 segmentation metrics from a confusion matrix, with detectron2's SemSegEvaluator conventions.
 
 - Pixels labelled ``ignore_index`` are not counted.
-- IoU_c = TP / (TP + FP + FN); a class with no ground-truth pixels in the whole dataset gets no IoU
-  (NaN) and is left out of every mean, even if it was predicted (its false positives still lower the
-  IoU of the true classes of those pixels, through their FN).
+- IoU_c = TP / (TP + FP + FN) over the whole dataset. A class that is neither in the ground truth nor
+  predicted has no IoU (NaN) and is left out of every mean; a class that is predicted but absent from
+  the ground truth has IoU 0 and *counts* in the means (detectron2: the sum of IoUs of classes with
+  ground truth, divided by the number of classes with ground truth or predictions).
 - mIoU(seen), mIoU(unseen) average over the classes of each set that have IoU; hIoU is their harmonic
   mean (ZS3Net's protocol). Pixel accuracy = correctly labelled / all labelled pixels.
 Results are percentages, as in the paper's tables.
@@ -42,13 +43,12 @@ class SegmentationMeter:
         self.confusion += torch.bincount(label * n + pred, minlength=n * n).view(n, n)  # rows: truth
 
     def per_class_iou(self) -> np.ndarray:
-        """(C,) IoU in percent; NaN for classes without ground-truth pixels."""
+        """(C,) IoU in percent; NaN for classes neither present nor predicted."""
         conf = self.confusion.double().numpy()
-        tp, gt, predicted = np.diag(conf), conf.sum(1), conf.sum(0)
+        tp = np.diag(conf)
+        union = conf.sum(1) + conf.sum(0) - tp  # TP + FN + FP
         with np.errstate(invalid="ignore", divide="ignore"):
-            iou = tp / (gt + predicted - tp)
-        iou[gt == 0] = np.nan
-        return 100 * iou
+            return 100 * np.where(union > 0, tp / union, np.nan)
 
     def compute(self, seen_classes: Sequence[str] | None = None,
                 unseen_classes: Sequence[str] | None = None) -> dict:

@@ -15,13 +15,22 @@ def test_hand_computed_case_with_absent_and_false_positive_classes():
     meter = SegmentationMeter(["a", "b", "c", "d"])
     meter.update(pred, label)
     r = meter.compute(seen_classes=["a", "b"], unseen_classes=["c", "d"])
-    # a: TP 1, FP 0, FN 1 -> 1/2; b: TP 1, FP 1, FN 1 -> 1/3; c: 1/1; d: no ground truth -> NaN, left out.
+    # a: TP 1, FP 0, FN 1 -> 1/2; b: TP 1, FP 1, FN 1 -> 1/3; c: 1/1; d: predicted, never true -> 0,
+    # and it counts in the means (detectron2's convention).
     assert r["IoU"]["a"] == pytest.approx(50) and r["IoU"]["b"] == pytest.approx(100 / 3)
-    assert r["IoU"]["c"] == pytest.approx(100) and math.isnan(r["IoU"]["d"])
-    assert r["seen"] == pytest.approx((50 + 100 / 3) / 2) and r["unseen"] == pytest.approx(100)
-    assert r["hIoU"] == pytest.approx(harmonic_mean(r["seen"], 100))
+    assert r["IoU"]["c"] == pytest.approx(100) and r["IoU"]["d"] == 0
+    assert r["seen"] == pytest.approx((50 + 100 / 3) / 2) and r["unseen"] == pytest.approx(50)
+    assert r["hIoU"] == pytest.approx(harmonic_mean(r["seen"], 50))
     assert r["pAcc"] == pytest.approx(100 * 3 / 5)  # the ignored pixel is not counted
-    assert r["mIoU"] == pytest.approx((50 + 100 / 3 + 100) / 3)
+    assert r["mIoU"] == pytest.approx((50 + 100 / 3 + 100 + 0) / 4)
+
+
+def test_a_class_neither_present_nor_predicted_is_left_out():
+    meter = SegmentationMeter(["a", "b", "c"])
+    meter.update(torch.tensor([[0, 1]]), torch.tensor([[0, 0]]))
+    r = meter.compute(seen_classes=["a", "c"], unseen_classes=["b"])
+    assert math.isnan(r["IoU"]["c"])
+    assert r["seen"] == pytest.approx(50) and r["mIoU"] == pytest.approx(25)
 
 
 def test_all_ignore_image_changes_nothing():
