@@ -23,7 +23,8 @@ def demo(out: Path, n_scenes: int) -> dict:
     from . import viz
     from .clip import load_clip, naive_dense_labels
     from .metrics import SegmentationMeter
-    from .toyclip import DEFAULT_CHECKPOINT, evaluate_zero_shot, read_metadata
+    from .toyclip import DEFAULT_CHECKPOINT, evaluate_zero_shot
+    from .train import read_metadata
 
     out.mkdir(parents=True, exist_ok=True)
     print(runtime.describe())

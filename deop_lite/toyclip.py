@@ -14,7 +14,6 @@ Evaluate zero-shot classification of single-class toy images::
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import shutil
 import time
@@ -27,11 +26,9 @@ import open_clip
 import torch
 import torch.nn.functional as F
 from open_clip.model import CLIPTextCfg, CLIPVisionCfg
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
 from . import runtime, toyworld
-from .train import TrainConfig, fit
+from .train import TrainConfig, fit, load_weights, read_metadata, save_weights
 
 DEFAULT_CHECKPOINT = runtime.DATA_DIR / "toy_clip.safetensors"
 TRAIN_COMMAND = "python -m deop_lite.toyclip train"
@@ -238,40 +235,18 @@ def train_toy_clip(config: ToyClipConfig, run_dir: str | Path = "runs/toy_clip",
 def save_toy_clip(model: open_clip.CLIP, tokenizer: WordTokenizer, config: ToyClipConfig, path: str | Path,
                   summary: dict | None = None) -> None:
     """Write weights + config + vocabulary (+ training summary) to one safetensors file."""
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    metadata = {"config": json.dumps(asdict(config)), "vocabulary": json.dumps(tokenizer.vocabulary),
-                "summary": json.dumps(summary or {}), "format": "deop_lite.toy_clip/1"}
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(path), metadata=metadata)
-
-
-def read_metadata(path: str | Path) -> dict:
-    """The config, vocabulary and training summary stored beside the weights."""
-    from safetensors import safe_open
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata() or {}
-    return {k: json.loads(v) for k, v in meta.items() if k != "format"}
+    save_weights(model, path, {"config": asdict(config), "vocabulary": tokenizer.vocabulary, "summary": summary or {}})
 
 
 def load_toy_clip(path: str | Path = DEFAULT_CHECKPOINT) -> tuple[open_clip.CLIP, WordTokenizer]:
     """Load a toy CLIP written by :func:`save_toy_clip`, with clear errors for missing or corrupt files."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no toy CLIP checkpoint at {path}. Restore the shipped one with "
-                                f"`git checkout -- data/toy_clip.safetensors`, or train one with `{TRAIN_COMMAND}`.")
-    try:
-        meta = read_metadata(path)
-        state = load_file(str(path))
-        config = ToyClipConfig.from_dict(meta["config"])
-        tokenizer = WordTokenizer(meta["vocabulary"], config.context_length)
-        model = build_toy_clip(config, tokenizer.vocab_size)
-        model.load_state_dict(state)
-    except (SafetensorError, KeyError, ValueError, RuntimeError, json.JSONDecodeError, OSError) as error:
-        raise RuntimeError(f"the toy CLIP checkpoint {path} is unreadable or not a toy CLIP "
-                           f"({type(error).__name__}: {str(error)[:200]}). If it is the shipped file, restore "
-                           f"it with `git checkout -- {path.name}` (a git-lfs pointer? run `git lfs pull`), "
-                           f"or re-train it with `{TRAIN_COMMAND}`.") from error
-    return model.eval(), tokenizer
+    def build(metadata: dict) -> open_clip.CLIP:
+        config = ToyClipConfig.from_dict(metadata["config"])
+        return build_toy_clip(config, WordTokenizer(metadata["vocabulary"]).vocab_size)
+
+    model, metadata = load_weights(path, build, TRAIN_COMMAND)
+    context_length = ToyClipConfig.from_dict(metadata["config"]).context_length
+    return model, WordTokenizer(metadata["vocabulary"], context_length)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

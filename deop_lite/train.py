@@ -148,3 +148,45 @@ def read_log(path: str | Path) -> list[dict]:
 
 def save_json(obj, path: str | Path) -> None:
     Path(path).write_text(json.dumps(obj, indent=2) + "\n")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Shipped weights: one safetensors file with JSON metadata (config, training summary, ...)
+
+def save_weights(model: nn.Module, path: str | Path, metadata: dict) -> None:
+    """Write ``model``'s state dict and JSON-serialisable ``metadata`` to a safetensors file, atomically."""
+    from safetensors.torch import save_file
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    tmp = path.with_suffix(".tmp")
+    save_file(state, str(tmp), metadata={k: json.dumps(v) for k, v in metadata.items()})
+    tmp.replace(path)
+
+
+def read_metadata(path: str | Path) -> dict:
+    """The JSON metadata stored beside the weights by :func:`save_weights`."""
+    from safetensors import safe_open
+    with safe_open(str(path), "pt") as f:
+        return {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
+
+
+def load_weights(path: str | Path, build: Callable[[dict], nn.Module], retrain_command: str) -> tuple[nn.Module, dict]:
+    """Load a file written by :func:`save_weights`: ``build(metadata)`` makes the module, then the weights
+    are loaded strictly. Missing or corrupt files raise errors that say how to restore or re-train them."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}. Restore the shipped one with `git checkout -- {path.name}` "
+                                f"(in data/), or train it with `{retrain_command}`.")
+    try:
+        metadata = read_metadata(path)
+        model = build(metadata)
+        model.load_state_dict(load_file(str(path)))
+    except (SafetensorError, KeyError, ValueError, TypeError, RuntimeError, json.JSONDecodeError, OSError) as error:
+        raise RuntimeError(f"the checkpoint {path} is unreadable or of another kind ({type(error).__name__}: "
+                           f"{str(error)[:200]}). If it is a shipped file, restore it with `git checkout -- "
+                           f"{path.name}` (a git-lfs pointer? run `git lfs pull`), or re-train it with "
+                           f"`{retrain_command}`.") from error
+    return model.eval(), metadata

@@ -81,7 +81,8 @@ def test_toy_tokenizer():
 
 
 def test_toy_clip_round_trips_bit_exactly(toy_clip, tmp_path):
-    from deop_lite.toyclip import ToyClipConfig, read_metadata
+    from deop_lite.toyclip import ToyClipConfig
+    from deop_lite.train import read_metadata
     path = tmp_path / "copy.safetensors"
     config = ToyClipConfig.from_dict(read_metadata("data/toy_clip.safetensors")["config"])
     save_toy_clip(toy_clip.model, toy_clip.tokenizer, config, path)
@@ -98,7 +99,7 @@ def test_missing_or_corrupt_toy_checkpoint(tmp_path):
         load_toy_clip(tmp_path / "nothing.safetensors")
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"version https://git-lfs.github.com/spec/v1\n")
-    with pytest.raises(RuntimeError, match="unreadable or not a toy CLIP.*re-train"):
+    with pytest.raises(RuntimeError, match="unreadable or of another kind.*re-train"):
         load_toy_clip(bad)
 
 

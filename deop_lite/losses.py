@@ -1,0 +1,126 @@
+"""Losses: MaskFormer's Hungarian-matched mask losses for the proposal network (spec §3).
+
+Every mask loss and matching cost is computed over *valid* pixels only: pixels labelled IGNORE_INDEX
+(unseen classes in ZS3 training labels) never count, so no query is ever taught that an unseen object
+is background.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from scipy.optimize import linear_sum_assignment
+from torchvision.ops import sigmoid_focal_loss
+
+from .toyworld import IGNORE_INDEX
+
+
+def semantic_targets(label: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> tuple[torch.Tensor, torch.Tensor]:
+    """One target segment per class present in a label map (MaskFormer's semantic targets).
+
+    Args:
+        label: (H, W) int64 class ids or ``ignore_index``.
+    Returns:
+        classes (T,) int64 and masks (T, H, W) float in {0, 1}.
+    """
+    classes = label.unique()
+    classes = classes[classes != ignore_index]
+    return classes, (label[None] == classes[:, None, None]).float()
+
+
+def pairwise_focal_cost(logits: torch.Tensor, targets: torch.Tensor, alpha: float = 0.25,
+                        gamma: float = 2.0) -> torch.Tensor:
+    """Sigmoid focal loss of every prediction against every target, averaged over pixels.
+
+    Args:
+        logits: (N, P) mask logits over P (valid) pixels; targets: (T, P) in {0, 1}.
+    Returns:
+        (N, T) costs.
+    """
+    prob = logits.sigmoid()
+    pos = alpha * (1 - prob) ** gamma * F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits), reduction="none")
+    neg = (1 - alpha) * prob ** gamma * F.binary_cross_entropy_with_logits(logits, torch.zeros_like(logits), reduction="none")
+    return (pos @ targets.T + neg @ (1 - targets).T) / logits.shape[1]
+
+
+def pairwise_dice_cost(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """1 - Dice of every prediction (N, P) against every target (T, P): (N, T)."""
+    prob = logits.sigmoid()
+    numerator = 2 * prob @ targets.T  # (N, T)
+    denominator = prob.sum(-1)[:, None] + targets.sum(-1)[None, :]  # (N, T)
+    return 1 - (numerator + 1) / (denominator + 1)
+
+
+def dice_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """1 - Dice per matched pair: logits, targets (M, P) -> (M,)."""
+    prob = logits.sigmoid()
+    return 1 - (2 * (prob * targets).sum(-1) + 1) / (prob.sum(-1) + targets.sum(-1) + 1)
+
+
+@torch.no_grad()
+def hungarian_match(logits: torch.Tensor, targets: torch.Tensor, weight_focal: float, weight_dice: float,
+                    class_cost: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Optimal one-to-one assignment of N predictions to T <= N targets (scipy's linear_sum_assignment).
+
+    Args:
+        logits: (N, P) mask logits; targets: (T, P) masks; class_cost: optional (N, T) extra cost.
+    Returns:
+        (query indices (T,), target indices (T,)).
+    """
+    cost = weight_focal * pairwise_focal_cost(logits, targets) + weight_dice * pairwise_dice_cost(logits, targets)
+    if class_cost is not None:
+        cost = cost + class_cost
+    rows, cols = linear_sum_assignment(cost.float().cpu().numpy())
+    return torch.as_tensor(rows, dtype=torch.long), torch.as_tensor(cols, dtype=torch.long)
+
+
+def mask_proposal_loss(outputs: dict, labels: torch.Tensor, config, class_map: torch.Tensor | None = None) -> dict:
+    """MaskFormer's set loss, summed over the last and (with deep supervision) every earlier decoder layer.
+
+    Args:
+        outputs: the network's dict: ``masks`` (B, N, h, w) logits, ``aux`` list, optional ``class_logits``.
+        labels: (B, H, W) int64 training labels (unseen already IGNORE_INDEX).
+        config: a ``ProposalConfig`` (loss weights, ``empty_weight``, ``class_aware``).
+        class_map: (256,) int64 mapping label ids to class-head indices; needed when class-aware.
+    Returns:
+        dict with ``loss`` (scalar to minimise) and detached parts ``focal``, ``dice``, ``empty``/``class``.
+    """
+    layers = [outputs] + (list(outputs["aux"]) if config.deep_supervision else [])
+    parts = [_layer_loss(layer, labels, config, class_map) for layer in layers]
+    total = {k: sum(p[k] for p in parts) for k in parts[0]}
+    return {"loss": total.pop("loss"), **{k: v.item() / len(parts) for k, v in total.items()}}
+
+
+def _layer_loss(out: dict, labels: torch.Tensor, config, class_map) -> dict:
+    masks = F.interpolate(out["masks"], size=labels.shape[-2:], mode="bilinear", align_corners=False)  # (B, N, H, W)
+    zero = masks.sum() * 0
+    focal, dice, empty, cls = zero, zero, zero, zero
+    n_images = len(labels)
+    for b in range(n_images):
+        valid = labels[b] != IGNORE_INDEX  # (H, W)
+        classes, targets = semantic_targets(labels[b])
+        logits = masks[b][:, valid]  # (N, P)
+        targets = targets[:, valid]  # (T, P)
+        class_cost, log_probs = None, None
+        if config.class_aware:
+            log_probs = out["class_logits"][b].log_softmax(-1)  # (N, K+1)
+            class_cost = -config.weight_class * log_probs.exp()[:, class_map[classes]]  # (N, T)
+        rows, cols = hungarian_match(logits, targets, config.weight_focal, config.weight_dice, class_cost)
+        if len(rows):
+            focal = focal + sigmoid_focal_loss(logits[rows], targets[cols], reduction="none").mean(-1).mean()
+            dice = dice + dice_loss(logits[rows], targets[cols]).mean()
+        unmatched = torch.ones(len(logits), dtype=torch.bool, device=logits.device)
+        unmatched[rows] = False
+        if config.class_aware:
+            target_classes = torch.full((len(logits),), log_probs.shape[-1] - 1, device=logits.device)
+            target_classes[rows] = class_map[classes[cols]].to(logits.device)
+            weights = torch.ones(log_probs.shape[-1], device=logits.device)
+            weights[-1] = config.empty_weight
+            cls = cls + F.nll_loss(log_probs, target_classes, weight=weights)
+        elif unmatched.any():
+            idle = logits[unmatched]  # (N - T, P): pushed towards empty masks
+            empty = empty + sigmoid_focal_loss(idle, torch.zeros_like(idle), reduction="none").mean()
+    focal, dice, empty, cls = (x / n_images for x in (focal, dice, empty, cls))
+    loss = config.weight_focal * focal + config.weight_dice * dice
+    loss = loss + (config.weight_class * cls if config.class_aware else config.weight_focal * config.empty_weight * empty)
+    return {"loss": loss, "focal": focal.detach(), "dice": dice.detach(),
+            ("class" if config.class_aware else "empty"): (cls if config.class_aware else empty).detach()}

@@ -1,0 +1,407 @@
+"""The mask proposal network: a class-agnostic MaskFormer (paper §3.1; spec §3).
+
+    image -> backbone (res2..res5) -> FPN pixel decoder -> mask features E (B, C_m, H/4, W/4)
+                                   -> transformer decoder over res5, N learned queries -> Q (B, N, d)
+    masks M = MLP(Q) · E  -> (B, N, H/4, W/4) logits
+
+The paper removes MaskFormer's class head and keeps the mask components. Without any head, a query that
+the Hungarian matching leaves unmatched would get no signal at all, and its (arbitrary) mask would pollute
+the semantic map O = Σ_n F_C[n] σ(M_n). We therefore supervise unmatched queries towards an **empty
+mask** (focal loss to 0, weight ``empty_weight``): still only a mask loss, and an idle query switches
+itself off. The official code instead trains a class-aware MaskFormer over the seen classes plus a
+"no object" class and uses only its masks (spec §3): ``ProposalConfig(class_aware=True)``.
+
+Pixels labelled ``IGNORE_INDEX`` (unseen classes in ZS3 training labels) are left out of every mask
+loss and matching cost: the network is never told that unseen objects are background.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+from torchvision.models.feature_extraction import create_feature_extractor
+from torchvision.ops import Conv2dNormActivation
+
+from . import runtime, toyworld
+from .losses import mask_proposal_loss, semantic_targets
+from .toyworld import IGNORE_INDEX
+from .train import TrainConfig, fit, load_weights, save_weights
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+RESNET_CHANNELS = {"resnet18": (64, 128, 256, 512), "resnet34": (64, 128, 256, 512),
+                   "resnet50": (256, 512, 1024, 2048), "resnet101": (256, 512, 1024, 2048)}
+
+
+@dataclass
+class ProposalConfig:
+    """Architecture and loss of the mask proposal network."""
+    backbone: str = "toy"  # "toy" (a small conv stack) or a torchvision ResNet: "resnet18", "resnet50", ...
+    pretrained_backbone: bool = False  # torchvision's ImageNet weights (real world; must be in torch's cache)
+    toy_widths: tuple[int, int, int, int] = (32, 64, 96, 128)  # res2..res5 channels of the toy backbone
+    num_queries: int = 16  # N
+    hidden_dim: int = 96
+    mask_dim: int = 64
+    dec_layers: int = 3
+    nheads: int = 4
+    dim_feedforward: int = 384
+    dropout: float = 0.0
+    class_aware: bool = False  # the official code's choice: a class head over the seen classes + no-object
+    num_classes: int = 12  # seen classes, for class_aware
+    weight_focal: float = 20.0  # MaskFormer's weights (spec §3)
+    weight_dice: float = 1.0
+    weight_class: float = 1.0
+    empty_weight: float = 0.1  # unmatched queries -> empty masks (class-agnostic) / no-object CE weight
+    deep_supervision: bool = True
+
+    @classmethod
+    def tiny(cls) -> "ProposalConfig":
+        """The toy world's proposal network (about 1 M parameters, 16 queries, 128 x 128 scenes)."""
+        return cls()
+
+    @classmethod
+    def real(cls) -> "ProposalConfig":
+        """The paper's scale: ResNet-101, 100 queries, hidden 256, 6 decoder layers (spec §3)."""
+        return cls(backbone="resnet101", pretrained_backbone=True, num_queries=100, hidden_dim=256, mask_dim=256,
+                   dec_layers=6, nheads=8, dim_feedforward=2048, dropout=0.1, num_classes=156)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Backbone -> res2..res5 (strides 4, 8, 16, 32)
+
+class ToyBackbone(nn.Module):
+    """A small conv stack: two conv-BN-ReLU per stage; strides 4, 8, 16, 32."""
+
+    def __init__(self, widths: tuple[int, int, int, int]):
+        super().__init__()
+        stem = widths[0] // 2
+        self.stem = nn.Sequential(Conv2dNormActivation(3, stem, stride=2), Conv2dNormActivation(stem, stem))
+        stages, c_in = [], stem
+        for c_out in widths:
+            stages.append(nn.Sequential(Conv2dNormActivation(c_in, c_out, stride=2), Conv2dNormActivation(c_out, c_out)))
+            c_in = c_out
+        self.stages = nn.ModuleList(stages)
+        self.channels = tuple(widths)
+
+    def forward(self, image: torch.Tensor) -> list[torch.Tensor]:
+        x = self.stem(image)  # (B, c, H/2, W/2)
+        features = []
+        for stage in self.stages:
+            x = stage(x)
+            features.append(x)  # res2 (H/4) ... res5 (H/32)
+        return features
+
+
+class ResNetBackbone(nn.Module):
+    """A torchvision ResNet returning layer1..layer4 (res2..res5)."""
+
+    def __init__(self, name: str, pretrained: bool):
+        super().__init__()
+        if name not in RESNET_CHANNELS:
+            raise ValueError(f"unknown backbone {name!r}; use 'toy' or one of {tuple(RESNET_CHANNELS)}")
+        weights = "DEFAULT" if pretrained else None
+        resnet = getattr(torchvision.models, name)(weights=weights)
+        self.body = create_feature_extractor(
+            resnet, {f"layer{i}": f"res{i + 1}" for i in range(1, 5)})
+        self.channels = RESNET_CHANNELS[name]
+
+    def forward(self, image: torch.Tensor) -> list[torch.Tensor]:
+        return list(self.body(image).values())
+
+
+def _group_norm(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(math.gcd(32, channels), channels)
+
+
+class PixelDecoder(nn.Module):
+    """FPN (MaskFormer's BasePixelDecoder): top-down from res5, lateral 1x1 convs, 3x3 output convs,
+    then mask features at stride 4."""
+
+    def __init__(self, in_channels: tuple[int, ...], conv_dim: int, mask_dim: int):
+        super().__init__()
+        conv = lambda c_in, k: Conv2dNormActivation(c_in, conv_dim, k, norm_layer=_group_norm, bias=False)
+        self.lateral = nn.ModuleList(conv(c, 1) for c in in_channels[:-1])  # res2..res4
+        self.output = nn.ModuleList(conv(conv_dim, 3) for _ in in_channels[:-1])
+        self.top = conv(in_channels[-1], 3)  # res5
+        self.mask_features = nn.Conv2d(conv_dim, mask_dim, 3, padding=1)
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        y = self.top(features[-1])  # (B, conv_dim, H/32, W/32)
+        for lateral, output, x in zip(self.lateral[::-1], self.output[::-1], features[-2::-1]):
+            y = output(lateral(x) + F.interpolate(y, size=x.shape[-2:], mode="nearest"))
+        return self.mask_features(y)  # (B, mask_dim, H/4, W/4)
+
+
+def sine_position_encoding(height: int, width: int, dim: int, device=None) -> torch.Tensor:
+    """DETR's normalised 2-D sine encoding, (height * width, dim): half the channels for y, half for x."""
+    quarter = dim // 4
+    freqs = 10000 ** (-torch.arange(quarter, device=device) / quarter)  # (dim/4,)
+    ys = (torch.arange(height, device=device) + 0.5) / height * 2 * math.pi  # (h,)
+    xs = (torch.arange(width, device=device) + 0.5) / width * 2 * math.pi  # (w,)
+    ey = torch.cat([(ys[:, None] * freqs).sin(), (ys[:, None] * freqs).cos()], 1)  # (h, dim/2)
+    ex = torch.cat([(xs[:, None] * freqs).sin(), (xs[:, None] * freqs).cos()], 1)  # (w, dim/2)
+    return torch.cat([ey[:, None].expand(-1, width, -1), ex[None].expand(height, -1, -1)], -1).flatten(0, 1)
+
+
+class DecoderLayer(nn.Module):
+    """DETR's post-norm decoder layer: self-attention among queries, cross-attention to the image, FFN;
+    query and image positions are added to queries and keys in every layer."""
+
+    def __init__(self, dim: int, heads: int, ffn_dim: int, dropout: float):
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.cross_attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(ffn_dim, dim))
+        self.norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(3))
+
+    def forward(self, queries, query_pos, memory, memory_pos):
+        """queries, query_pos (B, N, d); memory, memory_pos (B, HW, d) -> (B, N, d)."""
+        q = queries + query_pos
+        queries = self.norms[0](queries + self.self_attn(q, q, queries, need_weights=False)[0])
+        attended = self.cross_attn(queries + query_pos, memory + memory_pos, memory, need_weights=False)[0]
+        queries = self.norms[1](queries + attended)
+        return self.norms[2](queries + self.ffn(queries))
+
+
+class MaskProposalNetwork(nn.Module):
+    """Class-agnostic MaskFormer: (B, 3, H, W) ImageNet-normalised images -> N mask logits at stride 4.
+
+    ``forward`` returns a dict: ``masks`` (B, N, H/4, W/4) logits of the last decoder layer, ``aux``
+    (one dict per earlier layer, for deep supervision) and, when class-aware, ``class_logits`` (B, N, K+1).
+    """
+
+    def __init__(self, config: ProposalConfig):
+        super().__init__()
+        self.config = config
+        self.backbone = ToyBackbone(config.toy_widths) if config.backbone == "toy" else \
+            ResNetBackbone(config.backbone, config.pretrained_backbone)
+        self.pixel_decoder = PixelDecoder(self.backbone.channels, config.hidden_dim, config.mask_dim)
+        self.input_proj = nn.Conv2d(self.backbone.channels[-1], config.hidden_dim, 1)
+        self.query_pos = nn.Embedding(config.num_queries, config.hidden_dim)
+        self.layers = nn.ModuleList(DecoderLayer(config.hidden_dim, config.nheads, config.dim_feedforward,
+                                                 config.dropout) for _ in range(config.dec_layers))
+        self.decoder_norm = nn.LayerNorm(config.hidden_dim)
+        self.mask_embed = nn.Sequential(nn.Linear(config.hidden_dim, config.hidden_dim), nn.ReLU(),
+                                        nn.Linear(config.hidden_dim, config.hidden_dim), nn.ReLU(),
+                                        nn.Linear(config.hidden_dim, config.mask_dim))
+        self.class_embed = nn.Linear(config.hidden_dim, config.num_classes + 1) if config.class_aware else None
+
+    def normalize(self, image_raw: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [0, 1] -> ImageNet-normalised, the torchvision backbones' convention."""
+        mean = torch.tensor(IMAGENET_MEAN, device=image_raw.device).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, device=image_raw.device).view(1, 3, 1, 1)
+        return (image_raw - mean) / std
+
+    def _predict(self, queries: torch.Tensor, mask_features: torch.Tensor) -> dict:
+        queries = self.decoder_norm(queries)  # (B, N, d)
+        masks = torch.einsum("bnc,bchw->bnhw", self.mask_embed(queries), mask_features)  # (B, N, H/4, W/4)
+        out = {"masks": masks}
+        if self.class_embed is not None:
+            out["class_logits"] = self.class_embed(queries)  # (B, N, K+1)
+        return out
+
+    def forward(self, image: torch.Tensor) -> dict:
+        if image.ndim != 4 or image.shape[1] != 3 or image.shape[-1] % 32 or image.shape[-2] % 32:
+            raise ValueError(f"expected images (B, 3, H, W) with H and W multiples of 32, got {tuple(image.shape)}")
+        features = self.backbone(image)  # res2..res5
+        mask_features = self.pixel_decoder(features)  # (B, C_m, H/4, W/4)
+        memory = self.input_proj(features[-1])  # (B, d, H/32, W/32)
+        batch, dim, h, w = memory.shape
+        memory = memory.flatten(2).transpose(1, 2)  # (B, hw, d)
+        memory_pos = sine_position_encoding(h, w, dim, memory.device)[None]  # (1, hw, d)
+        query_pos = self.query_pos.weight[None].expand(batch, -1, -1)  # (B, N, d)
+        queries = torch.zeros_like(query_pos)
+        outputs = []
+        for layer in self.layers:
+            queries = layer(queries, query_pos, memory, memory_pos)
+            outputs.append(queries)
+        out = self._predict(outputs[-1], mask_features)
+        out["aux"] = [self._predict(q, mask_features) for q in outputs[:-1]] if self.training else []
+        return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# Proposal quality: recall of ground-truth segments (paper Table 8)
+
+@torch.no_grad()
+def proposal_masks(model: MaskProposalNetwork, image_raw: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """Mask logits (B, N, H, W) upsampled (bilinear) to ``size``, default the image size."""
+    model.eval()
+    masks = model(model.normalize(image_raw))["masks"]  # (B, N, H/4, W/4)
+    return F.interpolate(masks, size=size or image_raw.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def segment_ious(mask_logits: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Best IoU that any proposal (sigmoid > 0.5) reaches with each ground-truth segment of one image.
+
+    Args:
+        mask_logits: (N, H, W); label: (H, W) full labels (all classes). Ignored pixels are not counted.
+    Returns:
+        classes (T,) and best IoUs (T,).
+    """
+    valid = label != IGNORE_INDEX
+    classes, targets = semantic_targets(label)
+    proposals = (mask_logits.sigmoid() > 0.5)[:, valid].float()  # (N, P)
+    targets = targets[:, valid]  # (T, P)
+    intersection = targets @ proposals.T  # (T, N)
+    union = targets.sum(1, keepdim=True) + proposals.sum(1)[None] - intersection
+    return classes, (intersection / union.clamp(min=1)).max(1).values
+
+
+
+@torch.no_grad()
+def proposal_recall(model: MaskProposalNetwork, dataset, thresholds=(0.3, 0.5), batch_size: int = 16,
+                    seen_classes=None, class_names=None) -> dict:
+    """Recall@IoU of ground-truth segments (paper Table 8) over a dataset with full labels.
+
+    A segment (all pixels of one class in one image) is recalled at threshold t when some proposal
+    reaches IoU >= t with it. Returns {"all"|"seen"|"unseen": {"R@30": ..., "R@50": ...}, "segments": counts}.
+    """
+    from .toyworld import CLASS_NAMES, SEEN_CLASSES
+    seen_ids = {(class_names or CLASS_NAMES).index(c) for c in (seen_classes or SEEN_CLASSES)}
+    best, is_seen = [], []
+    for start in range(0, len(dataset), batch_size):
+        items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+        image_raw = torch.stack([it["image_raw"] for it in items])
+        masks = proposal_masks(model, image_raw.to(next(model.parameters()).device)).cpu()  # (B, N, H, W)
+        for mask_logits, item in zip(masks, items):
+            classes, ious = segment_ious(mask_logits, item["label"])
+            best.append(ious)
+            is_seen.append(torch.tensor([int(c) in seen_ids for c in classes], dtype=torch.bool))
+    best, is_seen = torch.cat(best), torch.cat(is_seen)
+    result = {}
+    for name, keep in (("all", torch.ones_like(is_seen)), ("seen", is_seen), ("unseen", ~is_seen)):
+        result[name] = {f"R@{round(100 * t)}": (best[keep] >= t).float().mean().item() for t in thresholds}
+    result["segments"] = {"seen": int(is_seen.sum()), "unseen": int((~is_seen).sum())}
+    return result
+
+
+# ----------------------------------------------------------------------------------------------------
+# Training on seen classes only, and the shipped checkpoint
+
+DEFAULT_CHECKPOINT = runtime.DATA_DIR / "toy_proposals.safetensors"
+TRAIN_COMMAND = "python -m deop_lite.proposals train"
+
+
+@dataclass
+class ProposalStage:
+    """Everything that defines a proposal-network training run on the toy world."""
+    model: ProposalConfig = field(default_factory=ProposalConfig.tiny)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        steps=3000, lr=4e-4, weight_decay=0.05, warmup_steps=100, schedule="poly", grad_clip=1.0,
+        log_every=50, checkpoint_every=500))
+    batch_size: int = 8
+    image_size: int = 128
+
+    @classmethod
+    def tiny(cls) -> "ProposalStage":
+        """A few steps of a small network: tests and CI smoke runs."""
+        model = ProposalConfig(toy_widths=(8, 16, 16, 32), hidden_dim=32, mask_dim=16, dec_layers=2, nheads=2,
+                               dim_feedforward=64, num_queries=8)
+        return cls(model=model, batch_size=2, image_size=64,
+                   train=TrainConfig(steps=4, warmup_steps=1, schedule="poly", log_every=2, checkpoint_every=2))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ProposalStage":
+        model = dict(d["model"])
+        model["toy_widths"] = tuple(model["toy_widths"])
+        return cls(model=ProposalConfig(**model), train=TrainConfig(**d["train"]), batch_size=d["batch_size"],
+                   image_size=d["image_size"])
+
+    def world(self, split: str, length: int) -> toyworld.ToyWorld:
+        """Toy scenes of this stage's size; "train" labels hide the unseen classes (ZS3)."""
+        config = toyworld.ToyWorldConfig.segmentation()
+        config = toyworld.ToyWorldConfig(**{**asdict(config), "image_size": self.image_size})
+        return toyworld.ToyWorld(split, length, config)
+
+
+def training_batch(world: toyworld.ToyWorld, step: int, batch_size: int) -> dict:
+    """Batch ``step`` of the training stream: scenes step*B .. step*B+B-1 (a function of the step)."""
+    items = [world[step * batch_size + i] for i in range(batch_size)]
+    return {"image_raw": torch.stack([it["image_raw"] for it in items]), "label": torch.stack([it["label"] for it in items])}
+
+
+def train_proposals(stage: ProposalStage, run_dir: str | Path = "runs/proposals",
+                    out: str | Path = DEFAULT_CHECKPOINT, val_scenes: int = 200) -> MaskProposalNetwork:
+    """Train the proposal network on seen classes only (resumable), measure recall, save safetensors."""
+    runtime.set_seed(stage.train.seed)
+    model = MaskProposalNetwork(stage.model)
+    print(f"proposal network: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters\n{stage}")
+    train_world = stage.world("train", 10 ** 9)
+    val_world = stage.world("val", 48)
+    class_map = _seen_class_map() if stage.model.class_aware else None
+
+    def step_loss(step: int):
+        batch = training_batch(train_world, step, stage.batch_size)
+        losses = mask_proposal_loss(model(model.normalize(batch["image_raw"])), batch["label"], stage.model, class_map)
+        return losses.pop("loss"), losses
+
+    def evaluate():
+        recall = proposal_recall(model, val_world)
+        return {f"{k}_{m}": v for k in ("seen", "unseen") for m, v in recall[k].items()}
+
+    tic = time.perf_counter()
+    history = fit(model, step_loss, stage.train, run_dir, evaluate)
+    recall = proposal_recall(model, stage.world("val", val_scenes))
+    summary = {"recall": recall, "val_scenes": val_scenes, "train_minutes_this_session": (time.perf_counter() - tic) / 60,
+               "s_per_step": history[-1]["s_per_step"], "command": TRAIN_COMMAND, "torch": torch.__version__}
+    save_weights(model, out, {"stage": asdict(stage), "summary": summary})
+    shutil.copy(Path(run_dir) / "train.log", Path(out).with_name(Path(out).stem + "_train.log"))
+    print(f"saved {out}: " + format_recall(recall))
+    return model
+
+
+def _seen_class_map() -> torch.Tensor:
+    """(256,) label id -> index among the seen classes (the class-aware head's order); others -> -1."""
+    class_map = torch.full((256,), -1, dtype=torch.long)
+    for i, name in enumerate(toyworld.SEEN_CLASSES):
+        class_map[toyworld.CLASS_NAMES.index(name)] = i
+    return class_map
+
+
+def format_recall(recall: dict) -> str:
+    return " | ".join(f"{k}: " + ", ".join(f"{m} {v:.3f}" for m, v in recall[k].items()) for k in ("all", "seen", "unseen"))
+
+
+def load_proposals(path: str | Path = DEFAULT_CHECKPOINT) -> tuple[MaskProposalNetwork, dict]:
+    """The shipped (or another saved) proposal network in eval mode, and its metadata."""
+    return load_weights(path, lambda meta: MaskProposalNetwork(ProposalStage.from_dict(meta["stage"]).model),
+                        TRAIN_COMMAND)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m deop_lite.proposals",
+                                     description="Train or evaluate the toy mask proposal network.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="train on seen classes only (resumable)")
+    train.add_argument("--steps", type=int, help="override the number of steps")
+    train.add_argument("--tiny", action="store_true", help="a few steps of a small network (smoke test)")
+    train.add_argument("--class-aware", action="store_true", help="the official code's class-aware MaskFormer")
+    train.add_argument("--run-dir", default="runs/proposals")
+    train.add_argument("--out", default=str(DEFAULT_CHECKPOINT))
+    evaluate = sub.add_parser("eval", help="Recall@30/50 on validation scenes")
+    evaluate.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
+    evaluate.add_argument("--scenes", type=int, default=200)
+    args = parser.parse_args(argv)
+    if args.command == "train":
+        stage = ProposalStage.tiny() if args.tiny else ProposalStage()
+        stage.model.class_aware = args.class_aware
+        if args.steps:
+            stage.train.steps = args.steps
+        train_proposals(stage, args.run_dir, args.out)
+    else:
+        model, meta = load_proposals(args.checkpoint)
+        stage = ProposalStage.from_dict(meta["stage"])
+        print(format_recall(proposal_recall(model, stage.world("val", args.scenes))))
+
+
+if __name__ == "__main__":
+    main()

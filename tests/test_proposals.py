@@ -1,0 +1,82 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from torchvision.ops import sigmoid_focal_loss
+
+from deop_lite.losses import (dice_loss, hungarian_match, mask_proposal_loss, pairwise_dice_cost, pairwise_focal_cost,
+                              semantic_targets)
+from deop_lite.proposals import (MaskProposalNetwork, ProposalConfig, ProposalStage, segment_ious,
+                                 sine_position_encoding)
+from deop_lite.toyworld import IGNORE_INDEX
+
+
+def test_semantic_targets_skip_ignore():
+    label = torch.tensor([[0, 0, 3], [IGNORE_INDEX, 3, 3]])
+    classes, masks = semantic_targets(label)
+    assert classes.tolist() == [0, 3]
+    assert masks.tolist() == [[[1, 1, 0], [0, 0, 0]], [[0, 0, 1], [0, 1, 1]]]
+
+
+def test_pairwise_costs_equal_the_per_pair_losses():
+    torch.manual_seed(0)
+    logits, targets = torch.randn(5, 40), (torch.rand(3, 40) > 0.5).float()
+    focal = pairwise_focal_cost(logits, targets)
+    dice = pairwise_dice_cost(logits, targets)
+    for n in range(5):
+        for t in range(3):
+            assert torch.isclose(focal[n, t], sigmoid_focal_loss(logits[n], targets[t], reduction="mean"), atol=1e-6)
+            assert torch.isclose(dice[n, t], dice_loss(logits[n:n + 1], targets[t:t + 1])[0], atol=1e-6)
+
+
+def test_hungarian_match_finds_the_permutation():
+    targets = torch.eye(4).repeat_interleave(10, dim=1)  # 4 disjoint segments over 40 pixels
+    logits = 8 * (2 * targets[[2, 0, 3, 1]] - 1)  # query q predicts segment perm[q]
+    logits = torch.cat([logits, -8 * torch.ones(2, 40)])  # two idle queries
+    rows, cols = hungarian_match(logits, targets, weight_focal=20, weight_dice=1)
+    assert dict(zip(cols.tolist(), rows.tolist())) == {2: 0, 0: 1, 3: 2, 1: 3}
+
+
+def test_network_shapes_and_bad_input():
+    model = MaskProposalNetwork(ProposalStage.tiny().model)
+    out = model(torch.randn(2, 3, 64, 96))
+    assert out["masks"].shape == (2, 8, 16, 24) and len(out["aux"]) == 1
+    with pytest.raises(ValueError, match="multiples of 32"):
+        model(torch.randn(1, 3, 60, 64))
+    assert sine_position_encoding(2, 3, 8).shape == (6, 8)
+
+
+@pytest.mark.parametrize("class_aware", [False, True])
+def test_ignored_pixels_send_no_gradient(class_aware):
+    # The network is never told anything about ignored (unseen) pixels: the loss gradient w.r.t. mask
+    # logits whose bilinear footprint lies inside the ignored region is exactly zero.
+    stage = ProposalStage.tiny()
+    stage.model.class_aware = class_aware
+    torch.manual_seed(0)
+    masks = torch.randn(1, 8, 16, 16, requires_grad=True)  # stride 4 of a 64 x 64 image
+    out = {"masks": masks, "aux": [], "class_logits": torch.randn(1, 8, 13)}
+    label = torch.zeros(1, 64, 64, dtype=torch.long)
+    label[:, 40:60, 40:60] = 5
+    label[:, :32, :32] = IGNORE_INDEX
+    mask_proposal_loss(out, label, stage.model, class_map=torch.arange(256))["loss"].backward()
+    assert masks.grad[..., :6, :6].abs().max() == 0  # cells 0..5 only reach pixels < 26
+    assert masks.grad[..., 8:, 8:].abs().max() > 0
+
+
+def test_segment_ious():
+    label = torch.zeros(8, 8, dtype=torch.long)
+    label[:, 4:] = 1
+    label[0, 0] = IGNORE_INDEX
+    logits = torch.full((2, 8, 8), -5.0)
+    logits[0, :, :4] = 5  # exactly class 0 (the ignored pixel does not count)
+    logits[1, :4, 4:] = 5  # half of class 1
+    classes, ious = segment_ious(logits, label)
+    assert classes.tolist() == [0, 1] and ious.tolist() == pytest.approx([1.0, 0.5])
+
+
+def test_real_preset_builds_a_resnet101_with_100_queries():
+    config = ProposalConfig.real()
+    config.pretrained_backbone = False  # no download in tests
+    model = MaskProposalNetwork(config).eval()
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 128, 128))
+    assert out["masks"].shape == (1, 100, 32, 32)
