@@ -59,7 +59,7 @@ class ClipModel:
 
     @property
     def patch_size(self) -> int:
-        return self.visual.conv1.kernel_size[0]
+        return self.visual.patch_size[0]
 
     @property
     def embed_dim(self) -> int:
@@ -145,7 +145,7 @@ def embed_image(visual, image: torch.Tensor) -> tuple[torch.Tensor, tuple[int, i
     Returns:
         tokens (B, 1 + h*w, W) ready for the first block, and the grid (h, w).
     """
-    check_image(image, visual.conv1.kernel_size[0])
+    check_image(image, visual.patch_size[0])
     x = visual.conv1(image)  # (B, W, h, w)
     batch, width, h, w = x.shape
     x = x.flatten(2).transpose(1, 2)  # (B, h*w, W)

@@ -73,3 +73,23 @@ def _nanmean(values: np.ndarray) -> float:
 def harmonic_mean(seen: float, unseen: float) -> float:
     """hIoU = 2 * seen * unseen / (seen + unseen); 0 when both are 0."""
     return 2 * seen * unseen / (seen + unseen) if seen + unseen > 0 else 0.0
+
+
+@torch.no_grad()
+def evaluate_segmentation(predict, dataset, class_names: Sequence[str], seen_classes: Sequence[str],
+                          unseen_classes: Sequence[str], batch_size: int = 16) -> dict:
+    """Run ``predict`` over a dataset and return :meth:`SegmentationMeter.compute` with the ZS3 split.
+
+    Args:
+        predict: (B, 3, H, W) raw images in [0, 1] -> (B, H, W) class indices into ``class_names``.
+        dataset: items with ``image_raw`` (3, H, W) and full ``label`` (H, W).
+    """
+    from tqdm.auto import tqdm
+
+    from . import runtime
+    meter = SegmentationMeter(class_names)
+    for start in tqdm(range(0, len(dataset), batch_size), desc="evaluate", disable=runtime.CI, leave=False):
+        items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+        meter.update(predict(torch.stack([it["image_raw"] for it in items])).cpu(),
+                     torch.stack([it["label"] for it in items]))
+    return meter.compute(seen_classes, unseen_classes)

@@ -255,11 +255,12 @@ def _join(words: list[str]) -> str:
     return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
 
 
-def _caption(rng, stuff: list[str], things: list[tuple[str, str]]) -> str:
-    """A caption naming every class in the scene; ``things`` holds (class, colour name) pairs."""
+def _caption(rng, stuff: list[str], things: list[tuple[str, str]], colour_word_prob: float) -> str:
+    """A caption naming every class in the scene; ``things`` holds (class, colour name) pairs. Colour words
+    are rare on purpose: a caption without them can only be matched to its image by shape."""
     phrases = []
     for name, colour in things:
-        noun = f"{colour} {name}" if rng.random() < 0.5 else name
+        noun = f"{colour} {name}" if rng.random() < colour_word_prob else name
         phrases.append(f"{_article(noun)} {noun}")
     if len(stuff) + len(things) == 1 and rng.random() < 0.2:
         return str(rng.choice(PROMPT_TEMPLATES)).format((stuff or [things[0][0]])[0])
@@ -279,7 +280,8 @@ class ToyWorldConfig:
     max_stuff: int = 3  # stuff regions per "scene" (1..max_stuff)
     thing_size: tuple[float, float] = (14.0, 30.0)  # diameter range of things in scenes
     min_visible: float = 0.015  # fraction of the image a class needs to be named in the caption
-    kind_probs: tuple[float, float, float] = (0.7, 0.15, 0.15)  # "scene", "stuff", "object"
+    kind_probs: tuple[float, float, float] = (0.45, 0.15, 0.4)  # "scene", "stuff", "object"
+    colour_word_prob: float = 0.25  # how often a thing is named with its colour ("a red star")
 
     @classmethod
     def tiny(cls) -> "ToyWorldConfig":
@@ -362,7 +364,7 @@ def make_scene(rng: np.random.Generator, config: ToyWorldConfig = ToyWorldConfig
     visible = counts >= config.min_visible * size * size
     stuff = [n for n in stuff if visible[CLASS_NAMES.index(n)]]
     things = [(n, colours[n]) for n in thing_names if visible[CLASS_NAMES.index(n)]]
-    caption = _caption(rng, stuff, things)
+    caption = _caption(rng, stuff, things, config.colour_word_prob)
     image = np.clip(image, 0, 255, out=image) + 0.5  # round half up on the cast below
     return Scene(image=image.astype(np.uint8), label=label, caption=caption,
                  classes=tuple(stuff) + tuple(n for n, _ in things), kind=kind,
