@@ -79,11 +79,14 @@ def mask_proposal_loss(outputs: dict, labels: torch.Tensor, config, class_map: t
     Args:
         outputs: the network's dict: ``masks`` (B, N, h, w) logits, ``aux`` list, optional ``class_logits``.
         labels: (B, H, W) int64 training labels (unseen already IGNORE_INDEX).
-        config: a ``ProposalConfig`` (loss weights, ``empty_weight``, ``class_aware``).
+        config: a ``ProposalConfig`` (loss weights, ``empty_weight``, ``class_aware``, ``loss_stride``: the
+            losses are computed on every ``loss_stride``-th label pixel, the masks upsampled to that size).
         class_map: (256,) int64 mapping label ids to class-head indices; needed when class-aware.
     Returns:
         dict with ``loss`` (scalar to minimise) and detached parts ``focal``, ``dice``, ``empty``/``class``.
     """
+    stride = config.loss_stride
+    labels = labels[..., stride // 2::stride, stride // 2::stride]  # (B, H/s, W/s), nearest subsampling
     layers = [outputs] + (list(outputs["aux"]) if config.deep_supervision else [])
     parts = [_layer_loss(layer, labels, config, class_map) for layer in layers]
     total = {k: sum(p[k] for p in parts) for k in parts[0]}

@@ -60,6 +60,7 @@ class ProposalConfig:
     weight_dice: float = 1.0
     weight_class: float = 1.0
     empty_weight: float = 0.1  # unmatched queries -> empty masks (class-agnostic) / no-object CE weight
+    loss_stride: int = 2  # losses on every 2nd label pixel (masks upsampled to match): 4x cheaper, same optimum
     deep_supervision: bool = True
 
     @classmethod

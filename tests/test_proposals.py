@@ -51,6 +51,7 @@ def test_ignored_pixels_send_no_gradient(class_aware):
     # logits whose bilinear footprint lies inside the ignored region is exactly zero.
     stage = ProposalStage.tiny()
     stage.model.class_aware = class_aware
+    stage.model.loss_stride = 1
     torch.manual_seed(0)
     masks = torch.randn(1, 8, 16, 16, requires_grad=True)  # stride 4 of a 64 x 64 image
     out = {"masks": masks, "aux": [], "class_logits": torch.randn(1, 8, 13)}

@@ -1,0 +1,38 @@
+import torch
+import torch.nn.functional as F
+
+from deop_lite.model import OnePassBaseline, classify_segments, mask_pooling, semantic_map
+from deop_lite.proposals import MaskProposalNetwork, ProposalStage
+
+
+def test_mask_pooling_averages_the_covered_patches():
+    torch.manual_seed(0)
+    dense = F.normalize(torch.randn(1, 4, 2, 2), dim=1)  # (B, D, h, w)
+    mask = torch.zeros(1, 1, 8, 8)  # (B, N, H, W): 4x4 pixels per patch
+    mask[..., :4, :] = 1  # the top row of patches
+    mask[..., 4:6, :4] = 1  # half of the bottom-left patch
+    expected = F.normalize(dense[0, :, 0, 0] + dense[0, :, 0, 1] + 0.5 * dense[0, :, 1, 0], dim=0)
+    assert torch.allclose(mask_pooling(dense, mask)[0, 0], expected, atol=1e-6)
+    # The official binary variant: nearest-resized binary mask, the half-covered patch counts fully or not at all.
+    binary = mask_pooling(dense, mask, binary=True)[0, 0]
+    assert torch.allclose(binary, F.normalize(dense[0, :, 0, 0] + dense[0, :, 0, 1] + dense[0, :, 1, 0], dim=0),
+                          atol=1e-6) or torch.allclose(binary, F.normalize(dense[0, :, 0, 0] + dense[0, :, 0, 1], dim=0))
+
+
+def test_classify_and_semantic_map():
+    segment_emb = F.normalize(torch.tensor([[[1.0, 0], [0, 1.0]]]), dim=-1)  # (1, 2, 2)
+    text_emb = torch.eye(2)
+    logits = classify_segments(segment_emb, text_emb, 10.0, void_emb=torch.tensor([1.0, 1.0]))
+    assert logits.shape == (1, 2, 3) and torch.allclose(logits[0, 0, :2], torch.tensor([10.0, 0.0]))
+    probs = torch.tensor([[[0.9, 0.1], [0.2, 0.8]]])  # (B, N, C)
+    masks = torch.stack([torch.ones(2, 2), torch.zeros(2, 2)])[None]  # (B, N, H, W)
+    assert torch.allclose(semantic_map(probs, masks), torch.tensor([0.9, 0.1]).view(1, 2, 1, 1).expand(1, 2, 2, 2))
+
+
+def test_one_pass_baseline_shapes(toy_clip):
+    proposals = MaskProposalNetwork(ProposalStage.tiny().model)
+    model = OnePassBaseline(proposals, toy_clip)
+    out = model(torch.rand(2, 3, 64, 96), ["sky", "star", "grass"])
+    assert out["label"].shape == (2, 64, 96) and out["label"].max() < 3
+    assert out["class_probs"].shape == (2, 8, 3) and out["mask_probs"].shape == (2, 8, 64, 96)
+    assert torch.allclose(out["class_probs"].sum(-1), torch.ones(2, 8))
