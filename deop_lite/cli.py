@@ -7,8 +7,8 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import matplotlib
 
@@ -16,22 +16,25 @@ from . import runtime, toyworld
 
 
 def demo(out: Path, n_scenes: int) -> dict:
-    """Zero-shot recognition with the shipped toy CLIP: image classification and naive dense labelling."""
+    """Zero-shot recognition with the shipped toy models: CLIP image classification, then segmentation of
+    validation scenes by naive per-patch labelling and by the one-pass baseline (proposals + CLIP)."""
     matplotlib.use("Agg")
     import torch
 
     from . import viz
     from .clip import load_clip, naive_dense_labels
-    from .metrics import SegmentationMeter
-    from .toyclip import DEFAULT_CHECKPOINT, evaluate_zero_shot
+    from .metrics import evaluate_segmentation
+    from .model import OnePassBaseline
+    from .proposals import DEFAULT_CHECKPOINT as PROPOSALS
+    from .proposals import load_proposals
+    from .toyclip import DEFAULT_CHECKPOINT as TOY_CLIP
+    from .toyclip import evaluate_zero_shot
     from .train import read_metadata
 
     out.mkdir(parents=True, exist_ok=True)
     print(runtime.describe())
     clip = load_clip("toy")
-    summary = read_metadata(DEFAULT_CHECKPOINT)["summary"]
-    print(f"toy CLIP: {DEFAULT_CHECKPOINT.relative_to(runtime.PROJECT_ROOT)} (re-train: {summary.get('command')})")
-
+    print(f"toy CLIP: {TOY_CLIP.relative_to(runtime.PROJECT_ROOT)} (re-train: {read_metadata(TOY_CLIP)['summary']['command']})")
     result = evaluate_zero_shot(clip, n_per_class=10 if runtime.CI else 50)
     print(f"zero-shot classification of single-class images, {len(toyworld.CLASS_NAMES)} classes: "
           f"top-1 {100 * result['top1']:.1f}% (seen {100 * result['seen_top1']:.1f}%, "
@@ -39,20 +42,22 @@ def demo(out: Path, n_scenes: int) -> dict:
     viz.plot_confusion(result["confusion"], title="toy CLIP zero-shot classification").savefig(
         out / "confusion.png", dpi=100, bbox_inches="tight")
 
+    names = toyworld.CLASS_NAMES
+    predictors = {"naive CLIP patches": lambda x: naive_dense_labels(clip, x, names)}
+    if PROPOSALS.exists():
+        baseline = OnePassBaseline(load_proposals(PROPOSALS)[0], clip)
+        predictors["one-pass baseline"] = lambda x: baseline(x, names)["label"]
     val = toyworld.ToyWorld("val", n_scenes, toyworld.ToyWorldConfig.segmentation())
-    batch = torch.utils.data.default_collate([val[i] for i in range(n_scenes)])
-    pred = naive_dense_labels(clip, batch["image_raw"], toyworld.CLASS_NAMES)  # (B, H, W)
-    meter = SegmentationMeter(toyworld.CLASS_NAMES)
-    meter.update(pred, batch["label"])
-    seg = meter.compute(toyworld.SEEN_CLASSES, toyworld.UNSEEN_CLASSES)
-    print(f"naive per-patch labelling of {n_scenes} validation scenes: pAcc {seg['pAcc']:.1f} | "
-          f"mIoU seen {seg['seen']:.1f} | unseen {seg['unseen']:.1f} | hIoU {seg['hIoU']:.1f}")
-    viz.show_segmentations(batch["image_raw"][:4], {"ground truth": batch["label"][:4],
-                                                    "naive CLIP patches": pred[:4]}).savefig(
-        out / "naive_dense.png", dpi=100, bbox_inches="tight")
-    print(f"wrote {out / 'confusion.png'} and {out / 'naive_dense.png'}")
-    return {"classification": {k: result[k] for k in ("top1", "seen_top1", "unseen_top1")},
-            "segmentation": {k: seg[k] for k in ("pAcc", "seen", "unseen", "hIoU")}}
+    print(f"segmentation of {n_scenes} validation scenes, all {len(names)} classes:")
+    for name, predict in predictors.items():
+        seg = evaluate_segmentation(predict, val, names, toyworld.SEEN_CLASSES, toyworld.UNSEEN_CLASSES)
+        print(f"  {name:20s} pAcc {seg['pAcc']:5.1f} | mIoU seen {seg['seen']:5.1f} | unseen {seg['unseen']:5.1f} "
+              f"| hIoU {seg['hIoU']:5.1f}")
+    batch = torch.utils.data.default_collate([val[i] for i in range(4)])
+    columns = {"ground truth": batch["label"], **{n: p(batch["image_raw"]) for n, p in predictors.items()}}
+    viz.show_segmentations(batch["image_raw"], columns).savefig(out / "segmentation.png", dpi=100, bbox_inches="tight")
+    print(f"wrote {out / 'confusion.png'} and {out / 'segmentation.png'}")
+    return result
 
 
 def main(argv: Sequence[str] | None = None) -> None:

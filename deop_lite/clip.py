@@ -13,9 +13,9 @@ statistics CLIP was trained with. The official DeOP code feeds ImageNet-normalis
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import open_clip
 import torch

@@ -11,7 +11,7 @@ Results are percentages, as in the paper's tables.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

@@ -10,7 +10,7 @@ Later notebooks add learned prompts, patch severance and classification anchors 
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -89,9 +89,13 @@ class OnePassBaseline(nn.Module):
         Returns a dict: ``label`` (B, H, W) int64 indices into class_names, ``scores`` (B, C, H, W) the
         semantic map O, ``class_probs`` (B, N, C) F_C, ``mask_probs`` (B, N, H, W) σ(M).
         """
-        size = image_raw.shape[-2:]
         masks = self.proposals(self.proposals.normalize(image_raw))["masks"]  # (B, N, H/4, W/4)
-        mask_probs = F.interpolate(masks, size=size, mode="bilinear", align_corners=False).sigmoid()  # (B, N, H, W)
+        mask_probs = F.interpolate(masks, size=image_raw.shape[-2:], mode="bilinear", align_corners=False).sigmoid()
+        return self.classify_masks(image_raw, mask_probs, class_names)
+
+    @torch.no_grad()
+    def classify_masks(self, image_raw: torch.Tensor, mask_probs: torch.Tensor, class_names: Sequence[str]) -> dict:
+        """The classification stream alone, for any masks (B, N, H, W) in [0, 1]: proposals or ground truth."""
         dense = self.clip.dense_features(self.clip.normalize(image_raw))  # (B, D, h, w): the one pass
         segment_emb = mask_pooling(dense, mask_probs, self.binary_pooling)  # (B, N, D)
         logits = classify_segments(segment_emb, self.text_embeddings(class_names),

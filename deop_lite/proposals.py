@@ -64,12 +64,12 @@ class ProposalConfig:
     deep_supervision: bool = True
 
     @classmethod
-    def tiny(cls) -> "ProposalConfig":
+    def tiny(cls) -> ProposalConfig:
         """The toy world's proposal network (about 1 M parameters, 16 queries, 128 x 128 scenes)."""
         return cls()
 
     @classmethod
-    def real(cls) -> "ProposalConfig":
+    def real(cls) -> ProposalConfig:
         """The paper's scale: ResNet-101, 100 queries, hidden 256, 6 decoder layers (spec §3)."""
         return cls(backbone="resnet101", pretrained_backbone=True, num_queries=100, hidden_dim=256, mask_dim=256,
                    dec_layers=6, nheads=8, dim_feedforward=2048, dropout=0.1, num_classes=156)
@@ -303,7 +303,7 @@ class ProposalStage:
     image_size: int = 128
 
     @classmethod
-    def tiny(cls) -> "ProposalStage":
+    def tiny(cls) -> ProposalStage:
         """A few steps of a small network: tests and CI smoke runs."""
         model = ProposalConfig(toy_widths=(8, 16, 16, 32), hidden_dim=32, mask_dim=16, dec_layers=2, nheads=2,
                                dim_feedforward=64, num_queries=8)
@@ -311,7 +311,7 @@ class ProposalStage:
                    train=TrainConfig(steps=4, warmup_steps=1, schedule="poly", log_every=2, checkpoint_every=2))
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ProposalStage":
+    def from_dict(cls, d: dict) -> ProposalStage:
         model = dict(d["model"])
         model["toy_widths"] = tuple(model["toy_widths"])
         return cls(model=ProposalConfig(**model), train=TrainConfig(**d["train"]), batch_size=d["batch_size"],

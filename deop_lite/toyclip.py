@@ -18,20 +18,20 @@ import math
 import re
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import open_clip
 import torch
 import torch.nn.functional as F
+from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 from torch import nn
 from torchvision.ops import Conv2dNormActivation
-from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 
 from . import runtime, toyworld
-from .train import TrainConfig, fit, load_weights, read_metadata, save_weights
+from .train import TrainConfig, fit, load_weights, save_weights
 
 DEFAULT_CHECKPOINT = runtime.DATA_DIR / "toy_clip.safetensors"
 TRAIN_COMMAND = "python -m deop_lite.toyclip train"
@@ -115,13 +115,13 @@ class ToyClipConfig:
         steps=2000, lr=1e-3, weight_decay=0.1, warmup_steps=100, log_every=25, checkpoint_every=250))
 
     @classmethod
-    def tiny(cls) -> "ToyClipConfig":
+    def tiny(cls) -> ToyClipConfig:
         """A few steps of a smaller model: for tests and CI smoke runs, not for use."""
         return cls(vision_layers=2, text_layers=1, batch_size=16,
                    train=TrainConfig(steps=4, warmup_steps=1, log_every=2, checkpoint_every=2))
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ToyClipConfig":
+    def from_dict(cls, d: dict) -> ToyClipConfig:
         d = dict(d)
         d["train"] = TrainConfig(**d.get("train", {}))
         return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})

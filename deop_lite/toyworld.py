@@ -284,12 +284,12 @@ class ToyWorldConfig:
     colour_word_prob: float = 0.25  # how often a thing is named with its colour ("a red star")
 
     @classmethod
-    def tiny(cls) -> "ToyWorldConfig":
+    def tiny(cls) -> ToyWorldConfig:
         """The default 64 x 64 world that the toy CLIP is pre-trained on."""
         return cls()
 
     @classmethod
-    def segmentation(cls) -> "ToyWorldConfig":
+    def segmentation(cls) -> ToyWorldConfig:
         """128 x 128 scenes for segmentation: things of the same pixel size as in pre-training, so CLIP
         sees familiar scales on a 16 x 16 patch grid, and more of them per scene."""
         return cls(image_size=128, max_things=6, kind_probs=(1.0, 0.0, 0.0))

@@ -3,7 +3,7 @@ training curves and the DeOP pipeline figure. Notebooks call these; they never r
 from __future__ import annotations
 
 import textwrap
-from typing import Sequence
+from collections.abc import Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -168,5 +168,23 @@ def pipeline_figure(highlight: Sequence[str] | str = (), title: str = "DeOP: dec
     ax.set_ylim(-0.45, 3.65)
     ax.axis("off")
     ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def show_proposals(image_raw, mask_probs, titles: Sequence[str] | None = None, ncols: int = 8, size: float = 1.5):
+    """One image's proposals: each mask σ(M_n) (N, H, W) tinted over the image. Returns the figure."""
+    image = to_hwc(image_raw)
+    probs = mask_probs.detach().cpu().numpy() if isinstance(mask_probs, torch.Tensor) else np.asarray(mask_probs)
+    n = len(probs)
+    nrows = -(-n // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows + 0.3), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < n:
+            tint = np.array([1.0, 0.35, 0.0])
+            ax.imshow(image * (1 - 0.6 * probs[i, ..., None]) + 0.6 * probs[i, ..., None] * tint)
+            if titles is not None:
+                ax.set_title(titles[i], fontsize=7)
     fig.tight_layout()
     return fig

@@ -1,12 +1,16 @@
 import pytest
 import torch
-import torch.nn.functional as F
 from torchvision.ops import sigmoid_focal_loss
 
-from deop_lite.losses import (dice_loss, hungarian_match, mask_proposal_loss, pairwise_dice_cost, pairwise_focal_cost,
-                              semantic_targets)
-from deop_lite.proposals import (MaskProposalNetwork, ProposalConfig, ProposalStage, segment_ious,
-                                 sine_position_encoding)
+from deop_lite.losses import (
+    dice_loss,
+    hungarian_match,
+    mask_proposal_loss,
+    pairwise_dice_cost,
+    pairwise_focal_cost,
+    semantic_targets,
+)
+from deop_lite.proposals import MaskProposalNetwork, ProposalConfig, ProposalStage, segment_ious, sine_position_encoding
 from deop_lite.toyworld import IGNORE_INDEX
 
 

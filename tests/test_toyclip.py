@@ -4,8 +4,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from deop_lite.toyclip import (ToyClipConfig, WordTokenizer, build_toy_clip, caption_batch, caption_groups,
-                               contrastive_loss, toy_vocabulary)
+from deop_lite.toyclip import (
+    ToyClipConfig,
+    WordTokenizer,
+    build_toy_clip,
+    caption_batch,
+    caption_groups,
+    contrastive_loss,
+    toy_vocabulary,
+)
 from deop_lite.train import TrainConfig, fit, lr_factor, read_log
 
 
