@@ -13,6 +13,7 @@ statistics CLIP was trained with. The official DeOP code feeds ImageNet-normalis
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,8 +125,10 @@ def check_image(image: torch.Tensor, multiple_of: int = 1) -> None:
 def resize_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     """Resize CLIP's positional embedding (1 + g*g, W) to (1 + h*w, W) for a (h, w) patch grid.
 
-    The CLS position is kept; the g x g grid part is resized bicubically (align_corners=False, as DeOP's
-    code does). At the native grid the embedding is returned unchanged, so nothing is interpolated.
+    The CLS position is kept; the g x g grid part is resized bicubically (align_corners=False, no
+    antialiasing, as DeOP's code does; open_clip's own ``resize_pos_embed`` antialiases by default, which
+    in PyTorch also changes the cubic kernel, so the two differ by ~1e-4). At the native grid the
+    embedding is returned unchanged, so nothing is interpolated.
     """
     g = int(round((pos_embed.shape[0] - 1) ** 0.5))
     if tuple(grid) == (g, g):
@@ -214,8 +217,12 @@ def _create_real_clip(name: str, pretrained, quick_gelu: bool | None) -> open_cl
         raise ValueError(f"unknown CLIP architecture {name!r}; use 'toy' or an open_clip model name such as "
                          f"'ViT-B-16' or 'ViT-L-14-336'")
     quick_gelu = True if quick_gelu is None else quick_gelu
-    if pretrained is None:
-        return open_clip.create_model(name, pretrained=None, force_quick_gelu=quick_gelu)
+    if pretrained is None:  # asked for explicitly: open_clip's "initialized randomly" warning would only be noise
+        logging.disable(logging.WARNING)
+        try:
+            return open_clip.create_model(name, pretrained=None, force_quick_gelu=quick_gelu)
+        finally:
+            logging.disable(logging.NOTSET)
     advice = (f"Either download the weights where there is internet (e.g. open_clip.create_model('{name}', "
               f"pretrained='openai') fills open_clip's cache) and pass the file with pretrained='/path/to/"
               f"weights.bin' (CLI: --weights PATH), or use the offline toy CLIP: load_clip('toy') (CLI: --clip toy).")
@@ -228,7 +235,7 @@ def _create_real_clip(name: str, pretrained, quick_gelu: bool | None) -> open_cl
         return open_clip.create_model(name, pretrained=pretrained, force_quick_gelu=quick_gelu)
     except Exception as error:  # open_clip raises RuntimeError offline, and torch/pickle errors on bad files
         raise ClipWeightsUnavailable(
-            f"could not load {name} weights {pretrained!r}: {type(error).__name__}: {error}. "
+            f"could not load {name} weights {pretrained!r}: {type(error).__name__}: {str(error).splitlines()[0][:300]} "
             f"Random weights are never substituted silently. {advice}") from error
 
 

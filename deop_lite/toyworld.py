@@ -279,7 +279,7 @@ class ToyWorldConfig:
     max_things: int = 3  # things per "scene" (0..max_things), each class at most once
     max_stuff: int = 3  # stuff regions per "scene" (1..max_stuff)
     thing_size: tuple[float, float] = (14.0, 30.0)  # diameter range of things in scenes
-    min_visible: float = 0.015  # fraction of the image a class needs to be named in the caption
+    min_visible: int = 62  # visible pixels a class needs to be named in the caption (any image size)
     kind_probs: tuple[float, float, float] = (0.45, 0.15, 0.4)  # "scene", "stuff", "object"
     colour_word_prob: float = 0.25  # how often a thing is named with its colour ("a red star")
 
@@ -361,7 +361,7 @@ def make_scene(rng: np.random.Generator, config: ToyWorldConfig = ToyWorldConfig
         colours[name], colour = _pick_colour(rng, image[cy, cx])
         _draw_thing(rng, image, label, name, diameter, centre, colour)
     counts = np.bincount(label.ravel(), minlength=256)
-    visible = counts >= config.min_visible * size * size
+    visible = counts >= config.min_visible
     stuff = [n for n in stuff if visible[CLASS_NAMES.index(n)]]
     things = [(n, colours[n]) for n in thing_names if visible[CLASS_NAMES.index(n)]]
     caption = _caption(rng, stuff, things, config.colour_word_prob)
