@@ -223,13 +223,16 @@ def _draw_thing(rng, image, label, name: str, diameter: float, centre, colour) -
     label[y0:y1, x0:x1][inside] = CLASS_NAMES.index(name)
 
 
+_COLOUR_NAMES = tuple(COLOURS)
+_COLOUR_VALUES = np.array(list(COLOURS.values()), np.float32)  # (9, 3)
+
+
 def _pick_colour(rng: np.random.Generator, behind: np.ndarray) -> tuple[str, np.ndarray]:
     """A named colour that stands out from the mean colour ``behind`` (3,), with a little jitter."""
-    names = list(COLOURS)
-    rng.shuffle(names)
-    far = [n for n in names if np.abs(np.array(COLOURS[n]) - behind).sum() > 150] or names
-    name = far[0]
-    return name, np.clip(np.array(COLOURS[name]) + rng.integers(-20, 21, size=3), 0, 255)
+    order = rng.permutation(len(_COLOUR_NAMES))  # (9,)
+    far = order[np.abs(_COLOUR_VALUES[order] - behind).sum(1) > 150]
+    index = far[0] if len(far) else order[0]
+    return _COLOUR_NAMES[index], np.clip(_COLOUR_VALUES[index] + rng.integers(-20, 21, size=3), 0, 255)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -341,10 +344,15 @@ def make_scene(rng: np.random.Generator, config: ToyWorldConfig = ToyWorldConfig
             [STUFF_CLASSES[i] for i in rng.choice(len(STUFF_CLASSES), n_stuff, replace=False)]
         regions = _stuff_layout(rng, n_stuff, size)
         for i, name in enumerate(stuff):
-            inside = regions == i  # (S, S) bool
-            tile = _crop_tile(rng, bank[name], size) * np.float32(rng.uniform(0.85, 1.15))  # (S, S, 3)
-            np.copyto(image, tile, where=inside[..., None])
-            label[inside] = CLASS_NAMES.index(name)
+            tile = _crop_tile(rng, bank[name], size)  # (S, S, 3) uint8
+            brightness = np.float32(rng.uniform(0.85, 1.15))
+            if n_stuff == 1:  # the whole canvas
+                np.multiply(tile, brightness, out=image)
+                label[:] = CLASS_NAMES.index(name)
+            else:
+                inside = regions == i  # (S, S) bool
+                np.copyto(image, tile * brightness, where=inside[..., None])
+                np.copyto(label, CLASS_NAMES.index(name), where=inside)
     if kind == "object":
         thing_names = list(classes) if classes else [THING_CLASSES[rng.integers(len(THING_CLASSES))]]
         diameters = [rng.uniform(0.45, 0.8) * size]
