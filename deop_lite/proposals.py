@@ -16,7 +16,6 @@ loss and matching cost: the network is never told that unseen objects are backgr
 """
 from __future__ import annotations
 
-import argparse
 import math
 import shutil
 import time
@@ -33,7 +32,7 @@ from torchvision.ops import Conv2dNormActivation
 from . import runtime, toyworld
 from .losses import mask_proposal_loss, semantic_targets
 from .toyworld import IGNORE_INDEX
-from .train import TrainConfig, fit, load_weights, save_weights
+from .train import TrainConfig, fit, load_weights, save_weights, stage_cli
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -379,18 +378,10 @@ def load_proposals(path: str | Path = DEFAULT_CHECKPOINT) -> tuple[MaskProposalN
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m deop_lite.proposals",
-                                     description="Train or evaluate the toy mask proposal network.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    train = sub.add_parser("train", help="train on seen classes only (resumable)")
-    train.add_argument("--steps", type=int, help="override the number of steps")
-    train.add_argument("--tiny", action="store_true", help="a few steps of a small network (smoke test)")
+    parser, train, evaluate = stage_cli("python -m deop_lite.proposals", "Train (on seen classes only) or evaluate "
+                                        "the toy mask proposal network.", DEFAULT_CHECKPOINT, "runs/proposals")
     train.add_argument("--class-aware", action="store_true", help="the official code's class-aware MaskFormer")
-    train.add_argument("--run-dir", default="runs/proposals")
-    train.add_argument("--out", default=str(DEFAULT_CHECKPOINT))
-    evaluate = sub.add_parser("eval", help="Recall@30/50 on validation scenes")
-    evaluate.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
-    evaluate.add_argument("--scenes", type=int, default=200)
+    evaluate.add_argument("--scenes", type=int, default=200, help="validation scenes for Recall@30/50")
     args = parser.parse_args(argv)
     if args.command == "train":
         stage = ProposalStage.tiny() if args.tiny else ProposalStage()

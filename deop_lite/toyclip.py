@@ -13,7 +13,6 @@ Evaluate zero-shot classification of single-class toy images::
 """
 from __future__ import annotations
 
-import argparse
 import math
 import re
 import shutil
@@ -31,7 +30,7 @@ from torch import nn
 from torchvision.ops import Conv2dNormActivation
 
 from . import runtime, toyworld
-from .train import TrainConfig, fit, load_weights, save_weights
+from .train import TrainConfig, fit, load_weights, save_weights, stage_cli
 
 DEFAULT_CHECKPOINT = runtime.DATA_DIR / "toy_clip.safetensors"
 TRAIN_COMMAND = "python -m deop_lite.toyclip train"
@@ -273,17 +272,8 @@ def load_toy_clip(path: str | Path = DEFAULT_CHECKPOINT) -> tuple[open_clip.CLIP
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m deop_lite.toyclip", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
-    train = sub.add_parser("train", help="pre-train the toy CLIP on toy-world captions (resumable)")
-    train.add_argument("--steps", type=int, help="override the number of steps (default: the config's)")
-    train.add_argument("--tiny", action="store_true", help="a few steps of a small model (smoke test)")
-    train.add_argument("--run-dir", default="runs/toy_clip", help="checkpoints and log (resume from here)")
-    train.add_argument("--out", default=str(DEFAULT_CHECKPOINT), help="where to write the safetensors file")
-    evaluate = sub.add_parser("eval", help="zero-shot classification accuracy of a toy CLIP")
-    evaluate.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
-    evaluate.add_argument("--per-class", type=int, default=50)
+    parser, _, evaluate = stage_cli("python -m deop_lite.toyclip", __doc__, DEFAULT_CHECKPOINT, "runs/toy_clip")
+    evaluate.add_argument("--per-class", type=int, default=50, help="single-class validation images per class")
     args = parser.parse_args(argv)
     if args.command == "train":
         config = ToyClipConfig.tiny() if args.tiny else ToyClipConfig()

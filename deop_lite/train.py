@@ -190,3 +190,20 @@ def load_weights(path: str | Path, build: Callable[[dict], nn.Module], retrain_c
                            f"{path.name}` (a git-lfs pointer? run `git lfs pull`), or re-train it with "
                            f"`{retrain_command}`.") from error
     return model.eval(), metadata
+
+
+def stage_cli(prog: str, description: str, checkpoint: Path, run_dir: str):
+    """The command line every training stage shares: ``train [--steps N] [--tiny] [--run-dir D] [--out F]``
+    and ``eval [--checkpoint F]``. Returns (parser, train subparser, eval subparser) to extend."""
+    import argparse
+    parser = argparse.ArgumentParser(prog=prog, description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="train this stage (resumes from --run-dir when interrupted)")
+    train.add_argument("--steps", type=int, help="override the number of steps (default: the config's)")
+    train.add_argument("--tiny", action="store_true", help="a few steps of a small model (smoke test)")
+    train.add_argument("--run-dir", default=run_dir, help="checkpoints and log (resume from here)")
+    train.add_argument("--out", default=str(checkpoint), help="where to write the safetensors file")
+    evaluate = sub.add_parser("eval", help="evaluate a saved checkpoint")
+    evaluate.add_argument("--checkpoint", default=str(checkpoint))
+    return parser, train, evaluate
