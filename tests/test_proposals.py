@@ -85,3 +85,18 @@ def test_real_preset_builds_a_resnet101_with_100_queries():
     with torch.no_grad():
         out = model(torch.randn(1, 3, 128, 128))
     assert out["masks"].shape == (1, 100, 32, 32)
+
+
+def test_tiny_stage_trains_saves_and_loads(tmp_path, capsys):
+    from deop_lite.proposals import load_proposals, main
+    out = tmp_path / "p.safetensors"
+    main(["train", "--tiny", "--run-dir", str(tmp_path / "run"), "--out", str(out)])
+    model, meta = load_proposals(out)
+    assert set(meta["summary"]["recall"]) == {"all", "seen", "unseen", "segments"}
+    assert meta["summary"]["command"] == "python -m deop_lite.proposals train"
+    assert (tmp_path / "p_train.log").exists()
+    main(["eval", "--checkpoint", str(out), "--scenes", "4"])
+    assert "unseen: R@30" in capsys.readouterr().out
+    out.write_bytes(out.read_bytes()[:100])  # truncated
+    with pytest.raises(RuntimeError, match="unreadable.*python -m deop_lite.proposals train"):
+        load_proposals(out)
