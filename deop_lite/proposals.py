@@ -263,11 +263,13 @@ def proposal_recall(model: MaskProposalNetwork, dataset, thresholds=(0.3, 0.5), 
     """Recall@IoU of ground-truth segments (paper Table 8) over a dataset with full labels.
 
     A segment (all pixels of one class in one image) is recalled at threshold t when some proposal
-    reaches IoU >= t with it. Returns {"all"|"seen"|"unseen": {"R@30": ..., "R@50": ...}, "segments": counts}.
+    reaches IoU >= t with it. Returns {"all"|"seen"|"unseen": {"R@30": ..., "R@50": ...}, "segments": counts,
+    "per_class": {class name: {"R@30": ..., "R@50": ..., "segments": n}}}.
     """
     from .toyworld import CLASS_NAMES, SEEN_CLASSES
-    seen_ids = {(class_names or CLASS_NAMES).index(c) for c in (seen_classes or SEEN_CLASSES)}
-    best, is_seen = [], []
+    class_names = class_names or CLASS_NAMES
+    seen_ids = {class_names.index(c) for c in (seen_classes or SEEN_CLASSES)}
+    best, is_seen, segment_classes = [], [], []
     for start in range(0, len(dataset), batch_size):
         items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
         image_raw = torch.stack([it["image_raw"] for it in items])
@@ -275,12 +277,16 @@ def proposal_recall(model: MaskProposalNetwork, dataset, thresholds=(0.3, 0.5), 
         for mask_logits, item in zip(masks, items):
             classes, ious = segment_ious(mask_logits, item["label"])
             best.append(ious)
+            segment_classes.append(classes)
             is_seen.append(torch.tensor([int(c) in seen_ids for c in classes], dtype=torch.bool))
-    best, is_seen = torch.cat(best), torch.cat(is_seen)
+    best, is_seen, segment_classes = torch.cat(best), torch.cat(is_seen), torch.cat(segment_classes)
     result = {}
     for name, keep in (("all", torch.ones_like(is_seen)), ("seen", is_seen), ("unseen", ~is_seen)):
         result[name] = {f"R@{round(100 * t)}": (best[keep] >= t).float().mean().item() for t in thresholds}
     result["segments"] = {"seen": int(is_seen.sum()), "unseen": int((~is_seen).sum())}
+    result["per_class"] = {class_names[c]: {**{f"R@{round(100 * t)}": (best[segment_classes == c] >= t).float().mean().item()
+                                                for t in thresholds}, "segments": int((segment_classes == c).sum())}
+                           for c in segment_classes.unique().tolist()}
     return result
 
 

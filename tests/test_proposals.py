@@ -92,7 +92,7 @@ def test_tiny_stage_trains_saves_and_loads(tmp_path, capsys):
     out = tmp_path / "p.safetensors"
     main(["train", "--tiny", "--run-dir", str(tmp_path / "run"), "--out", str(out)])
     model, meta = load_proposals(out)
-    assert set(meta["summary"]["recall"]) == {"all", "seen", "unseen", "segments"}
+    assert set(meta["summary"]["recall"]) == {"all", "seen", "unseen", "segments", "per_class"}
     assert meta["summary"]["command"] == "python -m deop_lite.proposals train"
     assert (tmp_path / "p_train.log").exists()
     main(["eval", "--checkpoint", str(out), "--scenes", "4"])
