@@ -193,3 +193,17 @@ def show_proposals(image_raw, mask_probs, titles: Sequence[str] | None = None, n
                 ax.set_title(titles[i], fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def plot_per_class(values: dict, ylabel: str, title: str = "", unseen: Sequence[str] = UNSEEN_CLASSES, ax=None):
+    """Bars of one number per class ({class: value}), in palette colours; unseen classes starred."""
+    names = [c for c in CLASS_NAMES if c in values] + [c for c in values if c not in CLASS_NAMES]
+    if ax is None:
+        _, ax = plt.subplots(figsize=(9, 2.6))
+    colours = [PALETTE[CLASS_NAMES.index(c)] / 255 if c in CLASS_NAMES else "grey" for c in names]
+    ax.bar(range(len(names)), [np.nan_to_num(values[c]) for c in names], color=colours)
+    ax.set_xticks(range(len(names)), [f"{c}*" if c in unseen else c for c in names], rotation=45, ha="right")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    return ax.figure
