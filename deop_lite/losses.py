@@ -100,6 +100,8 @@ def _layer_loss(out: dict, labels: torch.Tensor, config, class_map) -> dict:
     n_images = len(labels)
     for b in range(n_images):
         valid = labels[b] != IGNORE_INDEX  # (H, W)
+        if not valid.any():  # every pixel unseen: nothing to learn (DeOP's data code drops such images)
+            continue
         classes, targets = semantic_targets(labels[b])
         logits = masks[b][:, valid]  # (N, P)
         targets = targets[:, valid]  # (T, P)

@@ -100,3 +100,15 @@ def test_tiny_stage_trains_saves_and_loads(tmp_path, capsys):
     out.write_bytes(out.read_bytes()[:100])  # truncated
     with pytest.raises(RuntimeError, match="unreadable.*python -m deop_lite.proposals train"):
         load_proposals(out)
+
+
+def test_an_all_ignore_image_contributes_nothing():
+    stage = ProposalStage.tiny()
+    torch.manual_seed(0)
+    masks = torch.randn(2, 8, 16, 16, requires_grad=True)
+    label = torch.zeros(2, 64, 64, dtype=torch.long)
+    label[1] = IGNORE_INDEX  # every pixel of image 1 is unseen
+    losses = mask_proposal_loss({"masks": masks, "aux": []}, label, stage.model)
+    assert torch.isfinite(losses["loss"]) and all(torch.isfinite(torch.tensor(v)) for k, v in losses.items() if k != "loss")
+    losses["loss"].backward()
+    assert masks.grad[1].abs().max() == 0
