@@ -188,7 +188,7 @@ def show_proposals(image_raw, mask_probs, titles: Sequence[str] | None = None, n
         ax.axis("off")
         if i < n:
             tint = np.array([1.0, 0.35, 0.0])
-            ax.imshow(image * (1 - 0.6 * probs[i, ..., None]) + 0.6 * probs[i, ..., None] * tint)
+            ax.imshow(np.clip(image * (1 - 0.6 * probs[i, ..., None]) + 0.6 * probs[i, ..., None] * tint, 0, 1))
             if titles is not None:
                 ax.set_title(titles[i], fontsize=7)
     fig.tight_layout()
