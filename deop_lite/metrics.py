@@ -77,18 +77,20 @@ def harmonic_mean(seen: float, unseen: float) -> float:
 
 @torch.no_grad()
 def evaluate_segmentation(predict, dataset, class_names: Sequence[str], seen_classes: Sequence[str],
-                          unseen_classes: Sequence[str], batch_size: int = 16) -> dict:
+                          unseen_classes: Sequence[str], batch_size: int = 16, progress: bool | None = None) -> dict:
     """Run ``predict`` over a dataset and return :meth:`SegmentationMeter.compute` with the ZS3 split.
 
     Args:
         predict: (B, 3, H, W) raw images in [0, 1] -> (B, H, W) class indices into ``class_names``.
         dataset: items with ``image_raw`` (3, H, W) and full ``label`` (H, W).
+        progress: show a progress bar; default: not in CI mode.
     """
     from tqdm.auto import tqdm
 
     from . import runtime
     meter = SegmentationMeter(class_names)
-    for start in tqdm(range(0, len(dataset), batch_size), desc="evaluate", disable=runtime.CI, leave=False):
+    for start in tqdm(range(0, len(dataset), batch_size), desc="evaluate", leave=False,
+                      disable=runtime.CI if progress is None else not progress):
         items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
         meter.update(predict(torch.stack([it["image_raw"] for it in items])).cpu(),
                      torch.stack([it["label"] for it in items]))

@@ -42,8 +42,10 @@ def test_notebook_hygiene(path):
     assert path.stat().st_size < 2 * 1024 * 1024, "keep notebooks under 2 MB"
     nb = json.loads(path.read_text())
     assert "widgets" not in nb["metadata"], "strip widget state: python tools/strip_widget_state.py"
-    errors = [o for c in nb["cells"] for o in c.get("outputs", []) if o["output_type"] == "error"]
-    assert not errors
+    outputs = [o for c in nb["cells"] for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o["output_type"] == "error"]
+    assert not [o for o in outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})], \
+        "strip widget outputs: python tools/strip_widget_state.py"
     first = nb["cells"][0]
     assert first["cell_type"] == "markdown" and first["source"][0].startswith("# ")
     last = "".join(nb["cells"][-1]["source"])

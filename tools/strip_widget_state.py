@@ -10,9 +10,9 @@ def strip(path: str) -> None:
     with open(path) as f:
         nb = json.load(f)
     nb.get("metadata", {}).pop("widgets", None)
-    for cell in nb["cells"]:
-        for output in cell.get("outputs", []):
-            output.get("data", {}).pop("application/vnd.jupyter.widget-view+json", None)
+    for cell in nb["cells"]:  # widget outputs (e.g. progress bars) are dropped whole
+        cell["outputs"] = [o for o in cell.get("outputs", [])
+                           if "application/vnd.jupyter.widget-view+json" not in o.get("data", {})]
     with open(path, "w") as f:
         json.dump(nb, f, indent=1, ensure_ascii=False)
         f.write("\n")
