@@ -50,7 +50,7 @@ def demo(out: Path, n_scenes: int) -> dict:
     val = toyworld.ToyWorld("val", n_scenes, toyworld.ToyWorldConfig.segmentation())
     print(f"segmentation of {n_scenes} validation scenes, all {len(names)} classes:")
     for name, predict in predictors.items():
-        seg = evaluate_segmentation(predict, val, names, toyworld.SEEN_CLASSES, toyworld.UNSEEN_CLASSES)
+        seg = evaluate_segmentation(predict, val, names, toyworld.SEEN_CLASSES, toyworld.UNSEEN_CLASSES, progress=False)
         print(f"  {name:20s} pAcc {seg['pAcc']:5.1f} | mIoU seen {seg['seen']:5.1f} | unseen {seg['unseen']:5.1f} "
               f"| hIoU {seg['hIoU']:5.1f}")
     batch = torch.utils.data.default_collate([val[i] for i in range(4)])
