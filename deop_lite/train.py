@@ -146,10 +146,6 @@ def read_log(path: str | Path) -> list[dict]:
     return history
 
 
-def save_json(obj, path: str | Path) -> None:
-    Path(path).write_text(json.dumps(obj, indent=2) + "\n")
-
-
 # ----------------------------------------------------------------------------------------------------
 # Shipped weights: one safetensors file with JSON metadata (config, training summary, ...)
 
