@@ -63,8 +63,8 @@ class ProposalConfig:
     deep_supervision: bool = True
 
     @classmethod
-    def tiny(cls) -> ProposalConfig:
-        """The toy world's proposal network (about 1 M parameters, 16 queries, 128 x 128 scenes)."""
+    def toy(cls) -> ProposalConfig:
+        """The toy world's proposal network (1.4 M parameters, 16 queries, 128 x 128 scenes)."""
         return cls()
 
     @classmethod
@@ -300,7 +300,7 @@ TRAIN_COMMAND = "python -m deop_lite.proposals train"
 @dataclass
 class ProposalStage:
     """Everything that defines a proposal-network training run on the toy world."""
-    model: ProposalConfig = field(default_factory=ProposalConfig.tiny)
+    model: ProposalConfig = field(default_factory=ProposalConfig.toy)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         steps=3000, lr=4e-4, weight_decay=0.05, warmup_steps=100, schedule="poly", grad_clip=1.0,
         log_every=50, checkpoint_every=500))

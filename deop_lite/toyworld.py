@@ -277,7 +277,8 @@ def _caption(rng, stuff: list[str], things: list[tuple[str, str]], colour_word_p
 
 @dataclass(frozen=True)
 class ToyWorldConfig:
-    """How scenes are drawn. Sizes are in pixels."""
+    """How scenes are drawn; sizes in pixels. The defaults are the 64 x 64 world the toy CLIP is
+    pre-trained on; :meth:`segmentation` gives the 128 x 128 scenes of the segmentation notebooks."""
     image_size: int = 64
     max_things: int = 3  # things per "scene" (0..max_things), each class at most once
     max_stuff: int = 3  # stuff regions per "scene" (1..max_stuff)
@@ -285,11 +286,6 @@ class ToyWorldConfig:
     min_visible: int = 62  # visible pixels a class needs to be named in the caption (any image size)
     kind_probs: tuple[float, float, float] = (0.45, 0.15, 0.4)  # "scene", "stuff", "object"
     colour_word_prob: float = 0.25  # how often a thing is named with its colour ("a red star")
-
-    @classmethod
-    def tiny(cls) -> ToyWorldConfig:
-        """The default 64 x 64 world that the toy CLIP is pre-trained on."""
-        return cls()
 
     @classmethod
     def segmentation(cls) -> ToyWorldConfig:
