@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .clip import ClipModel
+from .severance import severed_dense_features
 
 
 def mask_pooling(dense_feats: torch.Tensor, mask_probs: torch.Tensor, binary: bool = False) -> torch.Tensor:
@@ -66,13 +67,17 @@ class OnePassBaseline(nn.Module):
         clip: a ``ClipModel`` (toy or real).
         templates: prompt templates for the fixed text classifier (default "a photo of a {}.").
         binary_pooling: use the official code's binary mask pooling.
+        severance: optional patch severance in CLIP, {layer index: α} (see ``deop_lite.severance``); None
+            keeps CLIP unmodified.
+        severance_mode: "gps", "mps" or "gps_mask" (the last two use the masks being classified).
     """
 
     def __init__(self, proposals: nn.Module, clip: ClipModel, templates: Sequence[str] = ("a photo of a {}.",),
-                 binary_pooling: bool = False):
+                 binary_pooling: bool = False, severance: dict[int, float] | None = None, severance_mode: str = "gps"):
         super().__init__()
         self.proposals, self.clip = proposals.eval(), clip
         self.templates, self.binary_pooling = tuple(templates), binary_pooling
+        self.severance, self.severance_mode = severance, severance_mode
         self._text_cache: dict = {}
 
     def text_embeddings(self, class_names: Sequence[str]) -> torch.Tensor:
@@ -96,7 +101,11 @@ class OnePassBaseline(nn.Module):
     @torch.no_grad()
     def classify_masks(self, image_raw: torch.Tensor, mask_probs: torch.Tensor, class_names: Sequence[str]) -> dict:
         """The classification stream alone, for any masks (B, N, H, W) in [0, 1]: proposals or ground truth."""
-        dense = self.clip.dense_features(self.clip.normalize(image_raw))  # (B, D, h, w): the one pass
+        image = self.clip.normalize(image_raw)
+        if self.severance is None:
+            dense = self.clip.dense_features(image)  # (B, D, h, w): the one pass
+        else:
+            dense = severed_dense_features(self.clip.visual, image, self.severance, self.severance_mode, mask_probs)
         segment_emb = mask_pooling(dense, mask_probs, self.binary_pooling)  # (B, N, D)
         logits = classify_segments(segment_emb, self.text_embeddings(class_names),
                                    self.clip.model.logit_scale.exp().item())  # (B, N, C)

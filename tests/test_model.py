@@ -36,3 +36,13 @@ def test_one_pass_baseline_shapes(toy_clip):
     assert out["label"].shape == (2, 64, 96) and out["label"].max() < 3
     assert out["class_probs"].shape == (2, 8, 3) and out["mask_probs"].shape == (2, 8, 64, 96)
     assert torch.allclose(out["class_probs"].sum(-1), torch.ones(2, 8))
+
+
+def test_one_pass_baseline_with_severance(toy_clip):
+    proposals = MaskProposalNetwork(ProposalStage.tiny().model)
+    image = torch.rand(1, 3, 64, 64)
+    plain = OnePassBaseline(proposals, toy_clip)(image, ["sky", "star"])
+    for mode in ("gps", "mps", "gps_mask"):
+        severed = OnePassBaseline(proposals, toy_clip, severance={-1: 1.0}, severance_mode=mode)(image, ["sky", "star"])
+        assert severed["scores"].shape == plain["scores"].shape
+        assert not torch.allclose(severed["class_probs"], plain["class_probs"])

@@ -1,0 +1,123 @@
+"""Patch severance (paper §4.1; spec §1): limit how much CLIP's patch tokens mix in chosen ViT layers.
+
+In a severed layer the block keeps its structure (``ln_1`` -> attention -> residual -> ``ln_2`` + MLP ->
+residual, with CLIP's own V and output projections); only the attention weights change:
+
+- **GPS** (Eq. 2): ``F_out = (α·E + (1 − α)·Attn) × F_in``. α = 0 is the unmodified layer, α = 1 cuts
+  every interaction (in the last layer this is MaskCLIP's trick, spec §7).
+- **MPS** (Eq. 1): the attention of token i comes from the proposal masks, ``M_i = Σ_j M_{j,i} · M_j``:
+  tokens attend to tokens that fall in the same proposals. Eq. 1 is not normalised; we divide each row by
+  its sum (``mps_norm="sum"``, the paper's idea), the official code takes a softmax without scale
+  (``mps_norm="softmax"``). CLS belongs to every mask, as in the official code.
+- **GPS with mask** (``"gps_mask"``, the official code's default, spec §1.2): identity attention with a
+  per-token gain ``Σ_n σ(M_n)`` at the token's patch (N for CLS).
+
+>>> dense = severed_dense_features(clip.visual, image, layers={-1: 1.0})   # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .clip import embed_image, project_patches
+
+MODES = ("gps", "mps", "gps_mask")
+MPS_NORMS = ("sum", "softmax")
+
+
+def _qkv(block, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Queries, keys and values of a ``ResidualAttentionBlock`` for tokens x (B, L, W): each (B, heads, L, W/heads)."""
+    attn = block.attn
+    batch, length, width = x.shape
+    q, k, v = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)  # (B, L, W) each
+    split = lambda t: t.reshape(batch, length, attn.num_heads, width // attn.num_heads).transpose(1, 2)
+    return split(q), split(k), split(v)
+
+
+def _finish(block, x: torch.Tensor, mixed: torch.Tensor) -> torch.Tensor:
+    """Output projection, residual, then ``ln_2`` + MLP with residual: mixed (B, heads, L, d) -> (B, L, W)."""
+    batch, heads, length, dim = mixed.shape
+    x = x + block.ls_1(block.attn.out_proj(mixed.transpose(1, 2).reshape(batch, length, heads * dim)))
+    return x + block.ls_2(block.mlp(block.ln_2(x)))
+
+
+def self_attention(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Attn = softmax(q kᵀ / √d): (B, heads, L, d) x 2 -> (B, heads, L, L)."""
+    return (q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5).softmax(-1)
+
+
+def gps_block(block, x: torch.Tensor, alpha: float) -> torch.Tensor:
+    """One block with GPS: (α·E + (1 − α)·Attn) × V. α = 0 returns the stock block's output exactly."""
+    if alpha == 0:
+        return block(x)
+    q, k, v = _qkv(block, x)
+    mixed = alpha * v if alpha == 1 else alpha * v + (1 - alpha) * self_attention(q, k) @ v  # (B, heads, L, d)
+    return _finish(block, x, mixed)
+
+
+def token_memberships(mask_probs: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Each token's membership in each mask: (B, N, H', W') probabilities -> (B, 1 + h*w, N), CLS row all ones.
+
+    Masks are area-resized to the patch grid; their aspect ratio must match the grid's.
+    """
+    height, width = mask_probs.shape[-2:]
+    if mask_probs.ndim != 4 or abs(height / width - grid[0] / grid[1]) > 1e-6 or height < grid[0]:
+        raise ValueError(f"masks of shape {tuple(mask_probs.shape)} cannot be matched to the {grid[0]}x{grid[1]} patch "
+                         f"grid: pass (B, N, H, W) masks at the image's resolution (or any multiple of the grid)")
+    m = F.interpolate(mask_probs, size=grid, mode="area").flatten(2).transpose(1, 2)  # (B, h*w, N)
+    return torch.cat([torch.ones_like(m[:, :1]), m], dim=1)  # (B, 1 + h*w, N)
+
+
+def mps_attention(memberships: torch.Tensor, norm: str = "sum") -> torch.Tensor:
+    """Eq. 1, A[i, k] = Σ_j M_{j,i} M_{j,k}, row-normalised ("sum") or softmaxed ("softmax", the code's choice).
+
+    memberships: (B, L, N) -> (B, L, L).
+    """
+    if norm not in MPS_NORMS:
+        raise ValueError(f"mps_norm must be one of {MPS_NORMS}, got {norm!r}")
+    affinity = memberships @ memberships.transpose(1, 2)  # (B, L, L)
+    return affinity.softmax(-1) if norm == "softmax" else affinity / affinity.sum(-1, keepdim=True).clamp(min=1e-6)
+
+
+def severed_dense_features(visual, image: torch.Tensor, layers: dict[int, float] | None = None, mode: str = "gps",
+                           mask_probs: torch.Tensor | None = None, mps_norm: str = "sum") -> torch.Tensor:
+    """Dense CLIP features F_V (B, D, h, w) with patch severance in chosen layers.
+
+    Args:
+        visual: an open_clip ``VisionTransformer`` (toy or real, any grid, with or without prompts added later).
+        image: (B, 3, H, W) normalised pixels.
+        layers: {layer index: α}; negative indices count from the end. Default {-1: 1.0}. For "mps" and
+            "gps_mask" the value is ignored (those layers are replaced entirely).
+        mode: "gps", "mps" or "gps_mask".
+        mask_probs: (B, N, H', W') proposal probabilities σ(M) (or ground-truth masks); needed by "mps" and
+            "gps_mask".
+        mps_norm: "sum" (Eq. 1 row-normalised) or "softmax" (the official code).
+    """
+    blocks = visual.transformer.resblocks
+    layers = {-1: 1.0} if layers is None else layers
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    severed = {}
+    for index, alpha in layers.items():
+        if not -len(blocks) <= index < len(blocks):
+            raise ValueError(f"layer index {index} is out of range for a ViT with {len(blocks)} blocks")
+        if not 0 <= alpha <= 1:
+            raise ValueError(f"α must lie in [0, 1] (the weight on the identity), got {alpha} for layer {index}")
+        severed[index % len(blocks)] = alpha
+    if mode != "gps" and mask_probs is None:
+        raise ValueError(f"mode {mode!r} needs mask_probs (B, N, H, W): proposal or ground-truth masks")
+    tokens, grid = embed_image(visual, image)  # (B, 1 + h*w, W)
+    memberships = token_memberships(mask_probs.to(tokens.dtype), grid) if mode != "gps" else None  # (B, L, N)
+    for index, block in enumerate(blocks):
+        if index not in severed:
+            tokens = block(tokens)
+        elif mode == "gps":
+            tokens = gps_block(block, tokens, severed[index])
+        else:
+            _, _, v = _qkv(block, tokens)  # (B, heads, L, d)
+            if mode == "mps":
+                mixed = mps_attention(memberships, mps_norm)[:, None] @ v  # same attention for every head
+            else:  # gps_mask: identity attention, gain Σ_n σ(M_n) per token (N for CLS)
+                mixed = memberships.sum(-1)[:, None, :, None] * v
+            tokens = _finish(block, tokens, mixed)
+    return project_patches(visual, tokens, grid)

@@ -1,0 +1,87 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from deop_lite.clip import embed_image
+from deop_lite.severance import _finish, _qkv, mps_attention, self_attention, severed_dense_features, token_memberships
+
+
+@pytest.fixture(params=["toy", "vit_b16"])
+def clip(request, toy_clip, vit_b16):
+    return toy_clip if request.param == "toy" else vit_b16
+
+
+def _image(clip, h_patches=4, w_patches=6):
+    torch.manual_seed(0)
+    return torch.randn(1, 3, h_patches * clip.patch_size, w_patches * clip.patch_size)
+
+
+def test_alpha_zero_is_the_unmodified_clip(clip):
+    image = _image(clip)
+    with torch.no_grad():
+        every_layer = {i: 0.0 for i in range(len(clip.visual.transformer.resblocks))}
+        assert torch.equal(severed_dense_features(clip.visual, image, every_layer), clip.dense_features(image))
+        # ... and the hand-written attention path is the same computation as open_clip's block.
+        tokens, _ = embed_image(clip.visual, image)
+        block = clip.visual.transformer.resblocks[-1]
+        q, k, v = _qkv(block, tokens)
+        assert torch.allclose(_finish(block, tokens, self_attention(q, k) @ v), block(tokens), atol=1e-4)
+
+
+def test_alpha_one_in_the_last_layer_is_maskclip(clip):
+    image = _image(clip)
+    visual = clip.visual
+    with torch.no_grad():
+        x, grid = embed_image(visual, image)
+        for block in visual.transformer.resblocks[:-1]:
+            x = block(x)
+        last = visual.transformer.resblocks[-1]
+        width = x.shape[-1]
+        v = F.linear(last.ln_1(x), last.attn.in_proj_weight[2 * width:], last.attn.in_proj_bias[2 * width:])  # V only
+        x = x + last.attn.out_proj(v)  # every token attends to itself only
+        x = x + last.mlp(last.ln_2(x))
+        expected = F.normalize(visual.ln_post(x[:, 1:]) @ visual.proj, dim=-1).transpose(1, 2).reshape(1, -1, *grid)
+        assert torch.allclose(severed_dense_features(visual, image, {-1: 1.0}), expected, atol=1e-5)
+
+
+def test_intermediate_alpha_moves_between_the_extremes(toy_clip):
+    image = _image(toy_clip)
+    with torch.no_grad():
+        f0, f1 = (severed_dense_features(toy_clip.visual, image, {-1: a}) for a in (0.0, 1.0))
+        distances = [(severed_dense_features(toy_clip.visual, image, {-1: a}) - f0).norm().item() for a in (0.25, 0.5, 0.75)]
+    assert distances == sorted(distances) and 0 < distances[0] and distances[-1] < (f1 - f0).norm().item()
+
+
+def test_mps_attention_stays_inside_segments():
+    masks = torch.zeros(1, 2, 4, 4)
+    masks[0, 0, :, :2] = 1  # left half
+    masks[0, 1, :, 2:] = 1  # right half
+    attention = mps_attention(token_memberships(masks, (2, 2)))  # (1, 5, 5): CLS + 4 patches
+    assert torch.allclose(attention.sum(-1), torch.ones(1, 5))
+    left, right = [1, 3], [2, 4]  # token indices (row-major, after CLS)
+    assert attention[0, left][:, right].abs().max() == 0 and attention[0, right][:, left].abs().max() == 0
+    assert torch.allclose(mps_attention(token_memberships(masks, (2, 2)), "softmax").sum(-1), torch.ones(1, 5))
+
+
+def test_gps_with_one_full_mask_is_pure_gps(toy_clip):
+    image = _image(toy_clip)
+    full = torch.ones(1, 1, *image.shape[-2:])
+    with torch.no_grad():
+        assert torch.allclose(severed_dense_features(toy_clip.visual, image, {-1: 1.0}, "gps_mask", full),
+                              severed_dense_features(toy_clip.visual, image, {-1: 1.0}), atol=1e-6)
+        mps = severed_dense_features(toy_clip.visual, image, {-1: 1.0}, "mps", torch.rand(1, 5, *image.shape[-2:]))
+    assert mps.shape == (1, toy_clip.embed_dim, 4, 6)
+
+
+def test_bad_input(toy_clip):
+    image = _image(toy_clip)
+    with pytest.raises(ValueError, match=r"α must lie in \[0, 1\]"):
+        severed_dense_features(toy_clip.visual, image, {-1: 1.5})
+    with pytest.raises(ValueError, match="out of range for a ViT with 4 blocks"):
+        severed_dense_features(toy_clip.visual, image, {7: 1.0})
+    with pytest.raises(ValueError, match="needs mask_probs"):
+        severed_dense_features(toy_clip.visual, image, mode="mps")
+    with pytest.raises(ValueError, match="cannot be matched to the 4x6 patch grid"):
+        severed_dense_features(toy_clip.visual, image, mode="mps", mask_probs=torch.rand(1, 3, 32, 32))
+    with pytest.raises(ValueError, match="mode must be one of"):
+        severed_dense_features(toy_clip.visual, image, mode="maskclip")
