@@ -7,6 +7,7 @@ Modules are the boxes of the DeOP diagram:
 - ``toyclip``: the toy CLIP's tokenizer, config, contrastive pre-training and checkpoint
 - ``proposals``: the class-agnostic mask proposal network (MaskFormer), its training and recall
 - ``losses``: Hungarian matching, focal and dice mask losses (ignore-aware)
+- ``severance``: patch severance in CLIP's ViT (GPS, MPS, the official GPS-with-mask)
 - ``model``: the decoupled one-pass model: mask pooling, segment classification, semantic map
 - ``metrics``: ZS3 segmentation metrics (seen/unseen mIoU, hIoU, pAcc)
 - ``train``: the one resumable training loop shared by every stage, and safetensors checkpoints
