@@ -79,12 +79,71 @@ def mps_attention(memberships: torch.Tensor, norm: str = "sum") -> torch.Tensor:
     return affinity.softmax(-1) if norm == "softmax" else affinity / affinity.sum(-1, keepdim=True).clamp(min=1e-6)
 
 
+def _check_layers(layers: dict[int, float] | None, n_blocks: int) -> dict[int, float]:
+    """Validate {layer index: α} (default {-1: 1.0}) and return it with non-negative indices."""
+    layers = {-1: 1.0} if layers is None else layers
+    severed = {}
+    for index, alpha in layers.items():
+        if not -n_blocks <= index < n_blocks:
+            raise ValueError(f"layer index {index} is out of range for a ViT with {n_blocks} blocks")
+        if not 0 <= alpha <= 1:
+            raise ValueError(f"α must lie in [0, 1] (the weight on the identity), got {alpha} for layer {index}")
+        severed[index % n_blocks] = alpha
+    return severed
+
+
+class _Severed:
+    """Runs a ViT's blocks with severance in chosen layers (shared by features and attention maps)."""
+
+    def __init__(self, visual, image, layers, mode, mask_probs, mps_norm):
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if mode != "gps" and mask_probs is None:
+            raise ValueError(f"mode {mode!r} needs mask_probs (B, N, H, W): proposal or ground-truth masks")
+        if mps_norm not in MPS_NORMS:
+            raise ValueError(f"mps_norm must be one of {MPS_NORMS}, got {mps_norm!r}")
+        self.visual, self.mode, self.mps_norm = visual, mode, mps_norm
+        self.blocks = visual.transformer.resblocks
+        self.severed = _check_layers(layers, len(self.blocks))
+        self.tokens, self.grid = embed_image(visual, image)  # (B, 1 + h*w, W)
+        self.memberships = token_memberships(mask_probs.to(self.tokens.dtype), self.grid) if mode != "gps" else None
+
+    def run(self, stop: int | None = None) -> torch.Tensor:
+        """Tokens (B, L, W) after the blocks before ``stop`` (default: all of them)."""
+        tokens = self.tokens
+        for index, block in enumerate(self.blocks[:stop]):
+            if index not in self.severed:
+                tokens = block(tokens)
+            elif self.mode == "gps":
+                tokens = gps_block(block, tokens, self.severed[index])
+            else:
+                _, _, v = _qkv(block, tokens)  # (B, heads, L, d)
+                if self.mode == "mps":
+                    mixed = mps_attention(self.memberships, self.mps_norm)[:, None] @ v  # one attention for all heads
+                else:  # gps_mask: identity attention, gain Σ_n σ(M_n) per token (N for CLS)
+                    mixed = self.memberships.sum(-1)[:, None, :, None] * v
+                tokens = _finish(block, tokens, mixed)
+        return tokens
+
+    def attention(self, layer: int) -> torch.Tensor:
+        """The effective attention of ``layer``, averaged over heads: (B, L, L), CLS first."""
+        index = _check_layers({layer: 0.0}, len(self.blocks)).popitem()[0]
+        q, k, _ = _qkv(self.blocks[index], self.run(stop=index))
+        attn = self_attention(q, k).mean(1)  # (B, L, L)
+        if index not in self.severed:
+            return attn
+        eye = torch.eye(attn.shape[-1], dtype=attn.dtype, device=attn.device)
+        if self.mode == "gps":
+            return self.severed[index] * eye + (1 - self.severed[index]) * attn
+        return mps_attention(self.memberships, self.mps_norm) if self.mode == "mps" else eye.expand_as(attn)
+
+
 def severed_dense_features(visual, image: torch.Tensor, layers: dict[int, float] | None = None, mode: str = "gps",
                            mask_probs: torch.Tensor | None = None, mps_norm: str = "sum") -> torch.Tensor:
     """Dense CLIP features F_V (B, D, h, w) with patch severance in chosen layers.
 
     Args:
-        visual: an open_clip ``VisionTransformer`` (toy or real, any grid, with or without prompts added later).
+        visual: an open_clip ``VisionTransformer`` (toy or real, any grid).
         image: (B, 3, H, W) normalised pixels.
         layers: {layer index: α}; negative indices count from the end. Default {-1: 1.0}. For "mps" and
             "gps_mask" the value is ignored (those layers are replaced entirely).
@@ -93,31 +152,33 @@ def severed_dense_features(visual, image: torch.Tensor, layers: dict[int, float]
             "gps_mask".
         mps_norm: "sum" (Eq. 1 row-normalised) or "softmax" (the official code).
     """
-    blocks = visual.transformer.resblocks
-    layers = {-1: 1.0} if layers is None else layers
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    severed = {}
-    for index, alpha in layers.items():
-        if not -len(blocks) <= index < len(blocks):
-            raise ValueError(f"layer index {index} is out of range for a ViT with {len(blocks)} blocks")
-        if not 0 <= alpha <= 1:
-            raise ValueError(f"α must lie in [0, 1] (the weight on the identity), got {alpha} for layer {index}")
-        severed[index % len(blocks)] = alpha
-    if mode != "gps" and mask_probs is None:
-        raise ValueError(f"mode {mode!r} needs mask_probs (B, N, H, W): proposal or ground-truth masks")
-    tokens, grid = embed_image(visual, image)  # (B, 1 + h*w, W)
-    memberships = token_memberships(mask_probs.to(tokens.dtype), grid) if mode != "gps" else None  # (B, L, N)
-    for index, block in enumerate(blocks):
-        if index not in severed:
-            tokens = block(tokens)
-        elif mode == "gps":
-            tokens = gps_block(block, tokens, severed[index])
-        else:
-            _, _, v = _qkv(block, tokens)  # (B, heads, L, d)
-            if mode == "mps":
-                mixed = mps_attention(memberships, mps_norm)[:, None] @ v  # same attention for every head
-            else:  # gps_mask: identity attention, gain Σ_n σ(M_n) per token (N for CLS)
-                mixed = memberships.sum(-1)[:, None, :, None] * v
-            tokens = _finish(block, tokens, mixed)
-    return project_patches(visual, tokens, grid)
+    run = _Severed(visual, image, layers, mode, mask_probs, mps_norm)
+    return project_patches(visual, run.run(), run.grid)
+
+
+@torch.no_grad()
+def patch_attention(visual, image: torch.Tensor, layer: int = -1, layers: dict[int, float] | None = None,
+                    mode: str = "gps", mask_probs: torch.Tensor | None = None, mps_norm: str = "sum") -> torch.Tensor:
+    """How much each patch attends to every other patch in ``layer`` (paper Fig. 5), under severance.
+
+    ``layers={}`` gives the unmodified CLIP. Returns (B, h, w, h, w): [b, i, j] is the attention map of the
+    patch at row i, column j over the patch grid, averaged over heads (the share that goes to CLS dropped).
+    """
+    run = _Severed(visual, image, {} if layers is None else layers, mode, mask_probs, mps_norm)
+    attn = run.attention(layer)[:, 1:, 1:]  # (B, h*w, h*w)
+    return attn.reshape(attn.shape[0], *run.grid, *run.grid)
+
+
+def attention_in_segment(attention: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:
+    """The share of each patch's attention (to patches) that stays inside its own segment.
+
+    Args:
+        attention: (B, h, w, h, w) from :func:`patch_attention`.
+        segments: (B, h, w) int segment (or class) id of each patch.
+    Returns:
+        (B, h, w) fractions in [0, 1].
+    """
+    batch, h, w = segments.shape
+    attn = attention.reshape(batch, h * w, h * w)
+    same = segments.reshape(batch, -1, 1) == segments.reshape(batch, 1, -1)  # (B, hw, hw)
+    return ((attn * same).sum(-1) / attn.sum(-1).clamp(min=1e-12)).reshape(batch, h, w)

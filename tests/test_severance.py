@@ -85,3 +85,21 @@ def test_bad_input(toy_clip):
         severed_dense_features(toy_clip.visual, image, mode="mps", mask_probs=torch.rand(1, 3, 32, 32))
     with pytest.raises(ValueError, match="mode must be one of"):
         severed_dense_features(toy_clip.visual, image, mode="maskclip")
+
+
+def test_patch_attention_follows_severance(toy_clip):
+    from deop_lite.severance import attention_in_segment, patch_attention
+    image = _image(toy_clip)
+    stock = patch_attention(toy_clip.visual, image)  # (1, 4, 6, 4, 6)
+    assert stock.shape == (1, 4, 6, 4, 6)
+    full = patch_attention(toy_clip.visual, image, layers={-1: 1.0})
+    assert torch.allclose(full[0, 1, 2], torch.nn.functional.one_hot(torch.tensor(8), 24).float().view(4, 6))
+    segments = torch.zeros(1, 4, 6, dtype=torch.long)
+    segments[..., 3:] = 1
+    inside_stock = attention_in_segment(stock, segments).mean()
+    inside_half = attention_in_segment(patch_attention(toy_clip.visual, image, layers={-1: 0.5}), segments).mean()
+    assert inside_stock < inside_half < attention_in_segment(full, segments).mean() == 1
+    masks = torch.zeros(1, 2, *image.shape[-2:])
+    masks[0, 0, :, :24], masks[0, 1, :, 24:] = 1, 1  # left and right halves, 3 patch columns each
+    mps = patch_attention(toy_clip.visual, image, layers={-1: 1.0}, mode="mps", mask_probs=masks)
+    assert attention_in_segment(mps, segments).min() == 1
