@@ -207,3 +207,27 @@ def plot_per_class(values: dict, ylabel: str, title: str = "", unseen: Sequence[
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
     return ax.figure
+
+
+def show_attention(image_raw, attention, patch: tuple[int, int], maps: dict | None = None, size: float = 2.2):
+    """Paper Fig. 5: the image with the chosen patch boxed, then the attention of that patch over the grid
+    for each setting. ``attention``: {title: (h, w, h, w)} maps from ``severance.patch_attention``;
+    ``maps``: optional extra {title: (H, W)} panels (a proposal mask, a heatmap). Returns the figure."""
+    from matplotlib.patches import Rectangle
+    image = to_hwc(image_raw)
+    panels = {**{t: a[patch[0], patch[1]] for t, a in attention.items()}, **(maps or {})}
+    fig, axes = plt.subplots(1, 1 + len(panels), figsize=(size * (1 + len(panels)), size + 0.3))
+    h, w = next(iter(attention.values())).shape[:2]
+    ph, pw = image.shape[0] / h, image.shape[1] / w
+    axes[0].imshow(image)
+    axes[0].add_patch(Rectangle((patch[1] * pw, patch[0] * ph), pw, ph, fill=False, ec="red", lw=2))
+    axes[0].set_title(f"patch ({patch[0]}, {patch[1]})")
+    for ax, (title, panel) in zip(axes[1:], panels.items()):
+        panel = panel.detach().cpu().numpy() if isinstance(panel, torch.Tensor) else np.asarray(panel)
+        ax.imshow(image)
+        ax.imshow(panel, cmap="magma", alpha=0.75, extent=(0, image.shape[1], image.shape[0], 0), interpolation="nearest")
+        ax.set_title(title)
+    for ax in axes:
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
