@@ -231,3 +231,110 @@ def show_attention(image_raw, attention, patch: tuple[int, int], maps: dict | No
         ax.axis("off")
     fig.tight_layout()
     return fig
+
+
+class AlphaExplorer:
+    """Interactive patch severance: sliders for α in the last two layers, a mode switch (none / GPS / MPS),
+    a choice of image and patch. Redraws the training-free zero-shot labelling and the chosen patch's
+    attention map. Text embeddings and masks do not depend on α and are computed once.
+
+    Args:
+        clip: a ``ClipModel``.
+        images_raw: (K, 3, H, W) images in [0, 1].
+        class_names: the classifier's classes.
+        mask_probs: optional (K, N, H, W) proposal probabilities: with them the labelling classifies
+            segments (the one-pass pipeline, training-free), and MPS becomes available; without them each
+            patch is labelled on its own.
+
+    >>> explorer = AlphaExplorer(clip, images_raw, CLASS_NAMES, mask_probs)   # doctest: +SKIP
+    >>> explorer.widget()                                                     # doctest: +SKIP
+    """
+
+    MODES = ("none", "GPS", "MPS")
+
+    def __init__(self, clip, images_raw: torch.Tensor, class_names: Sequence[str], mask_probs: torch.Tensor | None = None):
+        self.clip, self.images_raw, self.class_names, self.mask_probs = clip, images_raw, list(class_names), mask_probs
+        self.text_emb = clip.text_embeddings(self.class_names)  # (C, D), computed once
+        self.grid = (images_raw.shape[-2] // clip.patch_size, images_raw.shape[-1] // clip.patch_size)
+        self.state = {"image": 0, "mode": "GPS", "alpha_last": 1.0, "alpha_prev": 0.0,
+                      "row": self.grid[0] // 2, "col": self.grid[1] // 2}
+        self.fig, self.axes = plt.subplots(1, 3, figsize=(8, 2.9))
+        self.artists = None
+        self.output = None
+
+    def compute(self) -> dict:
+        """Labelling (H, W) and the chosen patch's attention (h, w) for the current state."""
+        from .model import classify_segments, mask_pooling, semantic_map
+        from .severance import patch_attention, severed_dense_features
+        s = self.state
+        if s["mode"] == "MPS" and self.mask_probs is None:
+            raise ValueError("MPS needs proposal masks: build the explorer with mask_probs")
+        image = self.clip.normalize(self.images_raw[s["image"]:s["image"] + 1])  # (1, 3, H, W)
+        masks = None if self.mask_probs is None else self.mask_probs[s["image"]:s["image"] + 1]  # (1, N, H, W)
+        layers = {} if s["mode"] == "none" else {-1: 1.0} if s["mode"] == "MPS" else \
+            {-1: s["alpha_last"], -2: s["alpha_prev"]}
+        mode = "mps" if s["mode"] == "MPS" else "gps"
+        with torch.no_grad():
+            dense = severed_dense_features(self.clip.visual, image, layers, mode, masks)  # (1, D, h, w)
+            tau = self.clip.model.logit_scale.exp().item()
+            if masks is None:
+                logits = torch.einsum("bdhw,cd->bchw", dense, self.text_emb)  # (1, C, h, w)
+                scores = torch.nn.functional.interpolate(logits, size=image.shape[-2:], mode="bilinear")
+            else:
+                probs = classify_segments(mask_pooling(dense, masks), self.text_emb, tau).softmax(-1)  # (1, N, C)
+                scores = semantic_map(probs, masks)  # (1, C, H, W)
+            attention = patch_attention(self.clip.visual, image, -1, layers, mode, masks)[0, s["row"], s["col"]]
+        return {"label": scores.argmax(1)[0], "attention": attention}
+
+    def update(self, **changes) -> dict:
+        """Apply widget changes (image, mode, alpha_last, alpha_prev, row, col), recompute, redraw."""
+        unknown = set(changes) - set(self.state)
+        if unknown:
+            raise ValueError(f"unknown explorer setting(s) {sorted(unknown)}; known: {sorted(self.state)}")
+        self.state.update(changes)
+        result = self.compute()
+        image = to_hwc(self.images_raw[self.state["image"]])
+        label_rgb = overlay(image, result["label"], alpha=0.8)
+        attention = result["attention"].numpy()
+        ph, pw = image.shape[0] / self.grid[0], image.shape[1] / self.grid[1]
+        if self.artists is None:
+            from matplotlib.patches import Rectangle
+            self.artists = {"image": self.axes[0].imshow(image), "label": self.axes[1].imshow(label_rgb),
+                            "attention": self.axes[2].imshow(attention, cmap="magma", interpolation="nearest"),
+                            "box": self.axes[0].add_patch(Rectangle((0, 0), pw, ph, fill=False, ec="red", lw=2))}
+            for ax, title in zip(self.axes, ["image and patch", "zero-shot labelling", "attention of the patch"]):
+                ax.set_title(title)
+                ax.axis("off")
+        self.artists["image"].set_data(image)
+        self.artists["label"].set_data(label_rgb)
+        self.artists["attention"].set_data(attention)
+        self.artists["attention"].set_clim(0, max(attention.max(), 1e-6))
+        self.artists["box"].set_xy((self.state["col"] * pw, self.state["row"] * ph))
+        self.fig.suptitle(f"mode {self.state['mode']}, α last {self.state['alpha_last']:.2f}, "
+                          f"α second-to-last {self.state['alpha_prev']:.2f}", fontsize=9)
+        if self.output is not None:
+            from IPython.display import display
+            with self.output:
+                self.output.clear_output(wait=True)
+                display(self.fig)
+        return result
+
+    def widget(self):
+        """The ipywidgets panel (sliders, mode buttons, figure)."""
+        import ipywidgets as w
+        s = self.state
+        controls = {
+            "alpha_last": w.FloatSlider(value=s["alpha_last"], min=0, max=1, step=0.05, description="α last"),
+            "alpha_prev": w.FloatSlider(value=s["alpha_prev"], min=0, max=1, step=0.05, description="α 2nd-last"),
+            "mode": w.ToggleButtons(options=self.MODES if self.mask_probs is not None else self.MODES[:2], value=s["mode"]),
+            "image": w.IntSlider(value=s["image"], min=0, max=len(self.images_raw) - 1, description="image"),
+            "row": w.IntSlider(value=s["row"], min=0, max=self.grid[0] - 1, description="patch row"),
+            "col": w.IntSlider(value=s["col"], min=0, max=self.grid[1] - 1, description="patch col"),
+        }
+        for name, control in controls.items():
+            control.observe(lambda change, name=name: self.update(**{name: change["new"]}), names="value")
+        self.output = w.Output()
+        plt.close(self.fig)  # shown through the Output widget only
+        self.update()
+        return w.VBox([w.HBox([controls["mode"], controls["image"]]), w.HBox([controls["alpha_last"], controls["alpha_prev"]]),
+                       w.HBox([controls["row"], controls["col"]]), self.output])

@@ -23,3 +23,35 @@ def test_figures_draw_the_data_they_are_given():
     fig = viz.plot_per_class({"sky": 0.5, "star": 0.25}, "IoU")
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["sky", "star*"]
     plt.close(fig)
+
+
+def test_alpha_explorer_redraws_what_it_computes(toy_clip):
+    import time
+
+    import numpy as np
+    import pytest
+
+    from deop_lite.toyworld import CLASS_NAMES, ToyWorld, ToyWorldConfig
+    world = ToyWorld("val", 2, ToyWorldConfig.segmentation())
+    images = torch.stack([world[i]["image_raw"] for i in range(2)])  # (2, 3, 128, 128)
+    labels = torch.stack([world[i]["label"] for i in range(2)])
+    masks = (labels[:, None] == torch.arange(len(CLASS_NAMES))[None, :, None, None]).float()  # ground-truth masks
+    explorer = viz.AlphaExplorer(toy_clip, images, CLASS_NAMES, masks)
+    stock = explorer.update(mode="none", row=3, col=4)
+    drawn_stock = np.array(explorer.artists["attention"].get_array())
+    tic = time.perf_counter()
+    severed = explorer.update(mode="GPS", alpha_last=1.0, alpha_prev=0.0)
+    assert time.perf_counter() - tic < 1.0  # responsive on a CPU
+    drawn = np.array(explorer.artists["attention"].get_array())
+    assert np.allclose(drawn, severed["attention"].numpy()) and not np.allclose(drawn, drawn_stock)
+    assert drawn[3, 4] == 1 and drawn.sum() == 1  # α = 1: the patch attends to itself only
+    assert np.allclose(explorer.artists["label"].get_array(), viz.overlay(images[0], severed["label"], alpha=0.8))
+    assert stock["label"].shape == (128, 128)
+    panel = explorer.widget()  # sliders drive the same update
+    panel.children[1].children[0].value = 0.25
+    assert explorer.state["alpha_last"] == 0.25
+    with pytest.raises(ValueError, match="unknown explorer setting"):
+        explorer.update(beta=1)
+    with pytest.raises(ValueError, match="MPS needs proposal masks"):
+        viz.AlphaExplorer(toy_clip, images, CLASS_NAMES).update(mode="MPS")
+    plt.close("all")
