@@ -17,7 +17,8 @@ from . import runtime, toyworld
 
 def demo(out: Path, n_scenes: int) -> dict:
     """Zero-shot recognition with the shipped toy models: CLIP image classification, then segmentation of
-    validation scenes by naive per-patch labelling and by the one-pass baseline (proposals + CLIP)."""
+    validation scenes by naive per-patch labelling, the one-pass baseline (proposals + CLIP) and the same
+    baseline with the last CLIP layer severed (GPS, training-free)."""
     matplotlib.use("Agg")
     import torch
 
@@ -45,8 +46,11 @@ def demo(out: Path, n_scenes: int) -> dict:
     names = toyworld.CLASS_NAMES
     predictors = {"naive CLIP patches": lambda x: naive_dense_labels(clip, x, names)}
     if PROPOSALS.exists():
-        baseline = OnePassBaseline(load_proposals(PROPOSALS)[0], clip)
+        proposal_net = load_proposals(PROPOSALS)[0]
+        baseline = OnePassBaseline(proposal_net, clip)
+        severed = OnePassBaseline(proposal_net, clip, severance={-1: 1.0})  # GPS, α = 1: still no training
         predictors["one-pass baseline"] = lambda x: baseline(x, names)["label"]
+        predictors["+ GPS (α=1)"] = lambda x: severed(x, names)["label"]
     val = toyworld.ToyWorld("val", n_scenes, toyworld.ToyWorldConfig.segmentation())
     print(f"segmentation of {n_scenes} validation scenes, all {len(names)} classes:")
     for name, predict in predictors.items():
