@@ -250,6 +250,11 @@ def naive_dense_labels(clip: ClipModel, image_raw: torch.Tensor, class_names: Se
     """
     text_emb = clip.text_embeddings(class_names, templates)  # (C, D)
     dense = clip.dense_features(clip.normalize(image_raw.to(clip.device)))  # (B, D, h, w)
-    logits = torch.einsum("bdhw,cd->bchw", dense, text_emb)  # (B, C, h, w) cosine similarities
-    logits = F.interpolate(logits, size=image_raw.shape[-2:], mode="bilinear", align_corners=False)  # (B, C, H, W)
-    return logits.argmax(1).cpu()
+    return patch_scores(dense, text_emb, image_raw.shape[-2:]).argmax(1).cpu()
+
+
+def patch_scores(dense_feats: torch.Tensor, text_emb: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Cosine similarity of every patch feature (B, D, h, w) with every class (C, D), bilinearly upsampled
+    to ``size``: (B, C, H, W)."""
+    logits = torch.einsum("bdhw,cd->bchw", dense_feats, text_emb)  # (B, C, h, w)
+    return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)  # (B, C, H, W)

@@ -59,6 +59,18 @@ def semantic_map(class_probs: torch.Tensor, mask_probs: torch.Tensor) -> torch.T
     return torch.einsum("bnc,bnhw->bchw", class_probs, mask_probs)
 
 
+def classify_masks_with(dense_feats: torch.Tensor, mask_probs: torch.Tensor, text_emb: torch.Tensor,
+                        logit_scale: float, binary_pooling: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """The classification stream after the CLIP pass: pool F_V in each mask, classify, assemble O.
+
+    Args: dense_feats (B, D, h, w); mask_probs (B, N, H, W); text_emb (C, D).
+    Returns: class_probs F_C (B, N, C) and scores O (B, C, H, W).
+    """
+    segment_emb = mask_pooling(dense_feats, mask_probs, binary_pooling)  # (B, N, D)
+    class_probs = classify_segments(segment_emb, text_emb, logit_scale).softmax(-1)  # (B, N, C)
+    return class_probs, semantic_map(class_probs, mask_probs)  # (B, N, C), (B, C, H, W)
+
+
 class OnePassBaseline(nn.Module):
     """The baseline of paper §3.1: a frozen proposal network and a frozen CLIP, nothing else trained here.
 
@@ -106,9 +118,6 @@ class OnePassBaseline(nn.Module):
             dense = self.clip.dense_features(image)  # (B, D, h, w): the one pass
         else:
             dense = severed_dense_features(self.clip.visual, image, self.severance, self.severance_mode, mask_probs)
-        segment_emb = mask_pooling(dense, mask_probs, self.binary_pooling)  # (B, N, D)
-        logits = classify_segments(segment_emb, self.text_embeddings(class_names),
-                                   self.clip.model.logit_scale.exp().item())  # (B, N, C)
-        class_probs = logits.softmax(-1)  # (B, N, C)
-        scores = semantic_map(class_probs, mask_probs)  # (B, C, H, W)
+        class_probs, scores = classify_masks_with(dense, mask_probs, self.text_embeddings(class_names),
+                                                  self.clip.model.logit_scale.exp().item(), self.binary_pooling)
         return {"label": scores.argmax(1), "scores": scores, "class_probs": class_probs, "mask_probs": mask_probs}

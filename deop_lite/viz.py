@@ -264,7 +264,8 @@ class AlphaExplorer:
 
     def compute(self) -> dict:
         """Labelling (H, W) and the chosen patch's attention (h, w) for the current state."""
-        from .model import classify_segments, mask_pooling, semantic_map
+        from .clip import patch_scores
+        from .model import classify_masks_with
         from .severance import patch_attention, severed_dense_features
         s = self.state
         if s["mode"] == "MPS" and self.mask_probs is None:
@@ -276,13 +277,10 @@ class AlphaExplorer:
         mode = "mps" if s["mode"] == "MPS" else "gps"
         with torch.no_grad():
             dense = severed_dense_features(self.clip.visual, image, layers, mode, masks)  # (1, D, h, w)
-            tau = self.clip.model.logit_scale.exp().item()
             if masks is None:
-                logits = torch.einsum("bdhw,cd->bchw", dense, self.text_emb)  # (1, C, h, w)
-                scores = torch.nn.functional.interpolate(logits, size=image.shape[-2:], mode="bilinear")
+                scores = patch_scores(dense, self.text_emb, image.shape[-2:])  # (1, C, H, W)
             else:
-                probs = classify_segments(mask_pooling(dense, masks), self.text_emb, tau).softmax(-1)  # (1, N, C)
-                scores = semantic_map(probs, masks)  # (1, C, H, W)
+                _, scores = classify_masks_with(dense, masks, self.text_emb, self.clip.model.logit_scale.exp().item())
             attention = patch_attention(self.clip.visual, image, -1, layers, mode, masks)[0, s["row"], s["col"]]
         return {"label": scores.argmax(1)[0], "attention": attention}
 
