@@ -107,11 +107,13 @@ class _Severed:
         self.severed = _check_layers(layers, len(self.blocks))
         self.tokens, self.grid = embed_image(visual, image)  # (B, 1 + h*w, W)
         self.memberships = token_memberships(mask_probs.to(self.tokens.dtype), self.grid) if mode != "gps" else None
+        self.block_inputs: dict[int, torch.Tensor] = {}  # filled by run(): what each block received
 
     def run(self, stop: int | None = None) -> torch.Tensor:
         """Tokens (B, L, W) after the blocks before ``stop`` (default: all of them)."""
         tokens = self.tokens
         for index, block in enumerate(self.blocks[:stop]):
+            self.block_inputs[index] = tokens
             if index not in self.severed:
                 tokens = block(tokens)
             elif self.mode == "gps":
@@ -128,7 +130,8 @@ class _Severed:
     def attention(self, layer: int) -> torch.Tensor:
         """The effective attention of ``layer``, averaged over heads: (B, L, L), CLS first."""
         index = _check_layers({layer: 0.0}, len(self.blocks)).popitem()[0]
-        q, k, _ = _qkv(self.blocks[index], self.run(stop=index))
+        tokens = self.block_inputs[index] if index in self.block_inputs else self.run(stop=index)
+        q, k, _ = _qkv(self.blocks[index], tokens)
         attn = self_attention(q, k).mean(1)  # (B, L, L)
         if index not in self.severed:
             return attn
@@ -154,6 +157,17 @@ def severed_dense_features(visual, image: torch.Tensor, layers: dict[int, float]
     """
     run = _Severed(visual, image, layers, mode, mask_probs, mps_norm)
     return project_patches(visual, run.run(), run.grid)
+
+
+@torch.no_grad()
+def severed_features_and_attention(visual, image: torch.Tensor, layers: dict[int, float] | None = None,
+                                   mode: str = "gps", mask_probs: torch.Tensor | None = None, mps_norm: str = "sum",
+                                   layer: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both :func:`severed_dense_features` and :func:`patch_attention` of ``layer`` from one pass of the ViT."""
+    run = _Severed(visual, image, {} if layers is None else layers, mode, mask_probs, mps_norm)
+    dense = project_patches(visual, run.run(), run.grid)  # (B, D, h, w)
+    attn = run.attention(layer)[:, 1:, 1:]  # (B, h*w, h*w): block inputs are cached, no second pass
+    return dense, attn.reshape(attn.shape[0], *run.grid, *run.grid)
 
 
 @torch.no_grad()

@@ -266,7 +266,7 @@ class AlphaExplorer:
         """Labelling (H, W) and the chosen patch's attention (h, w) for the current state."""
         from .clip import patch_scores
         from .model import classify_masks_with
-        from .severance import patch_attention, severed_dense_features
+        from .severance import severed_features_and_attention
         s = self.state
         if s["mode"] == "MPS" and self.mask_probs is None:
             raise ValueError("MPS needs proposal masks: build the explorer with mask_probs")
@@ -276,13 +276,12 @@ class AlphaExplorer:
             {-1: s["alpha_last"], -2: s["alpha_prev"]}
         mode = "mps" if s["mode"] == "MPS" else "gps"
         with torch.no_grad():
-            dense = severed_dense_features(self.clip.visual, image, layers, mode, masks)  # (1, D, h, w)
+            dense, attention = severed_features_and_attention(self.clip.visual, image, layers, mode, masks)
             if masks is None:
                 scores = patch_scores(dense, self.text_emb, image.shape[-2:])  # (1, C, H, W)
             else:
                 _, scores = classify_masks_with(dense, masks, self.text_emb, self.clip.model.logit_scale.exp().item())
-            attention = patch_attention(self.clip.visual, image, -1, layers, mode, masks)[0, s["row"], s["col"]]
-        return {"label": scores.argmax(1)[0], "attention": attention}
+        return {"label": scores.argmax(1)[0], "attention": attention[0, s["row"], s["col"]]}
 
     def update(self, **changes) -> dict:
         """Apply widget changes (image, mode, alpha_last, alpha_prev, row, col), recompute, redraw."""

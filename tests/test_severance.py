@@ -103,3 +103,13 @@ def test_patch_attention_follows_severance(toy_clip):
     masks[0, 0, :, :24], masks[0, 1, :, 24:] = 1, 1  # left and right halves, 3 patch columns each
     mps = patch_attention(toy_clip.visual, image, layers={-1: 1.0}, mode="mps", mask_probs=masks)
     assert attention_in_segment(mps, segments).min() == 1
+
+
+def test_features_and_attention_in_one_pass_equal_the_separate_calls(toy_clip):
+    from deop_lite.severance import patch_attention, severed_features_and_attention
+    image = _image(toy_clip)
+    for layers in ({}, {-1: 0.5}, {-2: 0.5, -1: 1.0}):
+        dense, attention = severed_features_and_attention(toy_clip.visual, image, layers)
+        with torch.no_grad():
+            assert torch.equal(dense, severed_dense_features(toy_clip.visual, image, layers or {-1: 0.0}))
+        assert torch.equal(attention, patch_attention(toy_clip.visual, image, layers=layers))
