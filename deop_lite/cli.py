@@ -2,7 +2,8 @@
 
     deop-lite demo [--out outputs/demo] [--scenes 64]
 
-``demo`` runs the shipped toy models on validation scenes, prints the metrics and writes figures.
+``demo`` runs the shipped toy models (toy CLIP, proposal network, DeOP) on validation scenes, prints
+their metrics and writes figures.
 """
 from __future__ import annotations
 
@@ -17,16 +18,15 @@ from . import runtime, toyworld
 
 def demo(out: Path, n_scenes: int) -> dict:
     """Zero-shot recognition with the shipped toy models: CLIP image classification, then segmentation of
-    validation scenes by naive per-patch labelling, the one-pass baseline (proposals + CLIP) and the same
-    baseline with the last CLIP layer severed (GPS, training-free)."""
+    validation scenes, from naive per-patch labelling and the one-pass baseline to the trained toy DeOP.
+    Returns DeOP's metrics."""
     matplotlib.use("Agg")
     import torch
 
     from . import viz
     from .clip import load_clip, naive_dense_labels
     from .metrics import evaluate_segmentation
-    from .model import OnePassBaseline
-    from .proposals import DEFAULT_CHECKPOINT as PROPOSALS
+    from .model import checkpoint_path, load_deop
     from .proposals import load_proposals
     from .toyclip import DEFAULT_CHECKPOINT as TOY_CLIP
     from .toyclip import evaluate_zero_shot
@@ -44,24 +44,25 @@ def demo(out: Path, n_scenes: int) -> dict:
         out / "confusion.png", dpi=100, bbox_inches="tight")
 
     names = toyworld.CLASS_NAMES
-    predictors = {"naive CLIP patches": lambda x: naive_dense_labels(clip, x, names)}
-    if PROPOSALS.exists():
-        proposal_net = load_proposals(PROPOSALS)[0]
-        baseline = OnePassBaseline(proposal_net, clip)
-        severed = OnePassBaseline(proposal_net, clip, severance={-1: 1.0})  # GPS, α = 1: still no training
-        predictors["one-pass baseline"] = lambda x: baseline(x, names)["label"]
-        predictors["+ GPS (α=1)"] = lambda x: severed(x, names)["label"]
+    proposal_net = load_proposals()[0]
+    models = {title: load_deop(variant, proposals=proposal_net, clip=clip) for title, variant in
+              (("one-pass baseline", "baseline"), ("baseline+", "baseline_plus"), ("DeOP", "deop"))}
+    predictors = {"naive CLIP patches": lambda x: naive_dense_labels(clip, x, names),
+                  **{title: (lambda x, m=m: m.predict(x, names)["label"]) for title, m in models.items()}}
+    print(f"toy DeOP: {checkpoint_path('deop').relative_to(runtime.PROJECT_ROOT)} "
+          f"(re-train: {models['DeOP'].metadata['summary']['command']})")
     val = toyworld.ToyWorld("val", n_scenes, toyworld.ToyWorldConfig.segmentation())
-    print(f"segmentation of {n_scenes} validation scenes, all {len(names)} classes:")
+    print(f"segmentation of {n_scenes} validation scenes, all {len(names)} classes (unseen: "
+          f"{', '.join(toyworld.UNSEEN_CLASSES)}):")
     for name, predict in predictors.items():
         seg = evaluate_segmentation(predict, val, names, toyworld.SEEN_CLASSES, toyworld.UNSEEN_CLASSES, progress=False)
         print(f"  {name:20s} pAcc {seg['pAcc']:5.1f} | mIoU seen {seg['seen']:5.1f} | unseen {seg['unseen']:5.1f} "
               f"| hIoU {seg['hIoU']:5.1f}")
-    batch = torch.utils.data.default_collate([val[i] for i in range(4)])
-    columns = {"ground truth": batch["label"], **{n: p(batch["image_raw"]) for n, p in predictors.items()}}
+    batch = torch.utils.data.default_collate([val[i] for i in range(min(4, n_scenes))])
+    columns = {"ground truth": batch["label"], **{n: predictors[n](batch["image_raw"]) for n in ("one-pass baseline", "DeOP")}}
     viz.show_segmentations(batch["image_raw"], columns).savefig(out / "segmentation.png", dpi=100, bbox_inches="tight")
     print(f"wrote {out / 'confusion.png'} and {out / 'segmentation.png'}")
-    return result
+    return seg
 
 
 def main(argv: Sequence[str] | None = None) -> None:

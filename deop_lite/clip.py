@@ -139,12 +139,13 @@ def resize_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int]) -> torch.Te
     return torch.cat([pos_embed[:1], patch.flatten(2)[0].T])  # (1 + h*w, W)
 
 
-def embed_image(visual, image: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Patchify, prepend CLS, add the (resized) positional embedding, ``ln_pre``.
+def embed_image(visual, image: torch.Tensor, prompts=None) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Patchify, prepend CLS, add the (resized) positional embedding (and added visual prompts), ``ln_pre``.
 
     Args:
         visual: an open_clip ``VisionTransformer``.
         image: (B, 3, H, W) normalised pixels, H and W multiples of the patch size.
+        prompts: optional ``deop_lite.prompts.VisualPrompts``; its input prompt is added before ``ln_pre``.
     Returns:
         tokens (B, 1 + h*w, W) ready for the first block, and the grid (h, w).
     """
@@ -154,6 +155,8 @@ def embed_image(visual, image: torch.Tensor) -> tuple[torch.Tensor, tuple[int, i
     x = x.flatten(2).transpose(1, 2)  # (B, h*w, W)
     cls = visual.class_embedding.to(x.dtype).expand(batch, 1, width)  # (B, 1, W)
     x = torch.cat([cls, x], dim=1) + resize_pos_embed(visual.positional_embedding, (h, w)).to(x.dtype)
+    if prompts is not None:
+        x = prompts.at_input(x, (h, w))  # (B, 1 + h*w, W)
     x = visual.patch_dropout(x)  # identity in eval mode
     return visual.ln_pre(x), (h, w)  # (B, 1 + h*w, W)
 
@@ -178,6 +181,34 @@ def dense_features(visual, image: torch.Tensor) -> torch.Tensor:
     for block in visual.transformer.resblocks:
         tokens = block(tokens)
     return project_patches(visual, tokens, grid)
+
+
+def masked_crops(image_raw: torch.Tensor, masks: torch.Tensor, size: int,
+                 fill: Sequence[float] = OPENAI_DATASET_MEAN) -> torch.Tensor:
+    """One CLIP input per mask: the mask's bounding box cropped from the image, pixels outside the mask
+    painted with ``fill`` (CLIP's mean colour, i.e. zero after normalisation), resized to ``size``.
+
+    This is how multi-pass methods (SimBaseline, ZegFormer) and the offline prompt initialisation show
+    CLIP one segment at a time (spec §4.1, §6).
+
+    Args:
+        image_raw: (3, H, W) in [0, 1]; masks: (K, H, W) bool, none of them empty.
+    Returns:
+        (K, 3, size, size) in [0, 1], resized bicubically.
+    """
+    if masks.ndim != 3 or masks.shape[-2:] != image_raw.shape[-2:]:
+        raise ValueError(f"masks must be (K, H, W) at the image's size {tuple(image_raw.shape[-2:])}, "
+                         f"got {tuple(masks.shape)}")
+    fill = torch.tensor(fill, dtype=image_raw.dtype, device=image_raw.device).view(3, 1, 1)
+    crops = []
+    for mask in masks:
+        rows, cols = mask.any(1).nonzero()[:, 0], mask.any(0).nonzero()[:, 0]
+        if len(rows) == 0:
+            raise ValueError("an empty mask has no bounding box to crop; drop empty masks first")
+        box = (slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1))
+        crop = torch.where(mask[box], image_raw[:, box[0], box[1]], fill)  # (3, h_box, w_box)
+        crops.append(F.interpolate(crop[None], size=(size, size), mode="bicubic", align_corners=False)[0])
+    return torch.stack(crops).clamp(0, 1)  # (K, 3, size, size)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -129,3 +129,45 @@ def _layer_loss(out: dict, labels: torch.Tensor, config, class_map) -> dict:
     loss = loss + (config.weight_class * cls if config.class_aware else config.weight_focal * config.empty_weight * empty)
     return {"loss": loss, "focal": focal.detach(), "dice": dice.detach(),
             ("class" if config.class_aware else "empty"): (cls if config.class_aware else empty).detach()}
+
+
+# ----------------------------------------------------------------------------------------------------
+# DeOP's segmentation loss (spec §5.2): no matching, the classified masks are assembled into a class map
+
+def deop_segmentation_loss(class_logits: torch.Tensor, mask_probs: torch.Tensor, labels: torch.Tensor,
+                           sharpness: float = 3.0, weight_focal: float = 2.0, weight_dice: float = 0.8,
+                           ignore_as_void: bool = False) -> dict:
+    """Focal BCE + dice on the per-pixel class map that the classified proposals vote for.
+
+        S[c, x] = Σ_n softmax(logits_n)[c] · σ(M_n)[x]      (C + 1 channels, void last)
+        P = σ(sharpness · S − sharpness)                      (S = 1 -> P = 0.5)
+
+    Args:
+        class_logits: (B, N, C + 1) logits over the C training classes and void (last).
+        mask_probs: (B, N, h, w) σ(M), resized here to the labels' size.
+        labels: (B, H, W) int64 indices into the C training classes, or IGNORE_INDEX (unseen pixels).
+        ignore_as_void: False (default, the paper's zero-shot idea): ignored pixels are left out of the
+            loss, so an unseen object is never taught to be anything. True: the official code's choice,
+            ignored pixels are targets of the void channel (spec §5.2).
+    Returns:
+        dict with ``loss`` and the detached parts ``seg_focal``, ``seg_dice``.
+    """
+    n_classes = class_logits.shape[-1] - 1
+    mask_probs = F.interpolate(mask_probs, size=labels.shape[-2:], mode="bilinear", align_corners=False)
+    scores = torch.einsum("bnc,bnhw->bchw", class_logits.softmax(-1), mask_probs)  # (B, C + 1, H, W)
+    probs = torch.sigmoid(sharpness * scores - sharpness).clamp(1e-4, 1 - 1e-4)  # (B, C + 1, H, W)
+    ignored = labels == IGNORE_INDEX  # (B, H, W)
+    target_ids = torch.where(ignored, torch.full_like(labels, n_classes), labels)  # ignored -> void channel
+    targets = F.one_hot(target_ids, n_classes + 1).permute(0, 3, 1, 2).to(probs.dtype)  # (B, C + 1, H, W)
+    counted = torch.ones_like(ignored) if ignore_as_void else ~ignored  # (B, H, W)
+    # Focal BCE (α 0.25, γ 2), averaged over the counted pixels and all channels.
+    bce = F.binary_cross_entropy(probs, targets, reduction="none")
+    p_t = probs * targets + (1 - probs) * (1 - targets)
+    alpha_t = 0.25 * targets + 0.75 * (1 - targets)
+    focal = (alpha_t * (1 - p_t) ** 2 * bce).mean(1)  # (B, H, W)
+    focal = (focal * counted).sum() / counted.sum().clamp(min=1)
+    # Dice over the real channels of each image, void excluded, counted pixels only.
+    p, t = (x[:, :n_classes] * counted[:, None] for x in (probs, targets))  # (B, C, H, W)
+    dice = 1 - (2 * (p * t).flatten(1).sum(1) + 1) / (p.flatten(1).sum(1) + t.flatten(1).sum(1) + 1)  # (B,)
+    loss = weight_focal * focal + weight_dice * dice.mean()
+    return {"loss": loss, "seg_focal": focal.detach().item(), "seg_dice": dice.mean().detach().item()}

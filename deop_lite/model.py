@@ -1,23 +1,35 @@
-"""The decoupled one-pass model: proposals + one CLIP pass + segment classification (paper §3.1).
+"""The decoupled one-pass model, from the baseline (paper §3.1) to DeOP, one config per variant.
 
-    masks M (B, N, H/4, W/4)      = proposal network(image)
-    F_V   (B, D, h, w)            = CLIP dense features (one pass)
-    F_I   (B, N, D)               = pooling of F_V inside each mask            (mask-based pooling)
-    F_C   (B, N, C)               = softmax_c(τ · cos(F_I, F_T))               ("F_C = F_T * F_I")
-    O     (B, C, H, W)            = Σ_n F_C[n] · σ(M_n)                        ("O = F_C * M")
+    masks M (B, N, H, W)          = frozen proposal network(image), upsampled, σ
+    F_V   (B, D, h, w)            = frozen CLIP dense features, one pass     (+ visual prompts, + severance)
+    F_T   (C, D)                  = CLIP text embeddings                     (fixed template or learned context)
+    F_I   (B, N, D)               = pooling of F_V inside each mask          (mask-based pooling)
+    F_C   (B, N, C [+ 1])         = softmax_c(τ · cos(F_I, [F_T; void]))    ("F_C = F_T * F_I")
+    O     (B, C, H, W)            = Σ_n F_C[n] · σ(M_n), void dropped        ("O = F_C * M")
 
-Later notebooks add learned prompts, patch severance and classification anchors to the same pipeline.
+Everything DeOP trains lives in ``DeOP.learned`` (prompts, void embedding); the proposal network and CLIP
+stay frozen. Each row of the paper's ablation tables is a named variant in ``VARIANTS``, trained with
+``python -m deop_lite.model train --variant NAME`` and shipped as ``data/deop/NAME.safetensors``.
 """
 from __future__ import annotations
 
+import shutil
+import time
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .clip import ClipModel
-from .severance import severed_dense_features
+from . import runtime, toyworld
+from .anchors import AnchorConfig, build_anchor_decoder, masks_on_grid
+from .clip import ClipModel, load_clip
+from .losses import deop_segmentation_loss
+from .prompts import PromptConfig, build_prompts, crop_classification_loss, segment_crop_embeddings
+from .severance import MODES, severed_dense_features
+from .train import TrainConfig, fit, load_weights, save_weights, stage_cli
 
 
 def mask_pooling(dense_feats: torch.Tensor, mask_probs: torch.Tensor, binary: bool = False) -> torch.Tensor:
@@ -71,53 +83,364 @@ def classify_masks_with(dense_feats: torch.Tensor, mask_probs: torch.Tensor, tex
     return class_probs, semantic_map(class_probs, mask_probs)  # (B, N, C), (B, C, H, W)
 
 
-class OnePassBaseline(nn.Module):
-    """The baseline of paper §3.1: a frozen proposal network and a frozen CLIP, nothing else trained here.
+@dataclass
+class DeOPConfig:
+    """Which components a one-pass model has: every row of Tables 3, 5 and 7 is one of these.
+
+    ``prompts``: text and visual prompts (``deop_lite.prompts``). ``severance``: None, or {layer index: α}
+    patch severance in CLIP (``deop_lite.severance``) in mode ``severance_mode`` ("gps", "mps",
+    "gps_mask"). ``anchors``: the CAL heatmap decoder (``deop_lite.anchors``), or mask-based pooling.
+    ``void``: a learned void embedding, a (C+1)-th class that proposals covering nothing of interest can
+    fall into (DeOP's loss needs it).
+    """
+    prompts: PromptConfig = field(default_factory=PromptConfig)
+    severance: dict[int, float] | None = None
+    severance_mode: str = "gps"
+    anchors: AnchorConfig = field(default_factory=AnchorConfig)
+    void: bool = False
+    binary_pooling: bool = False  # mask-based pooling only (no CAL)
+
+    def __post_init__(self):
+        if self.severance_mode not in MODES:
+            raise ValueError(f"severance_mode must be one of {MODES}, got {self.severance_mode!r}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DeOPConfig:
+        """Inverse of ``dataclasses.asdict`` after a JSON round trip (tuples and int keys restored)."""
+        prompts = {k: tuple(v) if isinstance(v, list) else v for k, v in d["prompts"].items()}
+        severance = None if d["severance"] is None else {int(k): float(v) for k, v in d["severance"].items()}
+        return cls(**{**d, "prompts": PromptConfig(**prompts), "severance": severance,
+                      "anchors": AnchorConfig(**d["anchors"])})
+
+
+class LearnedParts(nn.Module):
+    """Everything a ``DeOP`` model trains (and its checkpoints store); each part None when switched off.
+    ``num_queries``: N of the proposal network (CAL has one anchor query per proposal)."""
+
+    def __init__(self, clip: ClipModel, config: DeOPConfig, num_queries: int):
+        super().__init__()
+        self.text_prompts, self.visual_prompts = build_prompts(clip, config.prompts)
+        self.anchor_decoder = build_anchor_decoder(config.anchors, clip.embed_dim, num_queries)
+        self.void_embedding = nn.Parameter(torch.randn(clip.embed_dim) * clip.embed_dim ** -0.5) if config.void else None
+
+
+class DeOP(nn.Module):
+    """A frozen proposal network and a frozen CLIP, with the learned parts that ``config`` switches on.
 
     Args:
-        proposals: a ``MaskProposalNetwork``.
-        clip: a ``ClipModel`` (toy or real).
+        proposals: a ``MaskProposalNetwork`` (kept frozen and in eval mode).
+        clip: a ``ClipModel``, toy or real (its weights are never trained).
+        config: a ``DeOPConfig``; the default is the plain baseline of paper §3.1.
+    """
+
+    def __init__(self, proposals: nn.Module, clip: ClipModel, config: DeOPConfig | None = None):
+        super().__init__()
+        self.config = config or DeOPConfig()
+        self.proposals = proposals.eval().requires_grad_(False)
+        self.clip = clip
+        self.learned = LearnedParts(clip, self.config, proposals.config.num_queries)
+        self._fixed_text: dict[tuple[str, ...], torch.Tensor] = {}
+
+    def train(self, mode: bool = True) -> DeOP:
+        """Train mode for the learned parts only: the frozen proposal network stays in eval mode."""
+        super().train(mode)
+        self.proposals.eval()
+        return self
+
+    def text_embeddings(self, class_names: Sequence[str]) -> torch.Tensor:
+        """F_T (C, D), unit norm: the learned context, or the fixed templates (cached per class list)."""
+        if self.learned.text_prompts is not None:
+            return self.learned.text_prompts(class_names)
+        key = tuple(class_names)
+        if key not in self._fixed_text:
+            with torch.no_grad():
+                self._fixed_text[key] = self.clip.text_embeddings(class_names, self.config.prompts.templates)
+        return self._fixed_text[key]
+
+    @torch.no_grad()
+    def proposal_masks(self, image_raw: torch.Tensor) -> torch.Tensor:
+        """σ(M) (B, N, H, W) at the image's resolution, from the frozen proposal network."""
+        masks = self.proposals(self.proposals.normalize(image_raw))["masks"]  # (B, N, H/s, W/s)
+        return F.interpolate(masks, size=image_raw.shape[-2:], mode="bilinear", align_corners=False).sigmoid()
+
+    def dense_features(self, image_raw: torch.Tensor, mask_probs: torch.Tensor) -> torch.Tensor:
+        """F_V (B, D, h, w): the one CLIP pass, with this model's visual prompts and patch severance."""
+        return severed_dense_features(self.clip.visual, self.clip.normalize(image_raw), self.config.severance or {},
+                                      self.config.severance_mode, mask_probs, prompts=self.learned.visual_prompts)
+
+    def forward(self, image_raw: torch.Tensor, class_names: Sequence[str], mask_probs: torch.Tensor | None = None) -> dict:
+        """Segment ``image_raw`` (B, 3, H, W) in [0, 1] into ``class_names`` (differentiable in the learned parts).
+
+        Args:
+            mask_probs: optional (B, N, H, W) masks to classify instead of the proposals (e.g. ground truth).
+        Returns a dict: ``label`` (B, H, W) indices into class_names, ``scores`` O (B, C, H, W),
+        ``class_logits`` (B, N, C [+ 1 void]), ``class_probs`` F_C (B, N, C) with void dropped,
+        ``mask_probs`` σ(M) (B, N, H, W), ``heatmaps`` (B, N, h, w) the pooling weights on the patch grid
+        (CAL's anchor heatmaps H, or the normalised masks).
+        """
+        if mask_probs is None:
+            mask_probs = self.proposal_masks(image_raw)  # (B, N, H, W)
+        text_emb = self.text_embeddings(class_names)  # (C, D)
+        dense = self.dense_features(image_raw, mask_probs)  # (B, D, h, w)
+        if self.learned.anchor_decoder is None:  # mask-based pooling; the "heatmap" is the mask itself
+            segment_emb = mask_pooling(dense, mask_probs, self.config.binary_pooling)  # (B, N, D)
+            heatmaps = masks_on_grid(mask_probs, dense.shape[-2:])  # (B, N, h, w)
+            heatmaps = heatmaps / heatmaps.flatten(2).sum(-1).clamp(min=1e-6)[..., None, None]
+        else:  # CAL: heatmap-based pooling
+            segment_emb, heatmaps = self.learned.anchor_decoder(dense, mask_probs)  # (B, N, D), (B, N, h, w)
+        logits = classify_segments(segment_emb, text_emb, self.clip.model.logit_scale.exp(),
+                                   self.learned.void_embedding)  # (B, N, C [+ 1])
+        class_probs = logits.softmax(-1)[..., :len(text_emb)]  # (B, N, C): void dropped after the softmax
+        scores = semantic_map(class_probs, mask_probs)  # (B, C, H, W)
+        return {"label": scores.argmax(1), "scores": scores, "class_logits": logits, "class_probs": class_probs,
+                "mask_probs": mask_probs, "heatmaps": heatmaps}
+
+    @torch.no_grad()
+    def predict(self, image_raw: torch.Tensor, class_names: Sequence[str]) -> dict:
+        """Inference (eval mode, no gradients): see :meth:`forward`."""
+        self.eval()
+        return self(image_raw, class_names)
+
+    @torch.no_grad()
+    def classify_masks(self, image_raw: torch.Tensor, mask_probs: torch.Tensor, class_names: Sequence[str]) -> dict:
+        """The classification stream alone, for any masks (B, N, H, W) in [0, 1]: proposals or ground truth."""
+        self.eval()
+        return self(image_raw, class_names, mask_probs)
+
+
+class OnePassBaseline(DeOP):
+    """The baseline of paper §3.1: nothing trained but the proposal network, a fixed prompt template.
+
+    Args:
+        proposals, clip: as for ``DeOP``.
         templates: prompt templates for the fixed text classifier (default "a photo of a {}.").
         binary_pooling: use the official code's binary mask pooling.
-        severance: optional patch severance in CLIP, {layer index: α} (see ``deop_lite.severance``); None
-            keeps CLIP unmodified.
+        severance: optional patch severance in CLIP, {layer index: α}; None keeps CLIP unmodified.
         severance_mode: "gps", "mps" or "gps_mask" (the last two use the masks being classified).
     """
 
     def __init__(self, proposals: nn.Module, clip: ClipModel, templates: Sequence[str] = ("a photo of a {}.",),
                  binary_pooling: bool = False, severance: dict[int, float] | None = None, severance_mode: str = "gps"):
-        super().__init__()
-        self.proposals, self.clip = proposals.eval(), clip
-        self.templates, self.binary_pooling = tuple(templates), binary_pooling
-        self.severance, self.severance_mode = severance, severance_mode
-        self._text_cache: dict = {}
-
-    def text_embeddings(self, class_names: Sequence[str]) -> torch.Tensor:
-        """(C, D) text classifier, cached per class list."""
-        key = tuple(class_names)
-        if key not in self._text_cache:
-            self._text_cache[key] = self.clip.text_embeddings(class_names, self.templates)
-        return self._text_cache[key]
+        config = DeOPConfig(PromptConfig(templates=tuple(templates)), severance, severance_mode,
+                            binary_pooling=binary_pooling)
+        super().__init__(proposals, clip, config)
 
     @torch.no_grad()
-    def forward(self, image_raw: torch.Tensor, class_names: Sequence[str]) -> dict:
-        """Segment ``image_raw`` (B, 3, H, W) in [0, 1] into ``class_names``.
+    def forward(self, image_raw: torch.Tensor, class_names: Sequence[str], mask_probs: torch.Tensor | None = None) -> dict:
+        return super().forward(image_raw, class_names, mask_probs)
 
-        Returns a dict: ``label`` (B, H, W) int64 indices into class_names, ``scores`` (B, C, H, W) the
-        semantic map O, ``class_probs`` (B, N, C) F_C, ``mask_probs`` (B, N, H, W) σ(M).
-        """
-        masks = self.proposals(self.proposals.normalize(image_raw))["masks"]  # (B, N, H/4, W/4)
-        mask_probs = F.interpolate(masks, size=image_raw.shape[-2:], mode="bilinear", align_corners=False).sigmoid()
-        return self.classify_masks(image_raw, mask_probs, class_names)
 
-    @torch.no_grad()
-    def classify_masks(self, image_raw: torch.Tensor, mask_probs: torch.Tensor, class_names: Sequence[str]) -> dict:
-        """The classification stream alone, for any masks (B, N, H, W) in [0, 1]: proposals or ground truth."""
-        image = self.clip.normalize(image_raw)
-        if self.severance is None:
-            dense = self.clip.dense_features(image)  # (B, D, h, w): the one pass
-        else:
-            dense = severed_dense_features(self.clip.visual, image, self.severance, self.severance_mode, mask_probs)
-        class_probs, scores = classify_masks_with(dense, mask_probs, self.text_embeddings(class_names),
-                                                  self.clip.model.logit_scale.exp().item(), self.binary_pooling)
-        return {"label": scores.argmax(1), "scores": scores, "class_probs": class_probs, "mask_probs": mask_probs}
+# ----------------------------------------------------------------------------------------------------
+# Training DeOP variants on the toy world
+
+CHECKPOINT_DIR = runtime.DATA_DIR / "deop"
+
+
+@dataclass
+class DeOPStage:
+    """Everything that defines the training of one variant on the toy world.
+
+    ``objective``: "segmentation" (end-to-end, DeOP's loss on scenes; proposal network and CLIP frozen) or
+    "crops" (the offline text-prompt initialisation: classify seen-class segment crops, spec §4.1).
+    ``init_from``: a variant whose learned text context starts this one (the offline initialisation).
+    ``train_text``: False keeps the (initialised) text context fixed while the rest trains.
+    """
+    model: DeOPConfig = field(default_factory=DeOPConfig)
+    objective: str = "segmentation"
+    init_from: str | None = None
+    train_text: bool = True
+    ignore_as_void: bool = False  # True: the official loss, unseen pixels supervised as void (spec §5.2)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        steps=1000, lr=2e-3, weight_decay=1e-4, warmup_steps=50, schedule="poly", grad_clip=1.0, log_every=50,
+        checkpoint_every=250))
+    batch_size: int = 8
+    image_size: int = 128
+    crops_per_class: int = 128  # "crops" objective: SimBaseline's SAMPLE_PER_CLASS for VOC
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DeOPStage:
+        return cls(**{**d, "model": DeOPConfig.from_dict(d["model"]), "train": TrainConfig(**d["train"])})
+
+    def world(self, split: str, length: int) -> toyworld.ToyWorld:
+        """Toy scenes of this stage's size; "train" labels hide the unseen classes (ZS3)."""
+        config = toyworld.ToyWorldConfig.segmentation()
+        config = toyworld.ToyWorldConfig(**{**asdict(config), "image_size": self.image_size})
+        return toyworld.ToyWorld(split, length, config)
+
+
+def _learned_text(ctx_init: str | None = "a photo of a", severance: dict[int, float] | None = None,
+                  anchors: AnchorConfig | None = None, **visual) -> DeOPConfig:
+    return DeOPConfig(PromptConfig(text="learned", ctx_init=ctx_init, **visual), severance=severance,
+                      anchors=anchors or AnchorConfig(), void=True)
+
+
+def _baseline_plus(severance: dict[int, float] | None = None, anchors: AnchorConfig | None = None) -> DeOPStage:
+    """Baseline+ (learned text from the offline init, added visual prompts), optionally with PS and CAL."""
+    return DeOPStage(_learned_text(visual="add", severance=severance, anchors=anchors), init_from="text_offline")
+
+
+GPS = {-1: 1.0}  # the paper's patch severance in DeOP: the last layer fully severed
+
+
+VARIANTS: dict[str, tuple[str, DeOPStage]] = {
+    "text_offline": ("text prompt learned offline on seen-class crops (the paper's baseline classifier)",
+                     DeOPStage(DeOPConfig(PromptConfig(text="learned")), objective="crops", train=TrainConfig(
+                         steps=300, lr=2e-3, weight_decay=0.0, warmup_steps=20, log_every=25, checkpoint_every=100))),
+    "text_e2e": ("text prompt, offline init, then trained end-to-end for segmentation",
+                 DeOPStage(_learned_text(), init_from="text_offline")),
+    "visual_add": ("offline text prompt (fixed) + added visual prompts trained end-to-end",
+                   DeOPStage(_learned_text(visual="add"), init_from="text_offline", train_text=False)),
+    "visual_prepend": ("offline text prompt (fixed) + prepended visual prompts (VPT-deep) trained end-to-end",
+                       DeOPStage(_learned_text(visual="prepend"), init_from="text_offline", train_text=False)),
+    "baseline_plus": ("baseline+: text prompt (offline init) + added visual prompts, both end-to-end",
+                      _baseline_plus()),
+    "ps": ("baseline+ with patch severance (GPS, last layer, α = 1)", _baseline_plus(severance=GPS)),
+    "cal": ("baseline+ with CAL (query-based heatmap decoder, K = 1)",
+            _baseline_plus(anchors=AnchorConfig("query", layers=1))),
+    "deop": ("DeOP: baseline+ with PS and CAL (query-based, K = 1, the released setting)",
+             _baseline_plus(severance=GPS, anchors=AnchorConfig("query", layers=1))),
+    "deop_conv3": ("DeOP with the conv-based heatmap decoder, K = 3",
+                   _baseline_plus(severance=GPS, anchors=AnchorConfig("conv", layers=3))),
+    "deop_query3": ("DeOP with the query-based heatmap decoder, K = 3",
+                    _baseline_plus(severance=GPS, anchors=AnchorConfig("query", layers=3))),
+    "deop_query5": ("DeOP with the query-based heatmap decoder, K = 5",
+                    _baseline_plus(severance=GPS, anchors=AnchorConfig("query", layers=5))),
+}
+"""Named variants: (description, stage). "baseline" (nothing learned) needs no checkpoint."""
+
+
+def variant_stage(name: str) -> DeOPStage:
+    if name not in VARIANTS:
+        raise ValueError(f"unknown variant {name!r}; choose one of {', '.join(VARIANTS)} (or 'baseline')")
+    stage = VARIANTS[name][1]
+    return DeOPStage.from_dict(asdict(stage))  # a fresh copy: callers may edit it
+
+
+def checkpoint_path(variant: str) -> Path:
+    return CHECKPOINT_DIR / f"{variant}.safetensors"
+
+
+def train_command(variant: str) -> str:
+    return f"python -m deop_lite.model train --variant {variant}"
+
+
+def load_deop(variant: str = "baseline_plus", path: str | Path | None = None, proposals: nn.Module | None = None,
+              clip: ClipModel | None = None) -> DeOP:
+    """A trained toy variant in eval mode: the shipped proposal network and toy CLIP plus its learned parts.
+
+    ``variant="baseline"`` is the untrained baseline (no file). ``path`` overrides the shipped file.
+    """
+    from .proposals import load_proposals
+    proposals = proposals if proposals is not None else load_proposals()[0]
+    clip = clip or load_clip("toy")
+    if variant == "baseline" and path is None:
+        return DeOP(proposals, clip).eval()
+    path = Path(path) if path is not None else checkpoint_path(variant)
+    learned, metadata = load_weights(path, lambda meta: LearnedParts(
+        clip, DeOPStage.from_dict(meta["stage"]).model, proposals.config.num_queries), train_command(variant))
+    model = DeOP(proposals, clip, DeOPStage.from_dict(metadata["stage"]).model)
+    model.learned = learned
+    model.metadata = metadata
+    return model.eval()
+
+
+def load_or_train_deop(variant: str, proposals: nn.Module | None = None, clip: ClipModel | None = None) -> DeOP:
+    """The shipped variant; trained first (see :func:`train_deop`) when its file is missing."""
+    if variant != "baseline" and not checkpoint_path(variant).exists():
+        print(f"{checkpoint_path(variant)} not found: training it ({train_command(variant)})")
+        train_deop(variant)
+    return load_deop(variant, proposals=proposals, clip=clip)
+
+
+def evaluate_deop(model: DeOP, scenes: int = 200, image_size: int = 128, batch_size: int = 16,
+                  progress: bool | None = None) -> dict:
+    """pAcc, mIoU over seen and unseen classes and hIoU on the first ``scenes`` validation scenes."""
+    from .metrics import evaluate_segmentation
+    world = DeOPStage(image_size=image_size).world("val", scenes)
+    names = toyworld.CLASS_NAMES
+    return evaluate_segmentation(lambda images: model.predict(images, names)["label"], world, names,
+                                 toyworld.SEEN_CLASSES, toyworld.UNSEEN_CLASSES, batch_size, progress)
+
+
+def train_deop(variant: str, stage: DeOPStage | None = None, run_dir: str | Path | None = None,
+               out: str | Path | None = None, val_scenes: int = 200) -> DeOP:
+    """Train one variant's learned parts (resumable), evaluate it, and save them as safetensors."""
+    from .proposals import load_proposals
+    stage = stage or variant_stage(variant)
+    run_dir = Path(run_dir or f"runs/deop/{variant}")
+    out = Path(out or checkpoint_path(variant))
+    runtime.set_seed(stage.train.seed)
+    model = DeOP(load_proposals()[0], load_clip("toy"), stage.model)
+    if stage.init_from is not None:
+        start = load_or_train_deop(stage.init_from, proposals=model.proposals, clip=model.clip)
+        model.learned.text_prompts.load_state_dict(start.learned.text_prompts.state_dict())
+    if not stage.train_text and model.learned.text_prompts is not None:
+        model.learned.text_prompts.requires_grad_(False)
+    print(f"{variant}: {sum(p.numel() for p in model.learned.parameters() if p.requires_grad):,} trained "
+          f"parameters\n{stage}")
+    seen, label_map = list(toyworld.SEEN_CLASSES), toyworld.seen_label_map()
+    train_world = stage.world("train", 10 ** 9)
+
+    if stage.objective == "crops":
+        embeddings, targets = segment_crop_embeddings(model.clip, train_world, seen, stage.crops_per_class)
+        print(f"offline prompt data: {len(targets)} seen-class segment crops (mirrored copies included)")
+
+        def step_loss(step: int):
+            generator = torch.Generator().manual_seed(step)
+            batch = torch.randint(len(targets), (64,), generator=generator)
+            return crop_classification_loss(model.learned.text_prompts, embeddings[batch], targets[batch], seen)
+    elif stage.objective == "segmentation":
+        def step_loss(step: int):
+            items = [train_world[step * stage.batch_size + i] for i in range(stage.batch_size)]
+            image_raw = torch.stack([it["image_raw"] for it in items])  # (B, 3, H, W)
+            labels = label_map[torch.stack([it["label"] for it in items])][:, 1::2, 1::2]  # (B, H/2, W/2)
+            out = model(image_raw, seen)
+            losses = deop_segmentation_loss(out["class_logits"], out["mask_probs"], labels,
+                                            ignore_as_void=stage.ignore_as_void)
+            return losses.pop("loss"), losses
+    else:
+        raise ValueError(f"objective must be 'segmentation' or 'crops', got {stage.objective!r}")
+
+    def evaluate():
+        result = evaluate_deop(model, scenes=min(48, val_scenes), image_size=stage.image_size, progress=False)
+        return {k: result[k] for k in ("pAcc", "seen", "unseen", "hIoU")}
+
+    tic = time.perf_counter()
+    history = fit(model.learned, step_loss, stage.train, run_dir, evaluate)
+    metrics = evaluate_deop(model, scenes=val_scenes, image_size=stage.image_size)
+    summary = {"metrics": {k: metrics[k] for k in ("pAcc", "mIoU", "seen", "unseen", "hIoU")}, "val_scenes": val_scenes,
+               "train_minutes_this_session": (time.perf_counter() - tic) / 60, "s_per_step": history[-1]["s_per_step"],
+               "command": train_command(variant), "torch": torch.__version__}
+    save_weights(model.learned, out, {"stage": asdict(stage), "variant": variant, "summary": summary})
+    shutil.copy(run_dir / "train.log", out.with_name(out.stem + "_train.log"))
+    print(f"saved {out}: " + format_metrics(metrics))
+    return model
+
+
+def format_metrics(metrics: dict) -> str:
+    return " | ".join(f"{k} {metrics[k]:.1f}" for k in ("pAcc", "seen", "unseen", "hIoU"))
+
+
+def main(argv=None) -> None:
+    parser, train, evaluate = stage_cli("python -m deop_lite.model", "Train or evaluate a DeOP variant on the toy "
+                                        "world. Variants:\n" + "\n".join(f"  {k}: {v[0]}" for k, v in VARIANTS.items()),
+                                        None, None)
+    train.add_argument("--variant", required=True, choices=list(VARIANTS))
+    evaluate.add_argument("--variant", required=True, choices=["baseline", *VARIANTS])
+    evaluate.add_argument("--scenes", type=int, default=200, help="validation scenes")
+    args = parser.parse_args(argv)
+    if args.command == "train":
+        stage = variant_stage(args.variant)
+        if args.tiny:
+            stage.train = TrainConfig(steps=2, warmup_steps=1, log_every=1, checkpoint_every=2)
+            stage.batch_size, stage.image_size, stage.crops_per_class = 2, 64, 2
+        if args.steps:
+            stage.train.steps = args.steps
+        train_deop(args.variant, stage, args.run_dir, args.out, val_scenes=8 if args.tiny else 200)
+    else:
+        model = load_deop(args.variant, args.checkpoint)
+        print(f"{args.variant}: " + format_metrics(evaluate_deop(model, args.scenes)))
+
+
+if __name__ == "__main__":
+    main()

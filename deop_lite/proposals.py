@@ -1,8 +1,8 @@
 """The mask proposal network: a class-agnostic MaskFormer (paper §3.1; spec §3).
 
-    image -> backbone (res2..res5) -> FPN pixel decoder -> mask features E (B, C_m, H/4, W/4)
+    image -> backbone (res1..res5) -> FPN pixel decoder -> mask features E (B, C_m, H/s, W/s), s = 4 or 2
                                    -> transformer decoder over res5, N learned queries -> Q (B, N, d)
-    masks M = MLP(Q) · E  -> (B, N, H/4, W/4) logits
+    masks M = MLP(Q) · E  -> (B, N, H/s, W/s) logits
 
 The paper removes MaskFormer's class head and keeps the mask components. Without any head, a query that
 the Hungarian matching leaves unmatched would get no signal at all, and its (arbitrary) mask would pollute
@@ -61,6 +61,11 @@ class ProposalConfig:
     empty_weight: float = 0.1  # unmatched queries -> empty masks (class-agnostic) / no-object CE weight
     loss_stride: int = 2  # losses on every 2nd label pixel (masks upsampled to match): 4x cheaper, same optimum
     deep_supervision: bool = True
+    mask_stride: int = 4  # 4: MaskFormer's mask features at H/4; 2: one more FPN level, from the stem (H/2)
+
+    def __post_init__(self):
+        if self.mask_stride not in (2, 4):
+            raise ValueError(f"mask_stride must be 2 or 4, got {self.mask_stride}")
 
     @classmethod
     def toy(cls) -> ProposalConfig:
@@ -75,10 +80,10 @@ class ProposalConfig:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Backbone -> res2..res5 (strides 4, 8, 16, 32)
+# Backbone -> res1..res5 (strides 2, 4, 8, 16, 32)
 
 class ToyBackbone(nn.Module):
-    """A small conv stack: two conv-BN-ReLU per stage; strides 4, 8, 16, 32."""
+    """A small conv stack: a stem (stride 2), then two conv-BN-ReLU per stage; strides 2, 4, 8, 16, 32."""
 
     def __init__(self, widths: tuple[int, int, int, int]):
         super().__init__()
@@ -89,19 +94,19 @@ class ToyBackbone(nn.Module):
             stages.append(nn.Sequential(Conv2dNormActivation(c_in, c_out, stride=2), Conv2dNormActivation(c_out, c_out)))
             c_in = c_out
         self.stages = nn.ModuleList(stages)
-        self.channels = tuple(widths)
+        self.channels = (stem, *widths)  # res1 (the stem) .. res5
 
     def forward(self, image: torch.Tensor) -> list[torch.Tensor]:
         x = self.stem(image)  # (B, c, H/2, W/2)
-        features = []
+        features = [x]
         for stage in self.stages:
             x = stage(x)
             features.append(x)  # res2 (H/4) ... res5 (H/32)
-        return features
+        return features  # res1 .. res5
 
 
 class ResNetBackbone(nn.Module):
-    """A torchvision ResNet returning layer1..layer4 (res2..res5)."""
+    """A torchvision ResNet returning the stem's activation and layer1..layer4 (res1..res5)."""
 
     def __init__(self, name: str, pretrained: bool):
         super().__init__()
@@ -110,8 +115,8 @@ class ResNetBackbone(nn.Module):
         weights = "DEFAULT" if pretrained else None
         resnet = getattr(torchvision.models, name)(weights=weights)
         self.body = create_feature_extractor(
-            resnet, {f"layer{i}": f"res{i + 1}" for i in range(1, 5)})
-        self.channels = RESNET_CHANNELS[name]
+            resnet, {"relu": "res1", **{f"layer{i}": f"res{i + 1}" for i in range(1, 5)}})
+        self.channels = (64, *RESNET_CHANNELS[name])
 
     def forward(self, image: torch.Tensor) -> list[torch.Tensor]:
         return list(self.body(image).values())
@@ -123,7 +128,7 @@ def _group_norm(channels: int) -> nn.GroupNorm:
 
 class PixelDecoder(nn.Module):
     """FPN (MaskFormer's BasePixelDecoder): top-down from res5, lateral 1x1 convs, 3x3 output convs,
-    then mask features at stride 4."""
+    then mask features at the finest level it is given (stride 4, or 2 with the stem)."""
 
     def __init__(self, in_channels: tuple[int, ...], conv_dim: int, mask_dim: int):
         super().__init__()
@@ -137,7 +142,7 @@ class PixelDecoder(nn.Module):
         y = self.top(features[-1])  # (B, conv_dim, H/32, W/32)
         for lateral, output, x in zip(self.lateral[::-1], self.output[::-1], features[-2::-1]):
             y = output(lateral(x) + F.interpolate(y, size=x.shape[-2:], mode="nearest"))
-        return self.mask_features(y)  # (B, mask_dim, H/4, W/4)
+        return self.mask_features(y)  # (B, mask_dim, H/s, W/s)
 
 
 def sine_position_encoding(height: int, width: int, dim: int, device=None) -> torch.Tensor:
@@ -172,9 +177,9 @@ class DecoderLayer(nn.Module):
 
 
 class MaskProposalNetwork(nn.Module):
-    """Class-agnostic MaskFormer: (B, 3, H, W) ImageNet-normalised images -> N mask logits at stride 4.
+    """Class-agnostic MaskFormer: (B, 3, H, W) ImageNet-normalised images -> N mask logits at stride s (``mask_stride``).
 
-    ``forward`` returns a dict: ``masks`` (B, N, H/4, W/4) logits of the last decoder layer, ``aux``
+    ``forward`` returns a dict: ``masks`` (B, N, H/s, W/s) logits of the last decoder layer, ``aux``
     (one dict per earlier layer, for deep supervision) and, when class-aware, ``class_logits`` (B, N, K+1).
     """
 
@@ -183,7 +188,8 @@ class MaskProposalNetwork(nn.Module):
         self.config = config
         self.backbone = ToyBackbone(config.toy_widths) if config.backbone == "toy" else \
             ResNetBackbone(config.backbone, config.pretrained_backbone)
-        self.pixel_decoder = PixelDecoder(self.backbone.channels, config.hidden_dim, config.mask_dim)
+        self.first_level = 0 if config.mask_stride == 2 else 1  # the finest backbone level the FPN reaches
+        self.pixel_decoder = PixelDecoder(self.backbone.channels[self.first_level:], config.hidden_dim, config.mask_dim)
         self.input_proj = nn.Conv2d(self.backbone.channels[-1], config.hidden_dim, 1)
         self.query_pos = nn.Embedding(config.num_queries, config.hidden_dim)
         self.layers = nn.ModuleList(DecoderLayer(config.hidden_dim, config.nheads, config.dim_feedforward,
@@ -202,7 +208,7 @@ class MaskProposalNetwork(nn.Module):
 
     def _predict(self, queries: torch.Tensor, mask_features: torch.Tensor) -> dict:
         queries = self.decoder_norm(queries)  # (B, N, d)
-        masks = torch.einsum("bnc,bchw->bnhw", self.mask_embed(queries), mask_features)  # (B, N, H/4, W/4)
+        masks = torch.einsum("bnc,bchw->bnhw", self.mask_embed(queries), mask_features)  # (B, N, H/s, W/s)
         out = {"masks": masks}
         if self.class_embed is not None:
             out["class_logits"] = self.class_embed(queries)  # (B, N, K+1)
@@ -211,8 +217,8 @@ class MaskProposalNetwork(nn.Module):
     def forward(self, image: torch.Tensor) -> dict:
         if image.ndim != 4 or image.shape[1] != 3 or image.shape[-1] % 32 or image.shape[-2] % 32:
             raise ValueError(f"expected images (B, 3, H, W) with H and W multiples of 32, got {tuple(image.shape)}")
-        features = self.backbone(image)  # res2..res5
-        mask_features = self.pixel_decoder(features)  # (B, C_m, H/4, W/4)
+        features = self.backbone(image)[self.first_level:]  # res1..res5 or res2..res5
+        mask_features = self.pixel_decoder(features)  # (B, C_m, H/s, W/s), s = mask_stride
         memory = self.input_proj(features[-1])  # (B, d, H/32, W/32)
         batch, dim, h, w = memory.shape
         memory = memory.flatten(2).transpose(1, 2)  # (B, hw, d)
@@ -235,7 +241,7 @@ class MaskProposalNetwork(nn.Module):
 def proposal_masks(model: MaskProposalNetwork, image_raw: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
     """Mask logits (B, N, H, W) upsampled (bilinear) to ``size``, default the image size."""
     model.eval()
-    masks = model(model.normalize(image_raw))["masks"]  # (B, N, H/4, W/4)
+    masks = model(model.normalize(image_raw))["masks"]  # (B, N, H/s, W/s)
     return F.interpolate(masks, size=size or image_raw.shape[-2:], mode="bilinear", align_corners=False)
 
 
@@ -343,7 +349,7 @@ def train_proposals(stage: ProposalStage, run_dir: str | Path = "runs/proposals"
     print(f"proposal network: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters\n{stage}")
     train_world = stage.world("train", 10 ** 9)
     val_world = stage.world("val", 48)
-    class_map = _seen_class_map() if stage.model.class_aware else None
+    class_map = toyworld.seen_label_map() if stage.model.class_aware else None
 
     def step_loss(step: int):
         batch = training_batch(train_world, step, stage.batch_size)
@@ -363,14 +369,6 @@ def train_proposals(stage: ProposalStage, run_dir: str | Path = "runs/proposals"
     shutil.copy(Path(run_dir) / "train.log", Path(out).with_name(Path(out).stem + "_train.log"))
     print(f"saved {out}: " + format_recall(recall))
     return model
-
-
-def _seen_class_map() -> torch.Tensor:
-    """(256,) label id -> index among the seen classes (the class-aware head's order); others -> -1."""
-    class_map = torch.full((256,), -1, dtype=torch.long)
-    for i, name in enumerate(toyworld.SEEN_CLASSES):
-        class_map[toyworld.CLASS_NAMES.index(name)] = i
-    return class_map
 
 
 def format_recall(recall: dict) -> str:

@@ -95,24 +95,35 @@ def _check_layers(layers: dict[int, float] | None, n_blocks: int) -> dict[int, f
 class _Severed:
     """Runs a ViT's blocks with severance in chosen layers (shared by features and attention maps)."""
 
-    def __init__(self, visual, image, layers, mode, mask_probs, mps_norm):
+    def __init__(self, visual, image, layers, mode, mask_probs, mps_norm, prompts=None):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if mode != "gps" and mask_probs is None:
             raise ValueError(f"mode {mode!r} needs mask_probs (B, N, H, W): proposal or ground-truth masks")
         if mps_norm not in MPS_NORMS:
             raise ValueError(f"mps_norm must be one of {MPS_NORMS}, got {mps_norm!r}")
-        self.visual, self.mode, self.mps_norm = visual, mode, mps_norm
+        self.visual, self.mode, self.mps_norm, self.prompts = visual, mode, mps_norm, prompts
         self.blocks = visual.transformer.resblocks
         self.severed = _check_layers(layers, len(self.blocks))
-        self.tokens, self.grid = embed_image(visual, image)  # (B, 1 + h*w, W)
+        self.tokens, self.grid = embed_image(visual, image, prompts)  # (B, 1 + h*w, W)
         self.memberships = token_memberships(mask_probs.to(self.tokens.dtype), self.grid) if mode != "gps" else None
         self.block_inputs: dict[int, torch.Tensor] = {}  # filled by run(): what each block received
 
+    def _extra(self, index: int) -> int:
+        """Prepended prompt tokens (after CLS) in the stream entering block ``index``."""
+        return 0 if self.prompts is None else self.prompts.num_prepended(index)
+
+    def _memberships(self, index: int) -> torch.Tensor:
+        """(B, L, N) memberships of the tokens entering block ``index``: prompt tokens, like CLS, in every mask."""
+        extra, m = self._extra(index), self.memberships
+        return m if not extra else torch.cat([m[:, :1], m[:, :1].expand(-1, extra, -1), m[:, 1:]], dim=1)
+
     def run(self, stop: int | None = None) -> torch.Tensor:
-        """Tokens (B, L, W) after the blocks before ``stop`` (default: all of them)."""
+        """Tokens (B, 1 + h*w, W) after the blocks before ``stop`` (default: all of them), prompts stripped."""
         tokens = self.tokens
         for index, block in enumerate(self.blocks[:stop]):
+            if self.prompts is not None:
+                tokens = self.prompts.at_block(index, tokens, self.grid)  # (B, L, W)
             self.block_inputs[index] = tokens
             if index not in self.severed:
                 tokens = block(tokens)
@@ -120,29 +131,33 @@ class _Severed:
                 tokens = gps_block(block, tokens, self.severed[index])
             else:
                 _, _, v = _qkv(block, tokens)  # (B, heads, L, d)
+                memberships = self._memberships(index)  # (B, L, N)
                 if self.mode == "mps":
-                    mixed = mps_attention(self.memberships, self.mps_norm)[:, None] @ v  # one attention for all heads
+                    mixed = mps_attention(memberships, self.mps_norm)[:, None] @ v  # one attention for all heads
                 else:  # gps_mask: identity attention, gain Σ_n σ(M_n) per token (N for CLS)
-                    mixed = self.memberships.sum(-1)[:, None, :, None] * v
+                    mixed = memberships.sum(-1)[:, None, :, None] * v
                 tokens = _finish(block, tokens, mixed)
-        return tokens
+        return tokens if self.prompts is None else self.prompts.strip(tokens)
 
-    def attention(self, layer: int) -> torch.Tensor:
-        """The effective attention of ``layer``, averaged over heads: (B, L, L), CLS first."""
+    def patch_attention(self, layer: int) -> torch.Tensor:
+        """The effective patch-to-patch attention of ``layer``, averaged over heads: (B, h*w, h*w)."""
         index = _check_layers({layer: 0.0}, len(self.blocks)).popitem()[0]
-        tokens = self.block_inputs[index] if index in self.block_inputs else self.run(stop=index)
-        q, k, _ = _qkv(self.blocks[index], tokens)
-        attn = self_attention(q, k).mean(1)  # (B, L, L)
-        if index not in self.severed:
-            return attn
-        eye = torch.eye(attn.shape[-1], dtype=attn.dtype, device=attn.device)
-        if self.mode == "gps":
-            return self.severed[index] * eye + (1 - self.severed[index]) * attn
-        return mps_attention(self.memberships, self.mps_norm) if self.mode == "mps" else eye.expand_as(attn)
+        if index not in self.block_inputs:
+            self.run(stop=index + 1)
+        q, k, _ = _qkv(self.blocks[index], self.block_inputs[index])
+        attn = self_attention(q, k).mean(1)  # (B, L, L), L = 1 + extra + h*w
+        if index in self.severed:
+            eye = torch.eye(attn.shape[-1], dtype=attn.dtype, device=attn.device)
+            if self.mode == "gps":
+                attn = self.severed[index] * eye + (1 - self.severed[index]) * attn
+            else:
+                attn = mps_attention(self._memberships(index), self.mps_norm) if self.mode == "mps" else eye.expand_as(attn)
+        first = 1 + self._extra(index)
+        return attn[:, first:, first:]  # (B, h*w, h*w)
 
 
 def severed_dense_features(visual, image: torch.Tensor, layers: dict[int, float] | None = None, mode: str = "gps",
-                           mask_probs: torch.Tensor | None = None, mps_norm: str = "sum") -> torch.Tensor:
+                           mask_probs: torch.Tensor | None = None, mps_norm: str = "sum", prompts=None) -> torch.Tensor:
     """Dense CLIP features F_V (B, D, h, w) with patch severance in chosen layers.
 
     Args:
@@ -154,32 +169,35 @@ def severed_dense_features(visual, image: torch.Tensor, layers: dict[int, float]
         mask_probs: (B, N, H', W') proposal probabilities σ(M) (or ground-truth masks); needed by "mps" and
             "gps_mask".
         mps_norm: "sum" (Eq. 1 row-normalised) or "softmax" (the official code).
+        prompts: optional ``deop_lite.prompts.VisualPrompts`` (added or prepended); prompt tokens count as
+            members of every mask, like CLS.
     """
-    run = _Severed(visual, image, layers, mode, mask_probs, mps_norm)
+    run = _Severed(visual, image, layers, mode, mask_probs, mps_norm, prompts)
     return project_patches(visual, run.run(), run.grid)
 
 
 @torch.no_grad()
 def severed_features_and_attention(visual, image: torch.Tensor, layers: dict[int, float] | None = None,
                                    mode: str = "gps", mask_probs: torch.Tensor | None = None, mps_norm: str = "sum",
-                                   layer: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
+                                   layer: int = -1, prompts=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Both :func:`severed_dense_features` and :func:`patch_attention` of ``layer`` from one pass of the ViT."""
-    run = _Severed(visual, image, {} if layers is None else layers, mode, mask_probs, mps_norm)
+    run = _Severed(visual, image, {} if layers is None else layers, mode, mask_probs, mps_norm, prompts)
     dense = project_patches(visual, run.run(), run.grid)  # (B, D, h, w)
-    attn = run.attention(layer)[:, 1:, 1:]  # (B, h*w, h*w): block inputs are cached, no second pass
+    attn = run.patch_attention(layer)  # (B, h*w, h*w): block inputs are cached, no second pass
     return dense, attn.reshape(attn.shape[0], *run.grid, *run.grid)
 
 
 @torch.no_grad()
 def patch_attention(visual, image: torch.Tensor, layer: int = -1, layers: dict[int, float] | None = None,
-                    mode: str = "gps", mask_probs: torch.Tensor | None = None, mps_norm: str = "sum") -> torch.Tensor:
+                    mode: str = "gps", mask_probs: torch.Tensor | None = None, mps_norm: str = "sum",
+                    prompts=None) -> torch.Tensor:
     """How much each patch attends to every other patch in ``layer`` (paper Fig. 5), under severance.
 
     ``layers={}`` gives the unmodified CLIP. Returns (B, h, w, h, w): [b, i, j] is the attention map of the
     patch at row i, column j over the patch grid, averaged over heads (the share that goes to CLS dropped).
     """
-    run = _Severed(visual, image, {} if layers is None else layers, mode, mask_probs, mps_norm)
-    attn = run.attention(layer)[:, 1:, 1:]  # (B, h*w, h*w)
+    run = _Severed(visual, image, {} if layers is None else layers, mode, mask_probs, mps_norm, prompts)
+    attn = run.patch_attention(layer)  # (B, h*w, h*w)
     return attn.reshape(attn.shape[0], *run.grid, *run.grid)
 
 

@@ -45,6 +45,14 @@ _TEXTURE_SIZE = 256  # side of each precomputed texture tile
 _TEXTURE_VARIANTS = 4  # tiles per stuff class
 
 
+def seen_label_map() -> torch.Tensor:
+    """(256,) int64 lookup: label id -> index among ``SEEN_CLASSES`` (the training classes); others -> 255."""
+    label_map = torch.full((256,), IGNORE_INDEX, dtype=torch.long)
+    for i, name in enumerate(SEEN_CLASSES):
+        label_map[CLASS_NAMES.index(name)] = i
+    return label_map
+
+
 def check_class_names(names) -> list[str]:
     """Return ``names`` as a list, or raise ``ValueError`` naming the unknown ones and the vocabulary."""
     names = [names] if isinstance(names, str) else list(names)

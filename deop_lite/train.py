@@ -188,7 +188,7 @@ def load_weights(path: str | Path, build: Callable[[dict], nn.Module], retrain_c
     return model.eval(), metadata
 
 
-def stage_cli(prog: str, description: str, checkpoint: Path, run_dir: str):
+def stage_cli(prog: str, description: str, checkpoint: Path | None, run_dir: str | None):
     """The command line every training stage shares: ``train [--steps N] [--tiny] [--run-dir D] [--out F]``
     and ``eval [--checkpoint F]``. Returns (parser, train subparser, eval subparser) to extend."""
     import argparse
@@ -198,8 +198,11 @@ def stage_cli(prog: str, description: str, checkpoint: Path, run_dir: str):
     train = sub.add_parser("train", help="train this stage (resumes from --run-dir when interrupted)")
     train.add_argument("--steps", type=int, help="override the number of steps (default: the config's)")
     train.add_argument("--tiny", action="store_true", help="a few steps of a small model (smoke test)")
-    train.add_argument("--run-dir", default=run_dir, help="checkpoints and log (resume from here)")
-    train.add_argument("--out", default=str(checkpoint), help="where to write the safetensors file")
+    train.add_argument("--run-dir", default=run_dir, help="checkpoints and log (resume from here)"
+                       + ("" if run_dir else "; default: per variant"))
+    train.add_argument("--out", default=checkpoint and str(checkpoint), help="where to write the safetensors file"
+                       + ("" if checkpoint else "; default: per variant"))
     evaluate = sub.add_parser("eval", help="evaluate a saved checkpoint")
-    evaluate.add_argument("--checkpoint", default=str(checkpoint))
+    evaluate.add_argument("--checkpoint", default=checkpoint and str(checkpoint),
+                          help="default: " + (str(checkpoint) if checkpoint else "the shipped file of the variant"))
     return parser, train, evaluate

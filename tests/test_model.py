@@ -1,3 +1,4 @@
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -46,3 +47,31 @@ def test_one_pass_baseline_with_severance(toy_clip):
         severed = OnePassBaseline(proposals, toy_clip, severance={-1: 1.0}, severance_mode=mode)(image, ["sky", "star"])
         assert severed["scores"].shape == plain["scores"].shape
         assert not torch.allclose(severed["class_probs"], plain["class_probs"])
+
+
+def test_every_variant_is_one_config_that_survives_json():
+    import json
+    from dataclasses import asdict
+
+    from deop_lite.model import VARIANTS, DeOPStage, variant_stage
+    for name in VARIANTS:
+        stage = variant_stage(name)
+        assert DeOPStage.from_dict(json.loads(json.dumps(asdict(stage)))) == stage
+    with pytest.raises(ValueError, match="unknown variant 'dope'"):
+        variant_stage("dope")
+
+
+@pytest.mark.parametrize("variant", ["text_offline", "deop"])
+def test_train_a_variant_then_load_it(tmp_path, variant):
+    from deop_lite.model import load_deop, main
+    out = tmp_path / f"{variant}.safetensors"
+    main(["train", "--variant", variant, "--tiny", "--run-dir", str(tmp_path / "run"), "--out", str(out)])
+    model = load_deop(variant, path=out)
+    assert model.metadata["variant"] == variant and (model.learned.anchor_decoder is not None) == (variant == "deop")
+    assert (tmp_path / f"{variant}_train.log").exists()
+
+
+def test_missing_variant_checkpoint_says_how_to_train_it(tmp_path):
+    from deop_lite.model import load_deop
+    with pytest.raises(FileNotFoundError, match="python -m deop_lite.model train --variant deop"):
+        load_deop("deop", path=tmp_path / "nothing.safetensors")

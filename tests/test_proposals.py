@@ -1,3 +1,5 @@
+from dataclasses import asdict
+
 import pytest
 import torch
 from torchvision.ops import sigmoid_focal_loss
@@ -47,6 +49,10 @@ def test_network_shapes_and_bad_input():
     with pytest.raises(ValueError, match="multiples of 32"):
         model(torch.randn(1, 3, 60, 64))
     assert sine_position_encoding(2, 3, 8).shape == (6, 8)
+    fine = MaskProposalNetwork(ProposalConfig(**{**asdict(ProposalStage.tiny().model), "mask_stride": 2}))
+    assert fine(torch.randn(1, 3, 64, 96))["masks"].shape == (1, 8, 32, 48)  # one more FPN level, from the stem
+    with pytest.raises(ValueError, match="mask_stride must be 2 or 4"):
+        ProposalConfig(mask_stride=8)
 
 
 @pytest.mark.parametrize("class_aware", [False, True])
