@@ -28,6 +28,7 @@ from .anchors import AnchorConfig, build_anchor_decoder, masks_on_grid
 from .clip import ClipModel, load_clip
 from .losses import deop_segmentation_loss
 from .prompts import PromptConfig, build_prompts, crop_classification_loss, segment_crop_embeddings
+from .proposals import proposal_masks
 from .severance import MODES, severed_dense_features
 from .train import TrainConfig, fit, load_weights, save_weights, stage_cli
 
@@ -139,7 +140,7 @@ class DeOP(nn.Module):
         self.proposals = proposals.eval().requires_grad_(False)
         self.clip = clip
         self.learned = LearnedParts(clip, self.config, proposals.config.num_queries)
-        self._fixed_text: dict[tuple[str, ...], torch.Tensor] = {}
+        self._text_cache: dict[tuple, torch.Tensor] = {}
 
     def train(self, mode: bool = True) -> DeOP:
         """Train mode for the learned parts only: the frozen proposal network stays in eval mode."""
@@ -148,20 +149,24 @@ class DeOP(nn.Module):
         return self
 
     def text_embeddings(self, class_names: Sequence[str]) -> torch.Tensor:
-        """F_T (C, D), unit norm: the learned context, or the fixed templates (cached per class list)."""
-        if self.learned.text_prompts is not None:
-            return self.learned.text_prompts(class_names)
-        key = tuple(class_names)
-        if key not in self._fixed_text:
+        """F_T (C, D), unit norm, from the learned context or the fixed templates.
+
+        With gradients enabled (training) a learned context is re-encoded at every call; otherwise the
+        embeddings are cached per class list and context version (an optimiser step invalidates them)."""
+        prompts = self.learned.text_prompts
+        if prompts is not None and torch.is_grad_enabled():
+            return prompts(class_names)
+        key = (tuple(class_names), None if prompts is None else prompts.ctx._version)
+        if key not in self._text_cache:
             with torch.no_grad():
-                self._fixed_text[key] = self.clip.text_embeddings(class_names, self.config.prompts.templates)
-        return self._fixed_text[key]
+                self._text_cache[key] = (self.clip.text_embeddings(class_names, self.config.prompts.templates)
+                                         if prompts is None else prompts(class_names))
+        return self._text_cache[key]
 
     @torch.no_grad()
     def proposal_masks(self, image_raw: torch.Tensor) -> torch.Tensor:
         """σ(M) (B, N, H, W) at the image's resolution, from the frozen proposal network."""
-        masks = self.proposals(self.proposals.normalize(image_raw))["masks"]  # (B, N, H/s, W/s)
-        return F.interpolate(masks, size=image_raw.shape[-2:], mode="bilinear", align_corners=False).sigmoid()
+        return proposal_masks(self.proposals, image_raw).sigmoid()  # (B, N, H, W)
 
     def dense_features(self, image_raw: torch.Tensor, mask_probs: torch.Tensor) -> torch.Tensor:
         """F_V (B, D, h, w): the one CLIP pass, with this model's visual prompts and patch severance."""

@@ -139,6 +139,8 @@ class PixelDecoder(nn.Module):
         self.mask_features = nn.Conv2d(conv_dim, mask_dim, 3, padding=1)
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        """Backbone levels, finest first -> mask features at the finest level it was built for."""
+        features = features[-(len(self.lateral) + 1):]  # the coarsest levels, as many as in_channels
         y = self.top(features[-1])  # (B, conv_dim, H/32, W/32)
         for lateral, output, x in zip(self.lateral[::-1], self.output[::-1], features[-2::-1]):
             y = output(lateral(x) + F.interpolate(y, size=x.shape[-2:], mode="nearest"))
@@ -188,8 +190,8 @@ class MaskProposalNetwork(nn.Module):
         self.config = config
         self.backbone = ToyBackbone(config.toy_widths) if config.backbone == "toy" else \
             ResNetBackbone(config.backbone, config.pretrained_backbone)
-        self.first_level = 0 if config.mask_stride == 2 else 1  # the finest backbone level the FPN reaches
-        self.pixel_decoder = PixelDecoder(self.backbone.channels[self.first_level:], config.hidden_dim, config.mask_dim)
+        first_level = 0 if config.mask_stride == 2 else 1  # the finest backbone level the FPN reaches: res1 or res2
+        self.pixel_decoder = PixelDecoder(self.backbone.channels[first_level:], config.hidden_dim, config.mask_dim)
         self.input_proj = nn.Conv2d(self.backbone.channels[-1], config.hidden_dim, 1)
         self.query_pos = nn.Embedding(config.num_queries, config.hidden_dim)
         self.layers = nn.ModuleList(DecoderLayer(config.hidden_dim, config.nheads, config.dim_feedforward,
@@ -217,7 +219,7 @@ class MaskProposalNetwork(nn.Module):
     def forward(self, image: torch.Tensor) -> dict:
         if image.ndim != 4 or image.shape[1] != 3 or image.shape[-1] % 32 or image.shape[-2] % 32:
             raise ValueError(f"expected images (B, 3, H, W) with H and W multiples of 32, got {tuple(image.shape)}")
-        features = self.backbone(image)[self.first_level:]  # res1..res5 or res2..res5
+        features = self.backbone(image)  # res1..res5
         mask_features = self.pixel_decoder(features)  # (B, C_m, H/s, W/s), s = mask_stride
         memory = self.input_proj(features[-1])  # (B, d, H/32, W/32)
         batch, dim, h, w = memory.shape

@@ -1,3 +1,5 @@
+import pytest
+
 from deop_lite.cli import main
 
 
@@ -7,3 +9,48 @@ def test_demo_writes_figures(tmp_path, capsys):
     assert "zero-shot classification" in printed and "naive CLIP patches" in printed and "DeOP" in printed
     assert (tmp_path / "confusion.png").stat().st_size > 10_000
     assert (tmp_path / "segmentation.png").stat().st_size > 10_000
+
+
+def _scene_png(path, mode):
+    import numpy as np
+    from PIL import Image
+
+    from deop_lite.toyworld import ToyWorld, ToyWorldConfig
+    rgb = (ToyWorld("val", 1, ToyWorldConfig.segmentation())[0]["image_raw"].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+    image = Image.fromarray(rgb)
+    if mode == "I;16":
+        image = Image.fromarray(np.asarray(image.convert("L")).astype(np.uint16) * 257)  # 16-bit grayscale
+    elif mode == "large":
+        image = image.resize((2000, 1500))
+    elif mode != "RGB":
+        image = image.convert(mode)
+    image.save(path)
+    return path
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "RGBA", "P", "I;16", "large"])
+def test_segment_own_image(tmp_path, capsys, mode):
+    import numpy as np
+    from PIL import Image
+    path = _scene_png(tmp_path / "scene.png", mode)
+    main(["segment", str(path), "--classes", "sky, grass, star, circle", "--out", str(tmp_path / "out")])
+    printed = capsys.readouterr().out
+    labels = Image.open(tmp_path / "out" / "scene_labels.png")
+    assert labels.mode == "L" and np.asarray(labels).max() < 4 and "pixels: sky" in printed
+    assert (tmp_path / "out" / "scene_overlay.png").stat().st_size > 10_000
+    if mode == "large":
+        assert "resized from 2000x1500" in printed
+
+
+def test_segment_errors_are_plain_messages(tmp_path, capsys):
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(b"not an image")
+    good = _scene_png(tmp_path / "scene.png", "RGB")
+    for args, message in ((["segment", str(corrupt), "--classes", "sky"], "cannot read"),
+                          (["segment", str(tmp_path / "missing.png"), "--classes", "sky"], "no image at"),
+                          (["segment", str(good), "--classes", "sky, zebra"], "unknown toy-world class name(s) ['zebra']"),
+                          (["segment", str(good), "--classes", "sky", "--clip", "ViT-B-16", "--weights",
+                            str(tmp_path / "none.bin")], "no CLIP checkpoint file")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(args)
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
