@@ -132,14 +132,16 @@ class DeOP(nn.Module):
         proposals: a ``MaskProposalNetwork`` (kept frozen and in eval mode).
         clip: a ``ClipModel``, toy or real (its weights are never trained).
         config: a ``DeOPConfig``; the default is the plain baseline of paper §3.1.
+        learned: trained parts matching ``config`` (from a checkpoint); default: freshly initialised.
     """
 
-    def __init__(self, proposals: nn.Module, clip: ClipModel, config: DeOPConfig | None = None):
+    def __init__(self, proposals: nn.Module, clip: ClipModel, config: DeOPConfig | None = None,
+                 learned: LearnedParts | None = None):
         super().__init__()
         self.config = config or DeOPConfig()
         self.proposals = proposals.eval().requires_grad_(False)
         self.clip = clip
-        self.learned = LearnedParts(clip, self.config, proposals.config.num_queries)
+        self.learned = learned or LearnedParts(clip, self.config, proposals.config.num_queries)
         self._text_cache: dict[tuple, torch.Tensor] = {}
 
     def train(self, mode: bool = True) -> DeOP:
@@ -343,8 +345,7 @@ def load_deop(variant: str = "baseline_plus", path: str | Path | None = None, pr
     path = Path(path) if path is not None else checkpoint_path(variant)
     learned, metadata = load_weights(path, lambda meta: LearnedParts(
         clip, DeOPStage.from_dict(meta["stage"]).model, proposals.config.num_queries), train_command(variant))
-    model = DeOP(proposals, clip, DeOPStage.from_dict(metadata["stage"]).model)
-    model.learned = learned
+    model = DeOP(proposals, clip, DeOPStage.from_dict(metadata["stage"]).model, learned)
     model.metadata = metadata
     return model.eval()
 
