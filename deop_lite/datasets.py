@@ -190,12 +190,14 @@ def read_voc(root: Path, split: str) -> Iterator[tuple[str, Path, LabelReader]]:
     val_ids = _list(_require(lists / "val.txt", info, root))
     if split == "val":
         for image_id in val_ids:
-            yield image_id, voc / "JPEGImages" / f"{image_id}.jpg", _read_png(voc / "SegmentationClass" / f"{image_id}.png", VOC_LUT)
+            label = voc / "SegmentationClass" / f"{image_id}.png"
+            yield image_id, voc / "JPEGImages" / f"{image_id}.jpg", _read_png(label, VOC_LUT)
         return
     # train: SBD-augmented when present ("trainaug", 10,582 images), else VOC's own train list (1,464)
     aug_png, sbd = voc / "SegmentationClassAug", root / "benchmark_RELEASE" / "dataset" / "cls"
     if aug_png.is_dir():
-        ids = _list(lists / "trainaug.txt") if (lists / "trainaug.txt").exists() else sorted(p.stem for p in aug_png.glob("*.png"))
+        listed = lists / "trainaug.txt"
+        ids = _list(listed) if listed.exists() else sorted(p.stem for p in aug_png.glob("*.png"))
         readers = {i: _read_png(aug_png / f"{i}.png", VOC_LUT) for i in ids}
     else:
         ids = _list(_require(lists / "train.txt", info, root))
@@ -447,7 +449,8 @@ def main(argv=None) -> None:
     prep.add_argument("dataset", choices=list(DATASETS))
     prep.add_argument("--root", required=True, help="where the official download was unpacked")
     prep.add_argument("--out", required=True, help="where the prepared dataset goes")
-    prep.add_argument("--splits", nargs="+", help="default: " + ", ".join(f"{k}: {'/'.join(v.splits)}" for k, v in DATASETS.items()))
+    prep.add_argument("--splits", nargs="+",
+                      help="default: " + ", ".join(f"{k}: {'/'.join(v.splits)}" for k, v in DATASETS.items()))
     info = sub.add_parser("info", help="describe a prepared dataset")
     info.add_argument("out")
     args = parser.parse_args(argv)

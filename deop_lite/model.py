@@ -394,7 +394,8 @@ def train_deop(variant: str, stage: DeOPStage | None = None, run_dir: str | Path
         def step_loss(step: int):
             generator = torch.Generator().manual_seed(step)
             batch = torch.randint(len(targets), (64,), generator=generator)
-            return crop_classification_loss(model.learned.text_prompts, embeddings[batch], targets[batch], seen)
+            return crop_classification_loss(model.learned.text_prompts(seen), embeddings[batch], targets[batch],
+                                            model.clip.model.logit_scale.exp())
     elif stage.objective == "segmentation":
         def step_loss(step: int):
             items = [train_world[step * stage.batch_size + i] for i in range(stage.batch_size)]

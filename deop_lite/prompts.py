@@ -196,7 +196,8 @@ def build_prompts(clip: ClipModel, config: PromptConfig) -> tuple[TextPrompts | 
 
 @torch.no_grad()
 def segment_crop_embeddings(clip: ClipModel, world, class_names: Sequence[str], per_class: int,
-                            max_scenes: int = 20_000) -> tuple[torch.Tensor, torch.Tensor]:
+                            max_scenes: int = 20_000, label_names: Sequence[str] | None = None,
+                            strict: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """CLIP image embeddings of ``per_class`` ground-truth segments of each class, cut out of ``world``.
 
     Each segment is shown to CLIP alone (``clip.masked_crops``: box crop, outside painted CLIP's mean
@@ -204,16 +205,21 @@ def segment_crop_embeddings(clip: ClipModel, world, class_names: Sequence[str], 
     a function of the world's seed.
 
     Args:
-        world: a ``ToyWorld`` whose labels hold the training classes (unseen pixels ignored).
+        world: a ``ToyWorld`` or a real ``datasets.SegmentationDataset`` whose labels hold the training
+            classes (unseen pixels ignored).
         class_names: the training classes (the order of the returned indices).
+        label_names: the names of the label ids (default: the toy world's classes).
+        strict: raise when a class has fewer than ``per_class`` segments in the first ``max_scenes``
+            scenes; otherwise use what there is (a small real dataset).
     Returns:
         embeddings (K, D) unit norm, class indices (K,) into ``class_names``; K = 2 x per_class x C.
     """
     from .clip import masked_crops
     from .toyworld import CLASS_NAMES
-    wanted = {CLASS_NAMES.index(name): i for i, name in enumerate(class_names)}
+    label_names = list(label_names or CLASS_NAMES)
+    wanted = {label_names.index(name): i for i, name in enumerate(class_names)}
     crops, targets, counts = [], [], dict.fromkeys(wanted.values(), 0)
-    for index in range(max_scenes):
+    for index in range(min(max_scenes, len(world))):
         item = world[index]
         for label_id in item["label"].unique().tolist():
             target = wanted.get(label_id)
@@ -225,18 +231,24 @@ def segment_crop_embeddings(clip: ClipModel, world, class_names: Sequence[str], 
         if min(counts.values()) == per_class:
             break
     else:
-        raise RuntimeError(f"fewer than {per_class} segments of some class in {max_scenes} scenes: {counts}")
+        if strict or not crops:
+            raise RuntimeError(f"fewer than {per_class} segments of some class in {max_scenes} scenes: {counts}")
     crops = torch.cat(crops)  # (K/2, 3, S, S)
     crops = torch.cat([crops, crops.flip(-1)])  # (K, 3, S, S): mirrored copies
     embeddings = torch.cat([clip.encode_image(clip.normalize(chunk.to(clip.device))).cpu() for chunk in crops.split(256)])
     return embeddings, torch.tensor(targets * 2)
 
 
-def crop_classification_loss(text_prompts: TextPrompts, embeddings: torch.Tensor, targets: torch.Tensor,
-                             class_names: Sequence[str]) -> tuple[torch.Tensor, dict]:
-    """Cross-entropy of CLIP's zero-shot classification of segment crops (B, D) into ``class_names``, with
-    the learned context: the offline prompt objective. Returns (loss, {"crop_acc": ...})."""
-    clip = text_prompts.clip
-    logits = clip.model.logit_scale.exp() * embeddings @ text_prompts(class_names).T  # (B, C)
+def crop_classification_loss(text_emb: torch.Tensor, embeddings: torch.Tensor, targets: torch.Tensor,
+                             logit_scale: torch.Tensor | float) -> tuple[torch.Tensor, dict]:
+    """Cross-entropy of CLIP's zero-shot classification of segment crops: the offline prompt objective.
+
+    Args:
+        text_emb: (C, D) unit-norm text embeddings from the learned context (``TextPrompts(class_names)``).
+        embeddings: (B, D) unit-norm CLIP embeddings of segment crops; targets: (B,) class indices.
+        logit_scale: CLIP's temperature, ``clip.model.logit_scale.exp()``.
+    Returns (loss, {"crop_acc": ...}).
+    """
+    logits = logit_scale * embeddings @ text_emb.T  # (B, C)
     accuracy = (logits.argmax(-1) == targets).float().mean().item()
     return F.cross_entropy(logits, targets), {"crop_acc": accuracy}

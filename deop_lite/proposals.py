@@ -27,7 +27,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 from torchvision.models.feature_extraction import create_feature_extractor
-from torchvision.ops import Conv2dNormActivation
+from torchvision.ops import Conv2dNormActivation, FrozenBatchNorm2d
 
 from . import runtime, toyworld
 from .losses import mask_proposal_loss, semantic_targets
@@ -106,14 +106,16 @@ class ToyBackbone(nn.Module):
 
 
 class ResNetBackbone(nn.Module):
-    """A torchvision ResNet returning the stem's activation and layer1..layer4 (res1..res5)."""
+    """A torchvision ResNet returning the stem's activation and layer1..layer4 (res1..res5), with frozen
+    BatchNorm (detectron2's choice for detection-style batches of a few images per GPU: statistics and
+    affine parameters stay those of ImageNet pre-training, so the result does not depend on the batch)."""
 
     def __init__(self, name: str, pretrained: bool):
         super().__init__()
         if name not in RESNET_CHANNELS:
             raise ValueError(f"unknown backbone {name!r}; use 'toy' or one of {tuple(RESNET_CHANNELS)}")
         weights = "DEFAULT" if pretrained else None
-        resnet = getattr(torchvision.models, name)(weights=weights)
+        resnet = getattr(torchvision.models, name)(weights=weights, norm_layer=FrozenBatchNorm2d)
         self.body = create_feature_extractor(
             resnet, {"relu": "res1", **{f"layer{i}": f"res{i + 1}" for i in range(1, 5)}})
         self.channels = (64, *RESNET_CHANNELS[name])

@@ -1,7 +1,8 @@
 """Run mode, seeds, paths and device: the one place where deop_lite reads the environment.
 
 ``DEOP_CI=1`` switches every notebook and command to CI mode (few steps, small sets). Nothing else in
-the package looks at environment variables; code asks ``runtime.CI`` instead.
+the package looks at environment variables; code asks ``runtime.CI`` instead. The variables ``torchrun``
+sets for multi-GPU runs (``WORLD_SIZE``, ``LOCAL_RANK``) are read here too: ``launched_by_torchrun``.
 """
 from __future__ import annotations
 
@@ -29,10 +30,20 @@ def set_seed(seed: int) -> None:
 
 
 def default_device() -> torch.device:
-    """CUDA when available (never in CI mode), else CPU."""
+    """CUDA when available (never in CI mode; under torchrun this process's GPU), else CPU."""
     if torch.cuda.is_available() and not CI:
-        return torch.device("cuda")
+        return torch.device("cuda", local_rank())
     return torch.device("cpu")
+
+
+def launched_by_torchrun() -> bool:
+    """True in a process started by ``torchrun`` (it sets ``WORLD_SIZE``), even with one process."""
+    return "WORLD_SIZE" in os.environ
+
+
+def local_rank() -> int:
+    """This process's index on its machine under torchrun (its GPU), else 0."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
 
 
 def run_mode() -> str:

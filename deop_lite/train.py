@@ -3,17 +3,24 @@ clipping, fixed-format logs, progress bar, checkpoints on a timer and on Ctrl-C.
 
 A stage provides ``step_loss(step) -> (loss, metrics)``. Data must be a function of the step (the toy
 world is indexed by scene number), so a resumed run sees exactly the batches it would have seen.
+
+Multi-process runs (``torchrun``, see ``deop_lite.realworld``): every process runs ``fit`` on the same
+model; the stage's ``step_loss`` calls a ``DistributedDataParallel`` wrapper, whose backward averages the
+gradients, so all processes take identical steps. Only rank 0 writes logs and checkpoints; checkpoints
+do not depend on the number of processes, so a run may resume on another one.
 """
 from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -32,6 +39,7 @@ class TrainConfig:
     log_every: int = 50
     checkpoint_every: int = 250  # also when evaluation runs
     seed: int = 0
+    lr_multipliers: dict[str, float] = field(default_factory=dict)  # name prefix -> lr factor, e.g. {"backbone.": 0.1}
 
     def __post_init__(self):
         if self.schedule not in ("cosine", "poly"):
@@ -47,17 +55,30 @@ def lr_factor(step: int, config: TrainConfig) -> float:
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters; weight decay on tensors with 2+ dims except embeddings."""
-    decay, no_decay = [], []
+    """AdamW over the trainable parameters; weight decay on tensors with 2+ dims except embeddings; the
+    learning rate scaled by ``config.lr_multipliers`` for parameters whose name starts with a given prefix."""
+    groups: dict[tuple[bool, float], list] = {}
     for name, p in model.named_parameters():
         if p.requires_grad:
-            (decay if p.ndim >= 2 and "embedding" not in name else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=config.lr)
+            decay = p.ndim >= 2 and "embedding" not in name
+            factor = next((f for prefix, f in config.lr_multipliers.items() if name.startswith(prefix)), 1.0)
+            groups.setdefault((decay, factor), []).append(p)
+    return torch.optim.AdamW([{"params": params, "weight_decay": config.weight_decay if decay else 0.0,
+                               "lr": config.lr * factor} for (decay, factor), params in sorted(groups.items())],
+                             lr=config.lr)
+
+
+def rank() -> int:
+    """This process's rank in a distributed run, else 0."""
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def fit(model: nn.Module, step_loss: Callable[[int], tuple[torch.Tensor, dict]], config: TrainConfig,
-        run_dir: str | Path, evaluate: Callable[[], dict] | None = None) -> list[dict]:
+        run_dir: str | Path, evaluate: Callable[[], dict] | None = None, stop_at: int | None = None) -> list[dict]:
     """Train ``model``, resuming from ``run_dir/last.pt`` when it exists.
 
     Args:
@@ -67,6 +88,8 @@ def fit(model: nn.Module, step_loss: Callable[[int], tuple[torch.Tensor, dict]],
         run_dir: where ``last.pt`` (model, optimiser, history) and ``train.log`` go.
         evaluate: optional, called in eval mode under no_grad every ``checkpoint_every`` steps and at the
             end; its dict is logged too.
+        stop_at: leave after this many steps with a checkpoint (a job with a time limit); running again
+            resumes. The schedule is still the one of ``config.steps``.
     Returns:
         The history: one dict per log line (``step``, ``loss``, ``lr``, ... and evaluation results).
     """
@@ -82,9 +105,12 @@ def fit(model: nn.Module, step_loss: Callable[[int], tuple[torch.Tensor, dict]],
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start, history = state["step"], state["history"]
-        print(f"Found {checkpoint} at step {start}/{config.steps}: resuming")
+        if rank() == 0:
+            print(f"Found {checkpoint} at step {start}/{config.steps}: resuming")
 
     def save(step: int) -> None:
+        if rank() != 0:
+            return
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
                  "scheduler": scheduler.state_dict(), "history": history, "config": asdict(config)}
         torch.save(state, checkpoint.with_suffix(".tmp"))
@@ -92,13 +118,15 @@ def fit(model: nn.Module, step_loss: Callable[[int], tuple[torch.Tensor, dict]],
 
     params = [p for p in model.parameters() if p.requires_grad]
     step, tic = start, time.perf_counter()
-    with open(run_dir / "train.log", "a") as log:
+    main_process = rank() == 0
+    with open(run_dir / "train.log", "a") if main_process else open(os.devnull, "w") as log:
+        end = config.steps if stop_at is None else min(stop_at, config.steps)
         try:
-            for step in tqdm(range(start, config.steps), initial=start, total=config.steps,
-                             disable=runtime.CI, desc="train", mininterval=2):
+            for step in tqdm(range(start, end), initial=start, total=config.steps,
+                             disable=runtime.CI or not main_process, desc="train", mininterval=2):
                 model.train()
+                optimizer.zero_grad(set_to_none=True)  # before step_loss: it may accumulate micro-batches
                 loss, metrics = step_loss(step)
-                optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
                 optimizer.step()
@@ -108,7 +136,8 @@ def fit(model: nn.Module, step_loss: Callable[[int], tuple[torch.Tensor, dict]],
                     record = {"step": done, "loss": loss.item(), "lr": scheduler.get_last_lr()[0],
                               "grad_norm": grad_norm.item(), **metrics,
                               "s_per_step": (time.perf_counter() - tic) / (done - start)}
-                    if evaluate is not None and (done % config.checkpoint_every == 0 or done == config.steps):
+                    if evaluate is not None and main_process and (done % config.checkpoint_every == 0
+                                                                 or done == config.steps):
                         model.eval()
                         with torch.no_grad():
                             record.update(evaluate())
@@ -119,9 +148,12 @@ def fit(model: nn.Module, step_loss: Callable[[int], tuple[torch.Tensor, dict]],
                     save(done)
         except KeyboardInterrupt:
             save(step)
-            print(f"Interrupted: saved {checkpoint} at step {step}; run the same command again to resume.")
+            if main_process:
+                print(f"Interrupted: saved {checkpoint} at step {step}; run the same command again to resume.")
             raise
-    save(config.steps)
+    save(max(start, end))
+    if world_size() > 1:
+        dist.barrier()  # the other processes wait for rank 0's checkpoint
     model.eval()
     return history
 

@@ -75,9 +75,10 @@ def show_scenes(images, labels=None, captions: Sequence[str] | None = None, ncol
     return fig
 
 
-def show_segmentations(image_raw, columns: dict, size: float = 2.0):
+def show_segmentations(image_raw, columns: dict, size: float = 2.0, class_names: Sequence[str] = CLASS_NAMES,
+                       unseen: Sequence[str] = UNSEEN_CLASSES):
     """Rows of scenes: the image, then one column per named label map, e.g. {"ground truth": label,
-    "prediction": pred}, each (B, H, W). Returns the figure."""
+    "prediction": pred}, each (B, H, W); the legend lists ``class_names`` (unseen starred). Returns the figure."""
     n = len(image_raw)
     fig, axes = plt.subplots(n, 1 + len(columns), figsize=(size * (1 + len(columns)), size * n + 0.4),
                              squeeze=False)
@@ -90,7 +91,7 @@ def show_segmentations(image_raw, columns: dict, size: float = 2.0):
     axes[0, 0].set_title("image", fontsize=9)
     for ax in axes.flat:
         ax.axis("off")
-    class_legend(fig, loc="lower center", ncol=8)
+    class_legend(fig, class_names, unseen, loc="lower center", ncol=8)
     fig.tight_layout(rect=(0, 0.08, 1, 1))
     return fig
 
