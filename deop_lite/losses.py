@@ -160,12 +160,14 @@ def deop_segmentation_loss(class_logits: torch.Tensor, mask_probs: torch.Tensor,
     target_ids = torch.where(ignored, torch.full_like(labels, n_classes), labels)  # ignored -> void channel
     targets = F.one_hot(target_ids, n_classes + 1).permute(0, 3, 1, 2).to(probs.dtype)  # (B, C + 1, H, W)
     counted = torch.ones_like(ignored) if ignore_as_void else ~ignored  # (B, H, W)
-    # Focal BCE (α 0.25, γ 2), averaged over the counted pixels and all channels.
+    # Focal BCE (α 0.25, γ 2), averaged over all channels and the counted pixels of each image, then over
+    # the images: every image weighs the same, so the loss of a batch is the mean of its halves' losses
+    # (one GPU with B images = two with B/2 each). With ignore_as_void this is the official mean over all.
     bce = F.binary_cross_entropy(probs, targets, reduction="none")
     p_t = probs * targets + (1 - probs) * (1 - targets)
     alpha_t = 0.25 * targets + 0.75 * (1 - targets)
     focal = (alpha_t * (1 - p_t) ** 2 * bce).mean(1)  # (B, H, W)
-    focal = (focal * counted).sum() / counted.sum().clamp(min=1)
+    focal = ((focal * counted).flatten(1).sum(1) / counted.flatten(1).sum(1).clamp(min=1)).mean()
     # Dice over the real channels of each image, void excluded, counted pixels only.
     p, t = (x[:, :n_classes] * counted[:, None] for x in (probs, targets))  # (B, C, H, W)
     dice = 1 - (2 * (p * t).flatten(1).sum(1) + 1) / (p.flatten(1).sum(1) + t.flatten(1).sum(1) + 1)  # (B,)

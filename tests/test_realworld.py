@@ -41,7 +41,7 @@ def _weights(run_dir):
 
 
 def _assert_same_run(a, b, tolerance):
-    """Same losses at every step and the same final weights, up to ``tolerance`` (relative)."""
+    """Same losses at every step and the same final weights, up to ``tolerance`` (relative) and 1e-4 (absolute)."""
     for stage in ("proposals", "deop"):
         losses_a = [r["loss"] for r in read_log(a / stage / "train.log")]
         losses_b = [r["loss"] for r in read_log(b / stage / "train.log")]
@@ -49,9 +49,10 @@ def _assert_same_run(a, b, tolerance):
         assert losses_a == pytest.approx(losses_b, rel=tolerance, abs=1e-4)  # the log prints 4 decimals
     for stage, tensors in _weights(a).items():
         other = _weights(b)[stage]
+        # atol 1e-4 = 10 % of one step (lr 1e-3): AdamW divides each gradient by its running RMS, so on a weight
+        # whose gradient is ~0 a rounding difference of 1e-7 can move the update by a visible part of lr.
         for key, tensor in tensors.items():
-            scale = tensor.float().norm().clamp(min=1e-8)
-            assert (tensor.float() - other[key].float()).norm() / scale < tolerance, (stage, key)
+            torch.testing.assert_close(tensor, other[key], rtol=tolerance, atol=1e-4, msg=lambda m, k=key: f"{stage}: {k}: {m}")
 
 
 @pytest.fixture(scope="module")
