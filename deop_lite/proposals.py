@@ -115,7 +115,14 @@ class ResNetBackbone(nn.Module):
         if name not in RESNET_CHANNELS:
             raise ValueError(f"unknown backbone {name!r}; use 'toy' or one of {tuple(RESNET_CHANNELS)}")
         weights = "DEFAULT" if pretrained else None
-        resnet = getattr(torchvision.models, name)(weights=weights, norm_layer=FrozenBatchNorm2d)
+        try:
+            resnet = getattr(torchvision.models, name)(weights=weights, norm_layer=FrozenBatchNorm2d)
+        except (OSError, RuntimeError) as error:  # no internet and not in torch's cache, or a corrupt file
+            raise RuntimeError(
+                f"torchvision's ImageNet weights for {name} could not be loaded ({type(error).__name__}: "
+                f"{str(error)[:120]}). Put them in torch's cache ({torch.hub.get_dir()}/checkpoints/, from "
+                f"a machine with internet: `python -c 'import torchvision; torchvision.models.{name}(weights=\"DEFAULT\")'`"
+                f"), or set ProposalConfig(pretrained_backbone=False) to train from scratch.") from error
         self.body = create_feature_extractor(
             resnet, {"relu": "res1", **{f"layer{i}": f"res{i + 1}" for i in range(1, 5)}})
         self.channels = (64, *RESNET_CHANNELS[name])

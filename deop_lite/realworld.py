@@ -387,7 +387,7 @@ def throughput(config: RealConfig, stage: str = "deop", micro_batch: int = 1, st
     """
     import resource
     device = device or runtime.default_device()
-    config = replace(config, clip_weights=None)
+    config = replace(config, clip_weights=None, proposals=replace(config.proposals, pretrained_backbone=False))
     runtime.set_seed(config.seed)
     seen = list(dataset_info(config.dataset).seen)
     proposals = MaskProposalNetwork(config.proposals).to(device)

@@ -13,9 +13,13 @@ from matplotlib.patches import FancyBboxPatch, Patch
 
 from .toyworld import CLASS_NAMES, IGNORE_INDEX, UNSEEN_CLASSES
 
-PALETTE = (np.array(sns.color_palette("tab20", 20))[[0, 4, 18, 16, 6, 10, 15, 14, 2, 8, 12, 3, 1, 19, 9, 5]]
-           * 255).astype(np.uint8)
-"""(16, 3) uint8: one colour per toy class, in ``CLASS_NAMES`` order (larger label sets wrap around)."""
+PALETTE = (np.concatenate([
+    np.array(sns.color_palette("tab20", 20))[[0, 4, 18, 16, 6, 10, 15, 14, 2, 8, 12, 3, 1, 19, 9, 5]],  # the toy classes
+    np.array(sns.color_palette("tab20", 20))[[7, 11, 13, 17]],  # the rest of tab20: 20 distinct colours in all (VOC)
+    np.array(sns.color_palette("husl", 236))[np.argsort(np.arange(236) * 97 % 236)],  # up to 255 classes, hues spread
+]) * 255).astype(np.uint8)
+"""(256, 3) uint8: one colour per class id: the 16 toy classes in ``CLASS_NAMES`` order, then distinct colours
+up to 20 classes (VOC), then spread hues for the large label sets (COCO-Stuff 171, ADE 150)."""
 IGNORE_COLOUR = np.array([0, 0, 0], np.uint8)
 
 
