@@ -85,19 +85,23 @@ def synthetic_masks(num_queries: int, valid: int, size: int, device="cpu") -> to
     return masks.to(device)
 
 
-def median_seconds(fn: Callable[[], object], warmup: int, repeats: int, device: str) -> float:
-    """Median wall time of ``fn()`` over ``repeats`` runs after ``warmup`` runs, synchronising a GPU."""
+def median_seconds(calls: dict[str, Callable[[], object]], warmup: int, repeats: int, device: str) -> dict[str, float]:
+    """Median wall time of each call over ``repeats`` rounds after ``warmup`` rounds, synchronising a GPU.
+
+    The calls are **interleaved**: every round runs each of them once, so a slow drift of the machine
+    (another tenant, the clock speed) slows every method alike instead of whichever ran at that moment.
+    """
     sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        sync()
-        tic = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - tic)
-    return statistics.median(times)
+    times = {name: [] for name in calls}
+    for round_ in range(warmup + repeats):
+        for name, fn in calls.items():
+            sync()
+            tic = time.perf_counter()
+            fn()
+            sync()
+            if round_ >= warmup:
+                times[name].append(time.perf_counter() - tic)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def count_flops(fn: Callable[[], object]) -> int:
@@ -148,10 +152,10 @@ def run_bench(config: BenchConfig, progress: bool | None = None) -> dict:
                 else contextlib.nullcontext())
     deop.text_embeddings(names)  # computed once beforehand and cached, in both methods
     multipass.text_embeddings(names)
-    time_it = lambda fn: median_seconds(fn, config.warmup, config.repeats, config.device)
+    time_it = lambda calls: median_seconds(calls, config.warmup, config.repeats, config.device)
     rows = []
     with autocast:
-        proposals_time = time_it(lambda: proposal_masks(deop.proposals, image))
+        proposals_time = time_it({"proposals": lambda: proposal_masks(deop.proposals, image)})["proposals"]
         proposals_flops = count_flops(lambda: proposal_masks(deop.proposals, image))
         for valid in tqdm(config.valid, desc="N'", disable=runtime.CI if progress is None else not progress):
             masks = synthetic_masks(config.num_queries, valid, config.short_side, config.device)
@@ -165,7 +169,7 @@ def run_bench(config: BenchConfig, progress: bool | None = None) -> dict:
 
 
 def measure(deop: DeOP, multipass: MultiPass, image: torch.Tensor, masks: torch.Tensor, names: list[str],
-            time_it: Callable[[Callable[[], object]], float]) -> dict:
+            time_it: Callable[[dict], dict]) -> dict:
     """Seconds per stage and FLOPs of classifying ``masks`` (1, N, H, W) of ``image`` with each method.
 
     DeOP: ``clip_pass`` (one dense pass with prompts and GPS), ``anchors`` (CAL), ``classify`` (all of the
@@ -178,9 +182,11 @@ def measure(deop: DeOP, multipass: MultiPass, image: torch.Tensor, masks: torch.
                   "classify": lambda: deop(image, names, masks)}
     multi_calls = {"crops": lambda: multipass.crops(image[0], masks[0]),
                    "classify": lambda: multipass.classify_masks(image, masks, names)}
-    deop_s = {stage: time_it(fn) for stage, fn in deop_calls.items()}
+    seconds = time_it({**{f"deop {k}": fn for k, fn in deop_calls.items()},
+                       **{f"multi {k}": fn for k, fn in multi_calls.items()}})  # interleaved
+    deop_s = {stage: seconds[f"deop {stage}"] for stage in deop_calls}
     deop_s["pooling_and_rest"] = deop_s["classify"] - deop_s["clip_pass"] - deop_s["anchors"]
-    multi_s = {stage: time_it(fn) for stage, fn in multi_calls.items()}
+    multi_s = {stage: seconds[f"multi {stage}"] for stage in multi_calls}
     multi_s["clip_passes_and_rest"] = multi_s["classify"] - multi_s["crops"]
     return {"deop": {"seconds": deop_s, "flops": count_flops(deop_calls["classify"])},
             "multipass": {"seconds": multi_s, "flops": count_flops(multi_calls["classify"])}}

@@ -320,7 +320,12 @@ def prepare(name: str, root: str | Path, out: str | Path, splits: Sequence[str] 
             if label_path.exists():
                 label = np.asarray(Image.open(label_path))
             else:
-                label = read_label()
+                try:
+                    label = read_label()
+                except (OSError, KeyError, ValueError) as error:  # a missing or unreadable annotation
+                    raise DatasetNotFound(f"{info.name} {split}: cannot read the annotation of {image_id} ({error}). "
+                                          f"Expected the official layout under --root {root}:\n  {info.layout}\n"
+                                          f"Download: {info.download}") from error
                 label = seen_only(label, info) if train else label
                 if train and (label == IGNORE_INDEX).all():
                     dropped += 1  # nothing seen left to learn from: DeOP's code does not write it

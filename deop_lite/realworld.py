@@ -68,6 +68,7 @@ class RealConfig:
     dataset: str  # "voc" or "coco_stuff": the training set (its prepared folder is given separately)
     clip: str = "ViT-B-16"
     clip_weights: str | None = "openai"  # "openai", a checkpoint path, or None: random (tests, CI)
+    pixel_norm: str = "clip"  # CLIP's mean / std; "imagenet" is the official code's choice (spec §1.4)
     crop: int = 512
     eval_short_side: int = 512
     eval_max_side: int = 2048
@@ -218,7 +219,7 @@ def _autocast(config: RealConfig, device: torch.device):
 
 def _clip(config: RealConfig, device: torch.device) -> ClipModel:
     runtime.set_seed(config.seed)  # random weights (tests) must be the same in every process
-    return load_clip(config.clip, pretrained=config.clip_weights, device=device)
+    return load_clip(config.clip, pretrained=config.clip_weights, device=device, pixel_norm=config.pixel_norm)
 
 
 def seen_label_map(dataset: SegmentationDataset) -> torch.Tensor:
@@ -465,9 +466,13 @@ def predict_label(model: DeOP, image_raw: torch.Tensor, class_names, short_side:
 
 @torch.no_grad()
 def evaluate(model: DeOP, dataset: SegmentationDataset, short_side: int = 512, max_side: int = 2048,
-             limit: int | None = None, progress: bool | None = None) -> dict:
+             limit: int | None = None, progress: bool | None = None, cross_dataset: bool | None = None) -> dict:
     """Segment every image (batch 1, no test-time augmentation, spec §5.3; :func:`predict_label`) into all
-    of the dataset's classes. Returns the metrics (``metrics.SegmentationMeter``) with images/s."""
+    of the dataset's classes. Returns the metrics (``metrics.SegmentationMeter``) with images/s.
+
+    ``cross_dataset``: Table 2's protocol, mIoU over all classes (default: when the dataset has no
+    seen / unseen split, i.e. Context-59 and ADE-150; pass True for a COCO-Stuff model on VOC). Otherwise
+    Table 1's: mIoU over the seen and the unseen classes and their harmonic mean hIoU."""
     meter = SegmentationMeter(dataset.class_names)
     count = len(dataset) if limit is None else min(limit, len(dataset))
     tic = time.perf_counter()
@@ -475,7 +480,7 @@ def evaluate(model: DeOP, dataset: SegmentationDataset, short_side: int = 512, m
         item = dataset[index]
         meter.update(predict_label(model, item["image_raw"], dataset.class_names, short_side, max_side), item["label"])
     seconds = time.perf_counter() - tic
-    intra = bool(dataset.seen_classes)
+    intra = bool(dataset.seen_classes) if cross_dataset is None else not cross_dataset
     result = meter.compute(dataset.seen_classes, dataset.unseen_classes) if intra else meter.compute()
     return {**result, "images": count, "seconds": seconds, "images_per_s": count / seconds,
             "protocol": "intra-dataset (Table 1)" if intra else "cross-dataset (Table 2)"}
@@ -546,7 +551,8 @@ def main(argv=None) -> None:
         return
     dataset = SegmentationDataset(data, args.split)
     model = build_deop(config, run_dir, device, args.proposals, args.deop)
-    result = evaluate(model, dataset, config.eval_short_side, config.eval_max_side, args.limit)
+    result = evaluate(model, dataset, config.eval_short_side, config.eval_max_side, args.limit,
+                      cross_dataset=dataset.name != config.dataset)
     report = {"preset": config.name, "dataset": dataset.name, "split": args.split, "run_dir": str(run_dir),
               "paper": paper_numbers(config, dataset), **result}
     out = args.json or run_dir / f"eval_{dataset.name}_{args.split}.json"

@@ -62,6 +62,14 @@ def test_missing_data_says_where_to_get_it(tmp_path):
         prepare("cityscapes", tmp_path, tmp_path)
 
 
+def test_incomplete_data_names_the_missing_file(tmp_path):
+    import shutil
+    shutil.copytree(FIXTURE, tmp_path / "raw")
+    (tmp_path / "raw" / "VOCdevkit" / "VOC2012" / "SegmentationClass" / "dlv3p_023.png").unlink()
+    with pytest.raises(DatasetNotFound, match="cannot read the annotation of dlv3p_023"):
+        prepare("voc", tmp_path / "raw", tmp_path / "out", splits=["val"], progress=False)
+
+
 def test_coco_stuff_png_and_json_layouts_agree(tmp_path):
     """The stuffthingmaps PNGs (values = category id - 1) and the COCO JSON annotations give the same labels."""
     from pycocotools import mask as mask_utils
