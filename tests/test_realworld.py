@@ -52,7 +52,8 @@ def _assert_same_run(a, b, tolerance):
         # atol 1e-4 = 10 % of one step (lr 1e-3): AdamW divides each gradient by its running RMS, so on a weight
         # whose gradient is ~0 a rounding difference of 1e-7 can move the update by a visible part of lr.
         for key, tensor in tensors.items():
-            torch.testing.assert_close(tensor, other[key], rtol=tolerance, atol=1e-4, msg=lambda m, k=key: f"{stage}: {k}: {m}")
+            torch.testing.assert_close(tensor, other[key], rtol=tolerance, atol=1e-4,
+                                       msg=lambda m, s=stage, k=key: f"{s}: {k}: {m}")
 
 
 @pytest.fixture(scope="module")
