@@ -266,9 +266,7 @@ def train_prompts(config: RealConfig, data: Path, run_dir: Path, device: torch.d
         return crop_classification_loss(ddp(dataset.seen_classes), crops["embeddings"][batch].to(device),
                                         crops["targets"][batch].to(device), clip.model.logit_scale.exp())
 
-    fit(text_prompts, lambda step: accumulated_step(lambda *share: micro_loss(step, *share), ddp, stage.accumulate),
-        stage.train, run_dir / "prompts", stop_at=stop_at)
-    return _finish(text_prompts, out, config, "prompts", stage, stop_at)
+    return _fit_stage("prompts", text_prompts, micro_loss, ddp, config, run_dir, stop_at)
 
 
 def train_proposals(config: RealConfig, data: Path, run_dir: Path, device: torch.device, stop_at: int | None = None) -> Path:
@@ -289,9 +287,7 @@ def train_proposals(config: RealConfig, data: Path, run_dir: Path, device: torch
         losses = mask_proposal_loss(_float(outputs), batch["label"].to(device), config.proposals, class_map)
         return losses.pop("loss"), losses
 
-    fit(model, lambda step: accumulated_step(lambda *share: micro_loss(step, *share), ddp, stage.accumulate),
-        stage.train, run_dir / "proposals", stop_at=stop_at)
-    return _finish(model, out, config, "proposals", stage, stop_at)
+    return _fit_stage("proposals", model, micro_loss, ddp, config, run_dir, stop_at)
 
 
 def _float(outputs: dict) -> dict:
@@ -342,13 +338,16 @@ def train_deop(config: RealConfig, data: Path, run_dir: Path, device: torch.devi
                                         ignore_as_void=config.ignore_as_void)
         return losses.pop("loss"), losses
 
-    fit(model.learned, lambda step: accumulated_step(lambda *share: micro_loss(step, *share), ddp, stage.accumulate),
-        stage.train, run_dir / "deop", stop_at=stop_at)
-    return _finish(model.learned, out, config, "deop", stage, stop_at)
+    return _fit_stage("deop", model.learned, micro_loss, ddp, config, run_dir, stop_at)
 
 
-def _finish(module: nn.Module, out: Path, config: RealConfig, name: str, stage: StageConfig, stop_at: int | None) -> Path:
-    """Write the stage's safetensors once it has run all its steps (not after a ``stop_at`` pause)."""
+def _fit_stage(name: str, module: nn.Module, micro_loss: Callable[[int, int, int], tuple[torch.Tensor, dict]],
+               ddp: nn.Module, config: RealConfig, run_dir: Path, stop_at: int | None) -> Path:
+    """Train ``module`` with ``micro_loss(step, share, shares)`` (``fit`` + :func:`accumulated_step`) in
+    ``run_dir/name``; write ``run_dir/name.safetensors`` once every step has run (not after a ``stop_at`` pause)."""
+    stage, out = config.stages[name], run_dir / f"{name}.safetensors"
+    fit(module, lambda step: accumulated_step(lambda *share: micro_loss(step, *share), ddp, stage.accumulate),
+        stage.train, run_dir / name, stop_at=stop_at)
     if stop_at is None or stop_at >= stage.train.steps:
         _save(module, out, config, name, {"steps": stage.train.steps})
     return out
