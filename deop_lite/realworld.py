@@ -6,8 +6,8 @@ The same modules as the toy world, fed by ``deop_lite.datasets`` and a real open
     stage 2  proposals  the MaskFormer proposal network, trained on seen classes        -> proposals.safetensors
     stage 3  deop       prompts (text + visual), CAL and void, end to end, both frozen  -> deop.safetensors
 
-Each stage is load-or-train: it is skipped when its file exists in the run folder, and resumes from
-its ``last.pt`` when interrupted. One process or many:
+Each stage is load-or-train: ``train`` skips it when its file exists in the run folder, and it resumes
+from its ``last.pt`` when interrupted. One process or many:
 
     python -m deop_lite.realworld train --preset voc --data ~/data/deop/voc
     torchrun --nproc_per_node 4 -m deop_lite.realworld train --preset coco --data ~/data/deop/coco_stuff
@@ -243,9 +243,7 @@ def _save(module: nn.Module, path: Path, config: RealConfig, stage: str, extra: 
 def train_prompts(config: RealConfig, data: Path, run_dir: Path, device: torch.device, stop_at: int | None = None) -> Path:
     """Stage 1 (SimBaseline's offline prompt learning): the text context that classifies seen-class segment
     crops best. The crops' CLIP embeddings are computed once (by rank 0) and cached in the run folder."""
-    out, stage = run_dir / "prompts.safetensors", config.stages["prompts"]
-    if out.exists():
-        return out
+    stage = config.stages["prompts"]
     clip, dataset = _clip(config, device), SegmentationDataset(data, "train")
     text_prompts = build_prompts(clip, replace(config.model.prompts, visual="none"))[0].to(device)
     cache = run_dir / "prompts" / "crop_embeddings.pt"
@@ -271,9 +269,6 @@ def train_prompts(config: RealConfig, data: Path, run_dir: Path, device: torch.d
 
 def train_proposals(config: RealConfig, data: Path, run_dir: Path, device: torch.device, stop_at: int | None = None) -> Path:
     """Stage 2: the MaskFormer proposal network on seen classes only (``proposals.mask_proposal_loss``)."""
-    out, stage = run_dir / "proposals.safetensors", config.stages["proposals"]
-    if out.exists():
-        return out
     dataset = SegmentationDataset(data, "train")
     runtime.set_seed(config.seed)
     model = MaskProposalNetwork(config.proposals).to(device)
@@ -281,13 +276,19 @@ def train_proposals(config: RealConfig, data: Path, run_dir: Path, device: torch
     ddp = distributed(model, device)
 
     def micro_loss(step: int, share: int, shares: int):
-        batch = training_batch(dataset, step, stage.batch_size, config.crop, config.seed, share, shares)
+        batch = _training_batch(dataset, config, "proposals", step, share, shares)
         with _autocast(config, device):
             outputs = ddp(model.normalize(batch["image_raw"].to(device)))  # masks (B, N, H/4, W/4) and aux
         losses = mask_proposal_loss(_float(outputs), batch["label"].to(device), config.proposals, class_map)
         return losses.pop("loss"), losses
 
     return _fit_stage("proposals", model, micro_loss, ddp, config, run_dir, stop_at)
+
+
+def _training_batch(dataset: SegmentationDataset, config: RealConfig, stage: str, step: int, share: int,
+                    shares: int) -> dict:
+    """Share ``share`` of ``shares`` of the stage's global batch ``step`` (``datasets.training_batch``)."""
+    return training_batch(dataset, step, config.stages[stage].batch_size, config.crop, config.seed, share, shares)
 
 
 def _float(outputs: dict) -> dict:
@@ -320,9 +321,6 @@ def build_deop(config: RealConfig, run_dir: Path | None, device: torch.device, p
 
 def train_deop(config: RealConfig, data: Path, run_dir: Path, device: torch.device, stop_at: int | None = None) -> Path:
     """Stage 3: DeOP's learned parts end to end with its segmentation loss; proposals and CLIP frozen."""
-    out, stage = run_dir / "deop.safetensors", config.stages["deop"]
-    if out.exists():
-        return out
     dataset = SegmentationDataset(data, "train")
     runtime.set_seed(config.seed)
     model = build_deop(config, run_dir, device)
@@ -330,7 +328,7 @@ def train_deop(config: RealConfig, data: Path, run_dir: Path, device: torch.devi
     ddp = distributed(model, device)
 
     def micro_loss(step: int, share: int, shares: int):
-        batch = training_batch(dataset, step, stage.batch_size, config.crop, config.seed, share, shares)
+        batch = _training_batch(dataset, config, "deop", step, share, shares)
         labels = label_map[batch["label"]][:, 1::2, 1::2].to(device)  # (b, H/2, W/2) seen-class indices
         with _autocast(config, device):
             outputs = ddp(batch["image_raw"].to(device), seen)
@@ -365,6 +363,8 @@ def train(config: RealConfig, data: str | Path, run_dir: str | Path, stages=STAG
         print(f"{config.name}: {world_size()} process(es) on {device}; data {data}; run folder {run_dir}")
     for name in stages:
         tic = time.perf_counter()
+        if (run_dir / f"{name}.safetensors").exists():  # load-or-train: a finished stage is not run again
+            continue
         if not TRAINERS[name](config, data, run_dir, device, stop_at).exists():
             if rank() == 0:
                 print(f"stage {name}: paused at step {stop_at} (--stop-at); run the same command again to resume")
