@@ -256,22 +256,26 @@ def proposal_masks(model: MaskProposalNetwork, image_raw: torch.Tensor, size: tu
     return F.interpolate(masks, size=size or image_raw.shape[-2:], mode="bilinear", align_corners=False)
 
 
-def segment_ious(mask_logits: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Best IoU that any proposal (sigmoid > 0.5) reaches with each ground-truth segment of one image.
+def best_proposals(mask_logits: torch.Tensor, label: torch.Tensor) -> dict:
+    """For each ground-truth segment of one image, the proposal (sigmoid > 0.5) with the highest IoU.
 
     Args:
         mask_logits: (N, H, W); label: (H, W) full labels (all classes). Ignored pixels are not counted.
     Returns:
-        classes (T,) and best IoUs (T,).
+        dict of (T,) tensors: ``classes``, ``iou`` (best IoU), ``index`` (that proposal), ``precision``
+        (|S ∩ P| / |P|: how much of the proposal lies in the segment) and ``coverage`` (|S ∩ P| / |S|).
     """
     valid = label != IGNORE_INDEX
     classes, targets = semantic_targets(label)
     proposals = (mask_logits.sigmoid() > 0.5)[:, valid].float()  # (N, P)
     targets = targets[:, valid]  # (T, P)
     intersection = targets @ proposals.T  # (T, N)
-    union = targets.sum(1, keepdim=True) + proposals.sum(1)[None] - intersection
-    return classes, (intersection / union.clamp(min=1)).max(1).values
-
+    areas = proposals.sum(1)  # (N,)
+    union = targets.sum(1, keepdim=True) + areas[None] - intersection  # (T, N)
+    iou, index = (intersection / union.clamp(min=1)).max(1)  # (T,), (T,)
+    best = intersection.gather(1, index[:, None])[:, 0]  # (T,) |S ∩ P| of the best proposal
+    return {"classes": classes, "iou": iou, "index": index, "precision": best / areas[index].clamp(min=1),
+            "coverage": best / targets.sum(1).clamp(min=1)}
 
 
 @torch.no_grad()
@@ -292,8 +296,9 @@ def proposal_recall(model: MaskProposalNetwork, dataset, thresholds=(0.3, 0.5), 
         image_raw = torch.stack([it["image_raw"] for it in items])
         masks = proposal_masks(model, image_raw.to(next(model.parameters()).device)).cpu()  # (B, N, H, W)
         for mask_logits, item in zip(masks, items):
-            classes, ious = segment_ious(mask_logits, item["label"])
-            best.append(ious)
+            match = best_proposals(mask_logits, item["label"])
+            classes = match["classes"]
+            best.append(match["iou"])
             segment_classes.append(classes)
             is_seen.append(torch.tensor([int(c) in seen_ids for c in classes], dtype=torch.bool))
     best, is_seen, segment_classes = torch.cat(best), torch.cat(is_seen), torch.cat(segment_classes)

@@ -200,6 +200,26 @@ def show_proposals(image_raw, mask_probs, titles: Sequence[str] | None = None, n
     return fig
 
 
+def show_segment_matches(images_raw, segments, proposals, titles: Sequence[str], ncols: int = 6, size: float = 1.8):
+    """Ground-truth segments (outlined in green) and the proposal matched to each (tinted orange).
+
+    Args:
+        images_raw: (K, 3, H, W) in [0, 1]; segments, proposals: (K, H, W) binary masks; titles: K strings.
+    """
+    nrows = -(-len(images_raw) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows + 0.3), squeeze=False)
+    tint = np.array([1.0, 0.45, 0.0])
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image_raw, segment, proposal, title in zip(axes.flat, images_raw, segments, proposals, titles):
+        image, proposal = to_hwc(image_raw), np.asarray(proposal, np.float64)[..., None]
+        ax.imshow(np.clip(image * (1 - 0.55 * proposal) + 0.55 * proposal * tint, 0, 1))
+        ax.contour(np.asarray(segment, np.float64), [0.5], colors="lime", linewidths=1.2)
+        ax.set_title(title, fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
 def plot_per_class(values: dict, ylabel: str, title: str = "", unseen: Sequence[str] = UNSEEN_CLASSES, ax=None):
     """Bars of one number per class ({class: value}), in palette colours; unseen classes starred."""
     names = [c for c in CLASS_NAMES if c in values] + [c for c in values if c not in CLASS_NAMES]

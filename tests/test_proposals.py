@@ -12,7 +12,7 @@ from deop_lite.losses import (
     pairwise_focal_cost,
     semantic_targets,
 )
-from deop_lite.proposals import MaskProposalNetwork, ProposalConfig, ProposalStage, segment_ious, sine_position_encoding
+from deop_lite.proposals import MaskProposalNetwork, ProposalConfig, ProposalStage, best_proposals, sine_position_encoding
 from deop_lite.toyworld import IGNORE_INDEX
 
 
@@ -73,15 +73,19 @@ def test_ignored_pixels_send_no_gradient(class_aware):
     assert masks.grad[..., 8:, 8:].abs().max() > 0
 
 
-def test_segment_ious():
+def test_best_proposals():
     label = torch.zeros(8, 8, dtype=torch.long)
     label[:, 4:] = 1
     label[0, 0] = IGNORE_INDEX
     logits = torch.full((2, 8, 8), -5.0)
     logits[0, :, :4] = 5  # exactly class 0 (the ignored pixel does not count)
     logits[1, :4, 4:] = 5  # half of class 1
-    classes, ious = segment_ious(logits, label)
-    assert classes.tolist() == [0, 1] and ious.tolist() == pytest.approx([1.0, 0.5])
+    logits[1, 7, 0] = 5  # ... plus one pixel of class 0
+    match = best_proposals(logits, label)
+    assert match["classes"].tolist() == [0, 1] and match["index"].tolist() == [0, 1]
+    assert match["iou"].tolist() == pytest.approx([1.0, 16 / 33])  # the ignored pixel does not count
+    assert match["precision"].tolist() == pytest.approx([1.0, 16 / 17])
+    assert match["coverage"].tolist() == pytest.approx([31 / 31, 0.5])
 
 
 def test_real_preset_builds_a_resnet101_with_100_queries():

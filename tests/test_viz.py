@@ -20,6 +20,12 @@ def test_figures_draw_the_data_they_are_given():
     fig = viz.show_proposals(image, torch.rand(5, 32, 48))
     assert sum(bool(ax.images) for ax in fig.axes) == 5
     plt.close(fig)
+    segments, proposals = torch.zeros(2, 32, 48, dtype=torch.bool), torch.zeros(2, 32, 48, dtype=torch.bool)
+    segments[:, 8:16, 8:16], proposals[0, 8:16, :] = True, True
+    fig = viz.show_segment_matches(image.expand(2, -1, -1, -1), segments, proposals, ["a", "b"], ncols=3)
+    assert [ax.get_title() for ax in fig.axes[:2]] == ["a", "b"] and not fig.axes[2].images  # the spare panel is empty
+    assert (fig.axes[1].images[0].get_array() == viz.to_hwc(image)).all()  # an empty proposal leaves the image as it is
+    plt.close(fig)
     fig = viz.plot_per_class({"sky": 0.5, "star": 0.25}, "IoU")
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["sky", "star*"]
     plt.close(fig)

@@ -11,8 +11,9 @@ def strip(path: str) -> None:
         nb = json.load(f)
     nb.get("metadata", {}).pop("widgets", None)
     for cell in nb["cells"]:  # widget outputs (e.g. progress bars) are dropped whole
-        cell["outputs"] = [o for o in cell.get("outputs", [])
-                           if "application/vnd.jupyter.widget-view+json" not in o.get("data", {})]
+        if cell["cell_type"] == "code":  # only code cells have outputs (nbformat rejects them elsewhere)
+            cell["outputs"] = [o for o in cell["outputs"]
+                               if "application/vnd.jupyter.widget-view+json" not in o.get("data", {})]
     with open(path, "w") as f:
         json.dump(nb, f, indent=1, ensure_ascii=False)
         f.write("\n")
