@@ -182,22 +182,29 @@ def pipeline_figure(highlight: Sequence[str] | str = (), title: str = "DeOP: dec
     return fig
 
 
-def show_proposals(image_raw, mask_probs, titles: Sequence[str] | None = None, ncols: int = 8, size: float = 1.5):
-    """One image's proposals: each mask σ(M_n) (N, H, W) tinted over the image. Returns the figure."""
-    image = to_hwc(image_raw)
-    probs = mask_probs.detach().cpu().numpy() if isinstance(mask_probs, torch.Tensor) else np.asarray(mask_probs)
-    n = len(probs)
-    nrows = -(-n // ncols)
+def _tinted_grid(images_raw, masks, titles, outlines=None, ncols: int = 8, size: float = 1.5):
+    """A grid of images, each with its mask (H, W) in [0, 1] tinted orange and, optionally, an outline
+    (H, W) binary drawn in green."""
+    nrows = -(-len(images_raw) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows + 0.3), squeeze=False)
-    for i, ax in enumerate(axes.flat):
+    tint = np.array([1.0, 0.35, 0.0])
+    for ax in axes.flat:
         ax.axis("off")
-        if i < n:
-            tint = np.array([1.0, 0.35, 0.0])
-            ax.imshow(np.clip(image * (1 - 0.6 * probs[i, ..., None]) + 0.6 * probs[i, ..., None] * tint, 0, 1))
-            if titles is not None:
-                ax.set_title(titles[i], fontsize=7)
+    for i, (ax, image_raw, mask) in enumerate(zip(axes.flat, images_raw, masks)):
+        image = to_hwc(image_raw)
+        mask = torch.as_tensor(mask).detach().float().cpu().numpy()[..., None]  # (H, W, 1)
+        ax.imshow(np.clip(image * (1 - 0.6 * mask) + 0.6 * mask * tint, 0, 1))
+        if outlines is not None:
+            ax.contour(np.asarray(outlines[i], np.float64), [0.5], colors="lime", linewidths=1.2)
+        if titles is not None:
+            ax.set_title(titles[i], fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def show_proposals(image_raw, mask_probs, titles: Sequence[str] | None = None, ncols: int = 8, size: float = 1.5):
+    """One image's proposals: each mask σ(M_n) (N, H, W) tinted over the image. Returns the figure."""
+    return _tinted_grid([image_raw] * len(mask_probs), mask_probs, titles, ncols=ncols, size=size)
 
 
 def show_segment_matches(images_raw, segments, proposals, titles: Sequence[str], ncols: int = 6, size: float = 1.8):
@@ -206,18 +213,7 @@ def show_segment_matches(images_raw, segments, proposals, titles: Sequence[str],
     Args:
         images_raw: (K, 3, H, W) in [0, 1]; segments, proposals: (K, H, W) binary masks; titles: K strings.
     """
-    nrows = -(-len(images_raw) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows + 0.3), squeeze=False)
-    tint = np.array([1.0, 0.45, 0.0])
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, image_raw, segment, proposal, title in zip(axes.flat, images_raw, segments, proposals, titles):
-        image, proposal = to_hwc(image_raw), np.asarray(proposal, np.float64)[..., None]
-        ax.imshow(np.clip(image * (1 - 0.55 * proposal) + 0.55 * proposal * tint, 0, 1))
-        ax.contour(np.asarray(segment, np.float64), [0.5], colors="lime", linewidths=1.2)
-        ax.set_title(title, fontsize=7)
-    fig.tight_layout()
-    return fig
+    return _tinted_grid(images_raw, proposals, titles, outlines=segments, ncols=ncols, size=size)
 
 
 def plot_per_class(values: dict, ylabel: str, title: str = "", unseen: Sequence[str] = UNSEEN_CLASSES, ax=None):
