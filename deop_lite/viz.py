@@ -195,7 +195,7 @@ def _tinted_grid(images_raw, masks, titles, outlines=None, ncols: int = 8, size:
         mask = torch.as_tensor(mask).detach().float().cpu().numpy()[..., None]  # (H, W, 1)
         ax.imshow(np.clip(image * (1 - 0.6 * mask) + 0.6 * mask * tint, 0, 1))
         if outlines is not None:
-            ax.contour(np.asarray(outlines[i], np.float64), [0.5], colors="lime", linewidths=1.2)
+            ax.contour(torch.as_tensor(outlines[i]).float().cpu().numpy(), [0.5], colors="lime", linewidths=1.2)
         if titles is not None:
             ax.set_title(titles[i], fontsize=7)
     fig.tight_layout()
