@@ -1,8 +1,10 @@
 """Losses: MaskFormer's Hungarian-matched mask losses for the proposal network (spec §3).
 
-Every mask loss and matching cost is computed over *valid* pixels only: pixels labelled IGNORE_INDEX
-(unseen classes in ZS3 training labels) never count, so no query is ever taught that an unseen object
-is background.
+By default every mask loss and matching cost is computed over *valid* pixels only: pixels labelled
+IGNORE_INDEX (unseen classes in ZS3 training labels) never count, so no query is ever taught that an
+unseen object is background. ``ProposalConfig(ignored_pixels="negative")`` is the official code's
+choice instead (MaskFormer builds each target mask as ``label == class`` and scores every pixel): the
+matched masks are taught that ignored pixels are not part of their segment.
 """
 from __future__ import annotations
 
@@ -102,9 +104,10 @@ def _layer_loss(out: dict, labels: torch.Tensor, config, class_map) -> dict:
         valid = labels[b] != IGNORE_INDEX  # (H, W)
         if not valid.any():  # every pixel unseen: nothing to learn (DeOP's data code drops such images)
             continue
+        scored = valid if config.ignored_pixels == "excluded" else torch.ones_like(valid)  # (H, W)
         classes, targets = semantic_targets(labels[b])
-        logits = masks[b][:, valid]  # (N, P)
-        targets = targets[:, valid]  # (T, P)
+        logits = masks[b][:, scored]  # (N, P): the P pixels the matched masks are scored on
+        targets = targets[:, scored]  # (T, P)
         class_cost, log_probs = None, None
         if config.class_aware:
             log_probs = out["class_logits"][b].log_softmax(-1)  # (N, K+1)
@@ -122,7 +125,7 @@ def _layer_loss(out: dict, labels: torch.Tensor, config, class_map) -> dict:
             weights[-1] = config.empty_weight
             cls = cls + F.nll_loss(log_probs, target_classes, weight=weights)
         elif unmatched.any():
-            idle = logits[unmatched]  # (N - T, P): pushed towards empty masks
+            idle = masks[b][unmatched][:, valid]  # (N - T, P_valid): pushed towards empty masks on valid pixels
             empty = empty + sigmoid_focal_loss(idle, torch.zeros_like(idle), reduction="none").mean()
     focal, dice, empty, cls = (x / n_images for x in (focal, dice, empty, cls))
     loss = config.weight_focal * focal + config.weight_dice * dice

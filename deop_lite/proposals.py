@@ -12,7 +12,10 @@ itself off. The official code instead trains a class-aware MaskFormer over the s
 "no object" class and uses only its masks (spec §3): ``ProposalConfig(class_aware=True)``.
 
 Pixels labelled ``IGNORE_INDEX`` (unseen classes in ZS3 training labels) are left out of every mask
-loss and matching cost: the network is never told that unseen objects are background.
+loss and matching cost by default (``ignored_pixels="excluded"``): the network is never told that unseen
+objects are background. The official code scores them as background of every matched mask
+(``ignored_pixels="negative"``, MaskFormer's loss over all pixels); idle queries are pushed to empty on
+valid pixels only in both modes, so they stay free to cover what was never labelled.
 """
 from __future__ import annotations
 
@@ -62,10 +65,13 @@ class ProposalConfig:
     loss_stride: int = 2  # losses on every 2nd label pixel (masks upsampled to match): 4x cheaper, same optimum
     deep_supervision: bool = True
     mask_stride: int = 4  # 4: MaskFormer's mask features at H/4; 2: one more FPN level, from the stem (H/2)
+    ignored_pixels: str = "excluded"  # "excluded" from the mask losses, or "negative" (official MaskFormer)
 
     def __post_init__(self):
         if self.mask_stride not in (2, 4):
             raise ValueError(f"mask_stride must be 2 or 4, got {self.mask_stride}")
+        if self.ignored_pixels not in ("excluded", "negative"):
+            raise ValueError(f'ignored_pixels must be "excluded" or "negative", got {self.ignored_pixels!r}')
 
     @classmethod
     def toy(cls) -> ProposalConfig:
@@ -401,11 +407,15 @@ def main(argv=None) -> None:
     parser, train, evaluate = stage_cli("python -m deop_lite.proposals", "Train (on seen classes only) or evaluate "
                                         "the toy mask proposal network.", DEFAULT_CHECKPOINT, "runs/proposals")
     train.add_argument("--class-aware", action="store_true", help="the official code's class-aware MaskFormer")
+    train.add_argument("--ignored-pixels", choices=("excluded", "negative"), default="excluded",
+                       help="ignored (unseen) pixels left out of the mask losses, or background of every matched "
+                            "mask as in the official MaskFormer loss")
     evaluate.add_argument("--scenes", type=int, default=200, help="validation scenes for Recall@30/50")
     args = parser.parse_args(argv)
     if args.command == "train":
         stage = ProposalStage.tiny() if args.tiny else ProposalStage()
         stage.model.class_aware = args.class_aware
+        stage.model.ignored_pixels = args.ignored_pixels
         if args.steps:
             stage.train.steps = args.steps
         train_proposals(stage, args.run_dir, args.out)

@@ -73,6 +73,28 @@ def test_ignored_pixels_send_no_gradient(class_aware):
     assert masks.grad[..., 8:, 8:].abs().max() > 0
 
 
+def test_negative_ignored_pixels_push_only_the_matched_masks_down():
+    # The official MaskFormer loss: ignored pixels are background of every matched mask; idle queries
+    # are still pushed to empty on valid pixels only, so they get no gradient inside the ignored region.
+    stage = ProposalStage.tiny()
+    stage.model.ignored_pixels = "negative"
+    stage.model.loss_stride = 1
+    torch.manual_seed(0)
+    masks = torch.randn(1, 8, 16, 16, requires_grad=True)
+    label = torch.zeros(1, 64, 64, dtype=torch.long)
+    label[:, 40:60, 40:60] = 5  # two targets (classes 0 and 5) -> two matched queries, six idle
+    label[:, :32, :32] = IGNORE_INDEX
+    mask_proposal_loss({"masks": masks, "aux": []}, label, stage.model)["loss"].backward()
+    inside = masks.grad[0, :, :6, :6]  # (N, 6, 6) cells that only reach ignored pixels
+    pushed = inside.flatten(1).abs().amax(1) > 0  # (N,)
+    assert pushed.sum() == 2 and (inside[pushed] > 0).all()  # gradient descent lowers the logits there
+
+
+def test_ignored_pixels_option_is_checked():
+    with pytest.raises(ValueError, match="ignored_pixels"):
+        ProposalConfig(ignored_pixels="void")
+
+
 def test_best_proposals():
     label = torch.zeros(8, 8, dtype=torch.long)
     label[:, 4:] = 1
