@@ -66,10 +66,13 @@ class ProposalConfig:
     deep_supervision: bool = True
     mask_stride: int = 4  # 4: MaskFormer's mask features at H/4; 2: one more FPN level, from the stem (H/2)
     ignored_pixels: str = "excluded"  # "excluded" from the mask losses, or "negative" (official MaskFormer)
+    input_scale: int = 1  # the network sees the image upscaled this many times: masks at stride s / input_scale
 
     def __post_init__(self):
         if self.mask_stride not in (2, 4):
             raise ValueError(f"mask_stride must be 2 or 4, got {self.mask_stride}")
+        if self.input_scale < 1:
+            raise ValueError(f"input_scale must be a positive integer, got {self.input_scale}")
         if self.ignored_pixels not in ("excluded", "negative"):
             raise ValueError(f'ignored_pixels must be "excluded" or "negative", got {self.ignored_pixels!r}')
 
@@ -194,9 +197,10 @@ class DecoderLayer(nn.Module):
 
 
 class MaskProposalNetwork(nn.Module):
-    """Class-agnostic MaskFormer: (B, 3, H, W) ImageNet-normalised images -> N mask logits at stride s (``mask_stride``).
+    """Class-agnostic MaskFormer: (B, 3, H, W) ImageNet-normalised images -> N mask logits at stride s / u
+    (s = ``mask_stride``, u = ``input_scale``: the image is first upscaled u times, bilinearly).
 
-    ``forward`` returns a dict: ``masks`` (B, N, H/s, W/s) logits of the last decoder layer, ``aux``
+    ``forward`` returns a dict: ``masks`` (B, N, uH/s, uW/s) logits of the last decoder layer, ``aux``
     (one dict per earlier layer, for deep supervision) and, when class-aware, ``class_logits`` (B, N, K+1).
     """
 
@@ -234,6 +238,8 @@ class MaskProposalNetwork(nn.Module):
     def forward(self, image: torch.Tensor) -> dict:
         if image.ndim != 4 or image.shape[1] != 3 or image.shape[-1] % 32 or image.shape[-2] % 32:
             raise ValueError(f"expected images (B, 3, H, W) with H and W multiples of 32, got {tuple(image.shape)}")
+        if self.config.input_scale > 1:  # (B, 3, H, W) -> (B, 3, uH, uW); below, H and W are the upscaled sizes
+            image = F.interpolate(image, scale_factor=self.config.input_scale, mode="bilinear", align_corners=False)
         features = self.backbone(image)  # res1..res5
         mask_features = self.pixel_decoder(features)  # (B, C_m, H/s, W/s), s = mask_stride
         memory = self.input_proj(features[-1])  # (B, d, H/32, W/32)

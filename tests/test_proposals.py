@@ -53,6 +53,10 @@ def test_network_shapes_and_bad_input():
     assert fine(torch.randn(1, 3, 64, 96))["masks"].shape == (1, 8, 32, 48)  # one more FPN level, from the stem
     with pytest.raises(ValueError, match="mask_stride must be 2 or 4"):
         ProposalConfig(mask_stride=8)
+    upscaled = MaskProposalNetwork(ProposalConfig(**{**asdict(ProposalStage.tiny().model), "input_scale": 2}))
+    assert upscaled(torch.randn(1, 3, 64, 96))["masks"].shape == (1, 8, 32, 48)  # stride 4 of the 128 x 192 input
+    with pytest.raises(ValueError, match="input_scale"):
+        ProposalConfig(input_scale=0)
 
 
 @pytest.mark.parametrize("class_aware", [False, True])
