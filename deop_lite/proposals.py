@@ -264,7 +264,7 @@ class MaskProposalNetwork(nn.Module):
 def proposal_masks(model: MaskProposalNetwork, image_raw: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
     """Mask logits (B, N, H, W) upsampled (bilinear) to ``size``, default the image size."""
     model.eval()
-    masks = model(model.normalize(image_raw))["masks"]  # (B, N, H/s, W/s)
+    masks = model(model.normalize(image_raw))["masks"]  # (B, N, uH/s, uW/s)
     return F.interpolate(masks, size=size or image_raw.shape[-2:], mode="bilinear", align_corners=False)
 
 
