@@ -416,12 +416,14 @@ def main(argv=None) -> None:
     train.add_argument("--ignored-pixels", choices=("excluded", "negative"), default="excluded",
                        help="ignored (unseen) pixels left out of the mask losses, or background of every matched "
                             "mask as in the official MaskFormer loss")
+    train.add_argument("--input-scale", type=int, default=1, help="the network sees the scene upscaled this many times")
     evaluate.add_argument("--scenes", type=int, default=200, help="validation scenes for Recall@30/50")
     args = parser.parse_args(argv)
     if args.command == "train":
         stage = ProposalStage.tiny() if args.tiny else ProposalStage()
         stage.model.class_aware = args.class_aware
         stage.model.ignored_pixels = args.ignored_pixels
+        stage.model.input_scale = args.input_scale
         if args.steps:
             stage.train.steps = args.steps
         train_proposals(stage, args.run_dir, args.out)

@@ -126,8 +126,9 @@ def test_real_preset_builds_a_resnet101_with_100_queries():
 def test_tiny_stage_trains_saves_and_loads(tmp_path, capsys):
     from deop_lite.proposals import load_proposals, main
     out = tmp_path / "p.safetensors"
-    main(["train", "--tiny", "--run-dir", str(tmp_path / "run"), "--out", str(out)])
+    main(["train", "--tiny", "--input-scale", "2", "--run-dir", str(tmp_path / "run"), "--out", str(out)])
     model, meta = load_proposals(out)
+    assert model.config.input_scale == 2  # the option travels with the checkpoint's metadata
     assert set(meta["summary"]["recall"]) == {"all", "seen", "unseen", "segments", "per_class"}
     assert meta["summary"]["command"] == "python -m deop_lite.proposals train"
     assert (tmp_path / "p_train.log").exists()
