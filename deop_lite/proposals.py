@@ -39,6 +39,7 @@ from .train import TrainConfig, fit, load_weights, save_weights, stage_cli
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+IGNORED_PIXEL_MODES = ("excluded", "negative")  # how the mask losses treat IGNORE_INDEX pixels
 RESNET_CHANNELS = {"resnet18": (64, 128, 256, 512), "resnet34": (64, 128, 256, 512),
                    "resnet50": (256, 512, 1024, 2048), "resnet101": (256, 512, 1024, 2048)}
 
@@ -73,8 +74,8 @@ class ProposalConfig:
             raise ValueError(f"mask_stride must be 2 or 4, got {self.mask_stride}")
         if self.input_scale < 1:
             raise ValueError(f"input_scale must be a positive integer, got {self.input_scale}")
-        if self.ignored_pixels not in ("excluded", "negative"):
-            raise ValueError(f'ignored_pixels must be "excluded" or "negative", got {self.ignored_pixels!r}')
+        if self.ignored_pixels not in IGNORED_PIXEL_MODES:
+            raise ValueError(f"ignored_pixels must be one of {IGNORED_PIXEL_MODES}, got {self.ignored_pixels!r}")
 
     @classmethod
     def toy(cls) -> ProposalConfig:
@@ -309,10 +310,9 @@ def proposal_recall(model: MaskProposalNetwork, dataset, thresholds=(0.3, 0.5), 
         masks = proposal_masks(model, image_raw.to(next(model.parameters()).device)).cpu()  # (B, N, H, W)
         for mask_logits, item in zip(masks, items):
             match = best_proposals(mask_logits, item["label"])
-            classes = match["classes"]
             best.append(match["iou"])
-            segment_classes.append(classes)
-            is_seen.append(torch.tensor([int(c) in seen_ids for c in classes], dtype=torch.bool))
+            segment_classes.append(match["classes"])
+            is_seen.append(torch.tensor([int(c) in seen_ids for c in match["classes"]], dtype=torch.bool))
     best, is_seen, segment_classes = torch.cat(best), torch.cat(is_seen), torch.cat(segment_classes)
     result = {}
     for name, keep in (("all", torch.ones_like(is_seen)), ("seen", is_seen), ("unseen", ~is_seen)):
@@ -413,7 +413,7 @@ def main(argv=None) -> None:
     parser, train, evaluate = stage_cli("python -m deop_lite.proposals", "Train (on seen classes only) or evaluate "
                                         "the toy mask proposal network.", DEFAULT_CHECKPOINT, "runs/proposals")
     train.add_argument("--class-aware", action="store_true", help="the official code's class-aware MaskFormer")
-    train.add_argument("--ignored-pixels", choices=("excluded", "negative"), default="excluded",
+    train.add_argument("--ignored-pixels", choices=IGNORED_PIXEL_MODES, default="excluded",
                        help="ignored (unseen) pixels left out of the mask losses, or background of every matched "
                             "mask as in the official MaskFormer loss")
     train.add_argument("--input-scale", type=int, default=1, help="the network sees the scene upscaled this many times")
