@@ -28,7 +28,7 @@ from .anchors import AnchorConfig, build_anchor_decoder, masks_on_grid
 from .clip import ClipModel, load_clip
 from .losses import deop_segmentation_loss
 from .prompts import PromptConfig, build_prompts, crop_classification_loss, segment_crop_embeddings
-from .proposals import proposal_masks
+from .proposals import add_refine_argument, proposal_masks
 from .severance import MODES, severed_dense_features
 from .train import TrainConfig, fit, load_weights, save_weights, stage_cli
 
@@ -435,6 +435,7 @@ def main(argv=None) -> None:
     train.add_argument("--variant", required=True, choices=list(VARIANTS))
     evaluate.add_argument("--variant", required=True, choices=["baseline", *VARIANTS])
     evaluate.add_argument("--scenes", type=int, default=200, help="validation scenes")
+    add_refine_argument(evaluate)
     args = parser.parse_args(argv)
     if args.command == "train":
         stage = variant_stage(args.variant)
@@ -446,6 +447,8 @@ def main(argv=None) -> None:
         train_deop(args.variant, stage, args.run_dir, args.out, val_scenes=8 if args.tiny else 200)
     else:
         model = load_deop(args.variant, args.checkpoint)
+        if args.refine_iterations is not None:
+            model.proposals.config.refine_iterations = args.refine_iterations
         print(f"{args.variant}: " + format_metrics(evaluate_deop(model, args.scenes)))
 
 

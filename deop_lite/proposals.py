@@ -39,6 +39,7 @@ from .train import TrainConfig, fit, load_weights, save_weights, stage_cli
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+MEMORY_LEVELS = 3  # masked attention cycles over the FPN levels at strides 32, 16 and 8 (Mask2Former)
 IGNORED_PIXEL_MODES = ("excluded", "negative")  # how the mask losses treat IGNORE_INDEX pixels
 RESNET_CHANNELS = {"resnet18": (64, 128, 256, 512), "resnet34": (64, 128, 256, 512),
                    "resnet50": (256, 512, 1024, 2048), "resnet101": (256, 512, 1024, 2048)}
@@ -68,12 +69,20 @@ class ProposalConfig:
     mask_stride: int = 4  # 4: MaskFormer's mask features at H/4; 2: one more FPN level, from the stem (H/2)
     ignored_pixels: str = "excluded"  # "excluded" from the mask losses, or "negative" (official MaskFormer)
     input_scale: int = 1  # the network sees the image upscaled this many times: masks at stride s / input_scale
+    masked_attention: bool = False  # Mask2Former's decoder: masked cross-attention over FPN levels 32, 16, 8
+    refine_iterations: int = 0  # joint bilateral refinement of the masks at inference (0: off; see refine_masks)
+    refine_sigma_colour: float = 0.1  # colour distance (RGB in [0, 1]) at which a neighbour's weight falls to e^-1/2
+    refine_sigma_space: float = 3.0  # the same for the distance in pixels
+    refine_radius: int = 3  # neighbours within this many pixels (a (2r+1)^2 window)
 
     def __post_init__(self):
         if self.mask_stride not in (2, 4):
             raise ValueError(f"mask_stride must be 2 or 4, got {self.mask_stride}")
         if self.input_scale < 1:
             raise ValueError(f"input_scale must be a positive integer, got {self.input_scale}")
+        if self.refine_iterations < 0 or self.refine_radius < 1 or min(self.refine_sigma_colour, self.refine_sigma_space) <= 0:
+            raise ValueError("refine_iterations must be >= 0, refine_radius >= 1 and the refine sigmas > 0, got "
+                             f"{self.refine_iterations}, {self.refine_radius}, {self.refine_sigma_colour}, {self.refine_sigma_space}")
         if self.ignored_pixels not in IGNORED_PIXEL_MODES:
             raise ValueError(f"ignored_pixels must be one of {IGNORED_PIXEL_MODES}, got {self.ignored_pixels!r}")
 
@@ -157,13 +166,17 @@ class PixelDecoder(nn.Module):
         self.top = conv(in_channels[-1], 3)  # res5
         self.mask_features = nn.Conv2d(conv_dim, mask_dim, 3, padding=1)
 
-    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
-        """Backbone levels, finest first -> mask features at the finest level it was built for."""
+    def forward(self, features: list[torch.Tensor], return_levels: bool = False):
+        """Backbone levels, finest first -> mask features at the finest level it was built for, and with
+        ``return_levels`` also the FPN's outputs coarsest first: [(B, conv_dim, H/32, W/32), (.., H/16, ..), ...]."""
         features = features[-(len(self.lateral) + 1):]  # the coarsest levels, as many as in_channels
         y = self.top(features[-1])  # (B, conv_dim, H/32, W/32)
+        levels = [y]
         for lateral, output, x in zip(self.lateral[::-1], self.output[::-1], features[-2::-1]):
             y = output(lateral(x) + F.interpolate(y, size=x.shape[-2:], mode="nearest"))
-        return self.mask_features(y)  # (B, mask_dim, H/s, W/s)
+            levels.append(y)
+        mask_features = self.mask_features(y)  # (B, mask_dim, H/s, W/s)
+        return (mask_features, levels) if return_levels else mask_features
 
 
 def sine_position_encoding(height: int, width: int, dim: int, device=None) -> torch.Tensor:
@@ -188,11 +201,13 @@ class DecoderLayer(nn.Module):
         self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(ffn_dim, dim))
         self.norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(3))
 
-    def forward(self, queries, query_pos, memory, memory_pos):
-        """queries, query_pos (B, N, d); memory, memory_pos (B, HW, d) -> (B, N, d)."""
+    def forward(self, queries, query_pos, memory, memory_pos, blocked=None):
+        """queries, query_pos (B, N, d); memory, memory_pos (B, HW, d); optional ``blocked`` (B * heads, N, HW),
+        True where a query may not look (Mask2Former's masked attention) -> (B, N, d)."""
         q = queries + query_pos
         queries = self.norms[0](queries + self.self_attn(q, q, queries, need_weights=False)[0])
-        attended = self.cross_attn(queries + query_pos, memory + memory_pos, memory, need_weights=False)[0]
+        attended = self.cross_attn(queries + query_pos, memory + memory_pos, memory, attn_mask=blocked,
+                                   need_weights=False)[0]
         queries = self.norms[1](queries + attended)
         return self.norms[2](queries + self.ffn(queries))
 
@@ -212,7 +227,11 @@ class MaskProposalNetwork(nn.Module):
             ResNetBackbone(config.backbone, config.pretrained_backbone)
         first_level = 0 if config.mask_stride == 2 else 1  # the finest backbone level the FPN reaches: res1 or res2
         self.pixel_decoder = PixelDecoder(self.backbone.channels[first_level:], config.hidden_dim, config.mask_dim)
-        self.input_proj = nn.Conv2d(self.backbone.channels[-1], config.hidden_dim, 1)
+        if config.masked_attention:  # memory: FPN levels at strides 32, 16, 8 (already hidden_dim wide), in turn
+            self.level_embed = nn.Embedding(MEMORY_LEVELS, config.hidden_dim)
+            self.query_feat = nn.Embedding(config.num_queries, config.hidden_dim)  # learned first queries
+        else:  # memory: res5
+            self.input_proj = nn.Conv2d(self.backbone.channels[-1], config.hidden_dim, 1)
         self.query_pos = nn.Embedding(config.num_queries, config.hidden_dim)
         self.layers = nn.ModuleList(DecoderLayer(config.hidden_dim, config.nheads, config.dim_feedforward,
                                                  config.dropout) for _ in range(config.dec_layers))
@@ -242,30 +261,106 @@ class MaskProposalNetwork(nn.Module):
         if self.config.input_scale > 1:  # (B, 3, H, W) -> (B, 3, uH, uW); below, H and W are the upscaled sizes
             image = F.interpolate(image, scale_factor=self.config.input_scale, mode="bilinear", align_corners=False)
         features = self.backbone(image)  # res1..res5
-        mask_features = self.pixel_decoder(features)  # (B, C_m, H/s, W/s), s = mask_stride
-        memory = self.input_proj(features[-1])  # (B, d, H/32, W/32)
-        batch, dim, h, w = memory.shape
-        memory = memory.flatten(2).transpose(1, 2)  # (B, hw, d)
-        memory_pos = sine_position_encoding(h, w, dim, memory.device)[None]  # (1, hw, d)
+        mask_features, levels = self.pixel_decoder(features, return_levels=True)  # (B, C_m, H/s, W/s), FPN levels
+        batch = image.shape[0]
         query_pos = self.query_pos.weight[None].expand(batch, -1, -1)  # (B, N, d)
-        queries = torch.zeros_like(query_pos)
-        outputs = []
-        for layer in self.layers:
-            queries = layer(queries, query_pos, memory, memory_pos)
-            outputs.append(queries)
-        out = self._predict(outputs[-1], mask_features)
-        out["aux"] = [self._predict(q, mask_features) for q in outputs[:-1]] if self.training else []
+        if self.config.masked_attention:
+            memories = [self._tokens(level, self.level_embed.weight[i]) for i, level in enumerate(levels[:MEMORY_LEVELS])]
+            queries = self.query_feat.weight[None].expand(batch, -1, -1)  # (B, N, d)
+            predictions = [self._predict(queries, mask_features)]  # masks before the first layer guide its attention
+        else:
+            memories = [self._tokens(self.input_proj(features[-1]))]
+            queries = torch.zeros_like(query_pos)
+            predictions = []
+        for i, layer in enumerate(self.layers):
+            memory, memory_pos, size = memories[i % len(memories)]
+            blocked = self._blocked(predictions[-1]["masks"], size) if self.config.masked_attention else None
+            queries = layer(queries, query_pos, memory, memory_pos, blocked)
+            if self.training or self.config.masked_attention or i == len(self.layers) - 1:
+                predictions.append(self._predict(queries, mask_features))
+        out = predictions[-1]
+        out["aux"] = predictions[:-1] if self.training else []
         return out
+
+    @staticmethod
+    def _tokens(level: torch.Tensor, level_embed: torch.Tensor | None = None):
+        """(B, d, h, w) -> tokens (B, hw, d) (+ the level's embedding), sine positions (1, hw, d), (h, w)."""
+        _, dim, h, w = level.shape
+        tokens = level.flatten(2).transpose(1, 2)  # (B, hw, d)
+        if level_embed is not None:
+            tokens = tokens + level_embed
+        return tokens, sine_position_encoding(h, w, dim, level.device)[None], (h, w)
+
+    def _blocked(self, masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Mask2Former's attention mask: query n may only look where its current mask is on.
+
+        masks (B, N, H/s, W/s) logits -> (B * heads, N, h * w) bool, True = blocked. A query whose mask is
+        empty at this resolution looks everywhere (an all-blocked row would give NaN)."""
+        small = F.interpolate(masks.detach(), size=size, mode="bilinear", align_corners=False)  # (B, N, h, w)
+        blocked = (small.sigmoid() < 0.5).flatten(2)  # (B, N, hw)
+        blocked[blocked.all(-1)] = False
+        return blocked.repeat_interleave(self.config.nheads, 0)  # (B * heads, N, hw), batch-major as MHA expects
 
 
 # ----------------------------------------------------------------------------------------------------
 # Proposal quality: recall of ground-truth segments (paper Table 8)
 
+# ----------------------------------------------------------------------------------------------------
+# Inference: masks at the image's resolution, refined along its colour edges
+
+def bilateral_weights(image_raw: torch.Tensor, sigma_colour: float, sigma_space: float, radius: int) -> torch.Tensor:
+    """w(x, y) ∝ exp(-|I(x) - I(y)|² / 2σ_c² - |x - y|² / 2σ_s²) over the K = (2r + 1)² neighbours y of each x.
+
+    image_raw (B, 3, H, W) in [0, 1] -> (B, K, H, W), summing to 1 over K (the image edge is replicated)."""
+    height, width = image_raw.shape[-2:]
+    padded = F.pad(image_raw, [radius] * 4, mode="replicate")  # (B, 3, H + 2r, W + 2r)
+    logits = []
+    for dy in range(-radius, radius + 1):
+        for dx in range(-radius, radius + 1):
+            neighbour = padded[:, :, radius + dy:radius + dy + height, radius + dx:radius + dx + width]  # (B, 3, H, W)
+            colour = (neighbour - image_raw).square().sum(1) / (2 * sigma_colour ** 2)  # (B, H, W)
+            logits.append(-colour - (dy * dy + dx * dx) / (2 * sigma_space ** 2))
+    return torch.stack(logits, 1).softmax(1)  # (B, K, H, W)
+
+
+def refine_masks(image_raw: torch.Tensor, mask_probs: torch.Tensor, iterations: int, sigma_colour: float = 0.1,
+                 sigma_space: float = 3.0, radius: int = 3) -> torch.Tensor:
+    """Joint bilateral refinement: each mask's probability diffuses among pixels of similar colour.
+
+        p_n(x) <- Σ_y w(x, y) p_n(y),   repeated ``iterations`` times (w: :func:`bilateral_weights`)
+
+    Across a colour edge the weights are near zero, so a blurry mask that mostly covers an object snaps
+    to the object's outline: its spill-over onto a differently coloured neighbour averages with that
+    neighbour's (low) probabilities and falls below 0.5. No labels, no classes: DeepLab's CRF
+    post-processing in its simplest form (no pairwise label compatibility, each mask on its own).
+
+    Args: image_raw (B, 3, H, W) in [0, 1]; mask_probs (B, N, H, W). Returns (B, N, H, W) in [0, 1].
+    """
+    weights = bilateral_weights(image_raw, sigma_colour, sigma_space, radius).unbind(1)  # K x (B, H, W)
+    offsets = [(dy, dx) for dy in range(-radius, radius + 1) for dx in range(-radius, radius + 1)]  # as in the weights
+    height, width = mask_probs.shape[-2:]
+    for _ in range(iterations):
+        padded = F.pad(mask_probs, [radius] * 4, mode="replicate")  # (B, N, H + 2r, W + 2r)
+        refined = torch.zeros_like(mask_probs)
+        for weight, (dy, dx) in zip(weights, offsets):  # in place: half the time of refined += w * p_shifted
+            refined.addcmul_(weight[:, None], padded[:, :, radius + dy:radius + dy + height, radius + dx:radius + dx + width])
+        mask_probs = refined  # (B, N, H, W)
+    return mask_probs
+
+
 @torch.no_grad()
-def proposal_masks(model: MaskProposalNetwork, image_raw: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
-    """Mask logits (B, N, H, W) upsampled (bilinear) to ``size``, default the image size."""
+def proposal_masks(model: MaskProposalNetwork, image_raw: torch.Tensor, size: tuple[int, int] | None = None,
+                   refine: bool = True) -> torch.Tensor:
+    """Mask logits (B, N, H, W) at the image's resolution (bilinear), refined along colour edges when the
+    network's config asks for it (``refine_iterations``; ``refine=False`` skips it), then resized to ``size``."""
     model.eval()
     masks = model(model.normalize(image_raw))["masks"]  # (B, N, uH/s, uW/s)
+    config = model.config
+    if refine and config.refine_iterations:  # at the image's resolution: the edges are the image's
+        masks = F.interpolate(masks, size=image_raw.shape[-2:], mode="bilinear", align_corners=False)  # (B, N, H, W)
+        probs = refine_masks(image_raw, masks.sigmoid(), config.refine_iterations, config.refine_sigma_colour,
+                             config.refine_sigma_space, config.refine_radius)  # (B, N, H, W)
+        masks = torch.logit(probs, eps=1e-6)
     return F.interpolate(masks, size=size or image_raw.shape[-2:], mode="bilinear", align_corners=False)
 
 
@@ -409,6 +504,11 @@ def load_proposals(path: str | Path = DEFAULT_CHECKPOINT) -> tuple[MaskProposalN
                         TRAIN_COMMAND)
 
 
+def add_refine_argument(parser) -> None:
+    parser.add_argument("--refine-iterations", type=int, help="refine the proposals along colour edges this many "
+                        "times (proposals.refine_masks; default: the checkpoint's setting)")
+
+
 def main(argv=None) -> None:
     parser, train, evaluate = stage_cli("python -m deop_lite.proposals", "Train (on seen classes only) or evaluate "
                                         "the toy mask proposal network.", DEFAULT_CHECKPOINT, "runs/proposals")
@@ -417,18 +517,27 @@ def main(argv=None) -> None:
                        help="ignored (unseen) pixels left out of the mask losses, or background of every matched "
                             "mask as in the official MaskFormer loss")
     train.add_argument("--input-scale", type=int, default=1, help="the network sees the scene upscaled this many times")
+    train.add_argument("--masked-attention", action="store_true",
+                       help="Mask2Former's decoder: masked cross-attention over the FPN levels at strides 32, 16, 8")
+    train.add_argument("--seed", type=int, help="override the training seed (initialisation; the scenes stay fixed)")
     evaluate.add_argument("--scenes", type=int, default=200, help="validation scenes for Recall@30/50")
+    add_refine_argument(evaluate)
     args = parser.parse_args(argv)
     if args.command == "train":
         stage = ProposalStage.tiny() if args.tiny else ProposalStage()
         stage.model.class_aware = args.class_aware
         stage.model.ignored_pixels = args.ignored_pixels
         stage.model.input_scale = args.input_scale
+        stage.model.masked_attention = args.masked_attention
+        if args.seed is not None:
+            stage.train.seed = args.seed
         if args.steps:
             stage.train.steps = args.steps
         train_proposals(stage, args.run_dir, args.out)
     else:
         model, meta = load_proposals(args.checkpoint)
+        if args.refine_iterations is not None:
+            model.config.refine_iterations = args.refine_iterations
         stage = ProposalStage.from_dict(meta["stage"])
         print(format_recall(proposal_recall(model, stage.world("val", args.scenes))))
 

@@ -12,7 +12,16 @@ from deop_lite.losses import (
     pairwise_focal_cost,
     semantic_targets,
 )
-from deop_lite.proposals import MaskProposalNetwork, ProposalConfig, ProposalStage, best_proposals, sine_position_encoding
+from deop_lite.proposals import (
+    MaskProposalNetwork,
+    ProposalConfig,
+    ProposalStage,
+    best_proposals,
+    bilateral_weights,
+    proposal_masks,
+    refine_masks,
+    sine_position_encoding,
+)
 from deop_lite.toyworld import IGNORE_INDEX
 
 
@@ -57,6 +66,19 @@ def test_network_shapes_and_bad_input():
     assert upscaled(torch.randn(1, 3, 64, 96))["masks"].shape == (1, 8, 32, 48)  # stride 4 of the 128 x 192 input
     with pytest.raises(ValueError, match="input_scale"):
         ProposalConfig(input_scale=0)
+
+
+def test_masked_attention_looks_only_where_each_query_mask_is_on():
+    config = ProposalConfig(**{**asdict(ProposalStage.tiny().model), "masked_attention": True})
+    model = MaskProposalNetwork(config)
+    out = model(torch.randn(2, 3, 64, 96))  # training mode: every layer's masks, and those before layer 1
+    assert out["masks"].shape == (2, 8, 16, 24) and len(out["aux"]) == config.dec_layers
+    masks = torch.full((1, 3, 8, 8), -5.0)  # three queries' mask logits
+    masks[0, 0, :4, :4] = 5.0  # query 0: the top-left quarter
+    masks[0, 1] = 5.0  # query 1: everywhere
+    blocked = model._blocked(masks, (2, 2)).view(1, config.nheads, 3, 4)  # query 2: empty
+    for head in range(config.nheads):
+        assert blocked[0, head].tolist() == [[False, True, True, True], [False] * 4, [False] * 4]  # empty: sees all
 
 
 @pytest.mark.parametrize("class_aware", [False, True])
@@ -126,9 +148,11 @@ def test_real_preset_builds_a_resnet101_with_100_queries():
 def test_tiny_stage_trains_saves_and_loads(tmp_path, capsys):
     from deop_lite.proposals import load_proposals, main
     out = tmp_path / "p.safetensors"
-    main(["train", "--tiny", "--input-scale", "2", "--run-dir", str(tmp_path / "run"), "--out", str(out)])
+    main(["train", "--tiny", "--input-scale", "2", "--masked-attention", "--seed", "3", "--run-dir", str(tmp_path / "run"),
+          "--out", str(out)])
     model, meta = load_proposals(out)
-    assert model.config.input_scale == 2  # the option travels with the checkpoint's metadata
+    assert model.config.input_scale == 2 and model.config.masked_attention  # options travel with the metadata
+    assert meta["stage"]["train"]["seed"] == 3
     assert set(meta["summary"]["recall"]) == {"all", "seen", "unseen", "segments", "per_class"}
     assert meta["summary"]["command"] == "python -m deop_lite.proposals train"
     assert (tmp_path / "p_train.log").exists()
@@ -149,3 +173,31 @@ def test_an_all_ignore_image_contributes_nothing():
     assert torch.isfinite(losses["loss"]) and all(torch.isfinite(torch.tensor(v)) for k, v in losses.items() if k != "loss")
     losses["loss"].backward()
     assert masks.grad[1].abs().max() == 0
+
+
+def test_refinement_snaps_a_spilling_mask_to_the_colour_edge():
+    image = torch.zeros(1, 3, 32, 32)
+    image[..., 16:] = 1.0  # black left half, white right half
+    weights = bilateral_weights(image, sigma_colour=0.1, sigma_space=3.0, radius=2)  # (1, 25, 32, 32)
+    assert weights.shape == (1, 25, 32, 32) and torch.allclose(weights.sum(1), torch.ones(1, 32, 32))
+    assert weights[0, 2 * 5 + 3, 8, 15] < 1e-20  # the neighbour one step right, across the edge: no weight
+    probs = torch.zeros(1, 1, 32, 32)
+    probs[..., :19] = 0.7  # the left half, spilling 3 columns over the edge
+    refined = refine_masks(image, probs, iterations=20, sigma_colour=0.1, sigma_space=3.0, radius=2)
+    assert (refined[..., :16] > 0.5).all() and (refined[..., 16:] < 0.5).all()
+
+
+def test_proposal_masks_refine_only_when_the_config_asks():
+    torch.manual_seed(0)
+    config = ProposalStage.tiny().model
+    image_raw = torch.rand(1, 3, 64, 64)
+    plain = MaskProposalNetwork(config)
+    refined = MaskProposalNetwork(ProposalConfig(**{**asdict(config), "refine_iterations": 3}))
+    refined.load_state_dict(plain.state_dict())
+    raw = proposal_masks(plain, image_raw)  # (1, 8, 64, 64)
+    assert torch.equal(proposal_masks(refined, image_raw, refine=False), raw)
+    expected = refine_masks(image_raw, raw.sigmoid(), 3, config.refine_sigma_colour, config.refine_sigma_space,
+                            config.refine_radius)
+    assert torch.allclose(proposal_masks(refined, image_raw).sigmoid(), expected, atol=1e-5)
+    with pytest.raises(ValueError, match="refine_iterations"):
+        ProposalConfig(refine_iterations=-1)
