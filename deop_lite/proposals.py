@@ -82,7 +82,8 @@ class ProposalConfig:
             raise ValueError(f"input_scale must be a positive integer, got {self.input_scale}")
         if self.refine_iterations < 0 or self.refine_radius < 1 or min(self.refine_sigma_colour, self.refine_sigma_space) <= 0:
             raise ValueError("refine_iterations must be >= 0, refine_radius >= 1 and the refine sigmas > 0, got "
-                             f"{self.refine_iterations}, {self.refine_radius}, {self.refine_sigma_colour}, {self.refine_sigma_space}")
+                             f"{self.refine_iterations}, {self.refine_radius}, {self.refine_sigma_colour}, "
+                             f"{self.refine_sigma_space}")
         if self.ignored_pixels not in IGNORED_PIXEL_MODES:
             raise ValueError(f"ignored_pixels must be one of {IGNORED_PIXEL_MODES}, got {self.ignored_pixels!r}")
 
