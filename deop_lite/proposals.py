@@ -522,6 +522,7 @@ def main(argv=None) -> None:
                        help="Mask2Former's decoder: masked cross-attention over the FPN levels at strides 32, 16, 8")
     train.add_argument("--seed", type=int, help="override the training seed (initialisation; the scenes stay fixed)")
     evaluate.add_argument("--scenes", type=int, default=200, help="validation scenes for Recall@30/50")
+    evaluate.add_argument("--first-scene", type=int, default=0, help="index of the first validation scene")
     add_refine_argument(evaluate)
     args = parser.parse_args(argv)
     if args.command == "train":
@@ -540,7 +541,9 @@ def main(argv=None) -> None:
         if args.refine_iterations is not None:
             model.config.refine_iterations = args.refine_iterations
         stage = ProposalStage.from_dict(meta["stage"])
-        print(format_recall(proposal_recall(model, stage.world("val", args.scenes))))
+        scenes = torch.utils.data.Subset(stage.world("val", args.first_scene + args.scenes),
+                                         range(args.first_scene, args.first_scene + args.scenes))
+        print(format_recall(proposal_recall(model, scenes)))
 
 
 if __name__ == "__main__":

@@ -156,7 +156,7 @@ def test_tiny_stage_trains_saves_and_loads(tmp_path, capsys):
     assert set(meta["summary"]["recall"]) == {"all", "seen", "unseen", "segments", "per_class"}
     assert meta["summary"]["command"] == "python -m deop_lite.proposals train"
     assert (tmp_path / "p_train.log").exists()
-    main(["eval", "--checkpoint", str(out), "--scenes", "4"])
+    main(["eval", "--checkpoint", str(out), "--scenes", "4", "--first-scene", "2", "--refine-iterations", "2"])
     assert "unseen: R@30" in capsys.readouterr().out
     out.write_bytes(out.read_bytes()[:100])  # truncated
     with pytest.raises(RuntimeError, match="unreadable.*python -m deop_lite.proposals train"):
