@@ -4,6 +4,10 @@
                                    -> transformer decoder over res5, N learned queries -> Q (B, N, d)
     masks M = MLP(Q) · E  -> (B, N, H/s, W/s) logits
 
+Options: ``masked_attention`` swaps the decoder for Mask2Former's (each query cross-attends only where its
+current mask is on, over the FPN levels at strides 32, 16, 8 in turn), and ``refine_iterations`` refines the
+masks at inference along the image's colour edges (:func:`refine_masks`, a label-free post-process).
+
 The paper removes MaskFormer's class head and keeps the mask components. Without any head, a query that
 the Hungarian matching leaves unmatched would get no signal at all, and its (arbitrary) mask would pollute
 the semantic map O = Σ_n F_C[n] σ(M_n). We therefore supervise unmatched queries towards an **empty
@@ -304,10 +308,12 @@ class MaskProposalNetwork(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------------
-# Proposal quality: recall of ground-truth segments (paper Table 8)
-
-# ----------------------------------------------------------------------------------------------------
 # Inference: masks at the image's resolution, refined along its colour edges
+
+def window_offsets(radius: int) -> list[tuple[int, int]]:
+    """The (dy, dx) of the (2r + 1)² pixels of a window, row by row: the order of the K weights below."""
+    return [(dy, dx) for dy in range(-radius, radius + 1) for dx in range(-radius, radius + 1)]
+
 
 def bilateral_weights(image_raw: torch.Tensor, sigma_colour: float, sigma_space: float, radius: int) -> torch.Tensor:
     """w(x, y) ∝ exp(-|I(x) - I(y)|² / 2σ_c² - |x - y|² / 2σ_s²) over the K = (2r + 1)² neighbours y of each x.
@@ -316,11 +322,10 @@ def bilateral_weights(image_raw: torch.Tensor, sigma_colour: float, sigma_space:
     height, width = image_raw.shape[-2:]
     padded = F.pad(image_raw, [radius] * 4, mode="replicate")  # (B, 3, H + 2r, W + 2r)
     logits = []
-    for dy in range(-radius, radius + 1):
-        for dx in range(-radius, radius + 1):
-            neighbour = padded[:, :, radius + dy:radius + dy + height, radius + dx:radius + dx + width]  # (B, 3, H, W)
-            colour = (neighbour - image_raw).square().sum(1) / (2 * sigma_colour ** 2)  # (B, H, W)
-            logits.append(-colour - (dy * dy + dx * dx) / (2 * sigma_space ** 2))
+    for dy, dx in window_offsets(radius):
+        neighbour = padded[:, :, radius + dy:radius + dy + height, radius + dx:radius + dx + width]  # (B, 3, H, W)
+        colour = (neighbour - image_raw).square().sum(1) / (2 * sigma_colour ** 2)  # (B, H, W)
+        logits.append(-colour - (dy * dy + dx * dx) / (2 * sigma_space ** 2))
     return torch.stack(logits, 1).softmax(1)  # (B, K, H, W)
 
 
@@ -338,12 +343,11 @@ def refine_masks(image_raw: torch.Tensor, mask_probs: torch.Tensor, iterations: 
     Args: image_raw (B, 3, H, W) in [0, 1]; mask_probs (B, N, H, W). Returns (B, N, H, W) in [0, 1].
     """
     weights = bilateral_weights(image_raw, sigma_colour, sigma_space, radius).unbind(1)  # K x (B, H, W)
-    offsets = [(dy, dx) for dy in range(-radius, radius + 1) for dx in range(-radius, radius + 1)]  # as in the weights
     height, width = mask_probs.shape[-2:]
     for _ in range(iterations):
         padded = F.pad(mask_probs, [radius] * 4, mode="replicate")  # (B, N, H + 2r, W + 2r)
         refined = torch.zeros_like(mask_probs)
-        for weight, (dy, dx) in zip(weights, offsets):  # in place: half the time of refined += w * p_shifted
+        for weight, (dy, dx) in zip(weights, window_offsets(radius)):  # in place: half the time of refined += w * p_shifted
             refined.addcmul_(weight[:, None], padded[:, :, radius + dy:radius + dy + height, radius + dx:radius + dx + width])
         mask_probs = refined  # (B, N, H, W)
     return mask_probs
@@ -364,6 +368,9 @@ def proposal_masks(model: MaskProposalNetwork, image_raw: torch.Tensor, size: tu
         masks = torch.logit(probs, eps=1e-6)
     return F.interpolate(masks, size=size or image_raw.shape[-2:], mode="bilinear", align_corners=False)
 
+
+# ----------------------------------------------------------------------------------------------------
+# Proposal quality: recall of ground-truth segments (paper Table 8)
 
 def best_proposals(mask_logits: torch.Tensor, label: torch.Tensor) -> dict:
     """For each ground-truth segment of one image, the proposal (sigmoid > 0.5) with the highest IoU.
