@@ -166,9 +166,10 @@ class DeOP(nn.Module):
         return self._text_cache[key]
 
     @torch.no_grad()
-    def proposal_masks(self, image_raw: torch.Tensor) -> torch.Tensor:
-        """σ(M) (B, N, H, W) at the image's resolution, from the frozen proposal network."""
-        return proposal_masks(self.proposals, image_raw).sigmoid()  # (B, N, H, W)
+    def proposal_masks(self, image_raw: torch.Tensor, refine: bool = True) -> torch.Tensor:
+        """σ(M) (B, N, H, W) at the image's resolution, from the frozen proposal network, refined along
+        colour edges when its config asks for it (``refine=False``: the network's own masks)."""
+        return proposal_masks(self.proposals, image_raw, refine=refine).sigmoid()  # (B, N, H, W)
 
     def dense_features(self, image_raw: torch.Tensor, mask_probs: torch.Tensor) -> torch.Tensor:
         """F_V (B, D, h, w): the one CLIP pass, with this model's visual prompts and patch severance."""
@@ -401,7 +402,9 @@ def train_deop(variant: str, stage: DeOPStage | None = None, run_dir: str | Path
             items = [train_world[step * stage.batch_size + i] for i in range(stage.batch_size)]
             image_raw = torch.stack([it["image_raw"] for it in items])  # (B, 3, H, W)
             labels = label_map[torch.stack([it["label"] for it in items])][:, 1::2, 1::2]  # (B, H/2, W/2)
-            out = model(image_raw, seen)
+            # The network's own masks, as DeepLab trained without the CRF it applied at test time: the
+            # shipped learned parts were trained before the toy preset refined its proposals.
+            out = model(image_raw, seen, mask_probs=model.proposal_masks(image_raw, refine=False))
             losses = deop_segmentation_loss(out["class_logits"], out["mask_probs"], labels,
                                             ignore_as_void=stage.ignore_as_void)
             return losses.pop("loss"), losses

@@ -6,7 +6,8 @@
 
 Options: ``masked_attention`` swaps the decoder for Mask2Former's (each query cross-attends only where its
 current mask is on, over the FPN levels at strides 32, 16, 8 in turn), and ``refine_iterations`` refines the
-masks at inference along the image's colour edges (:func:`refine_masks`, a label-free post-process).
+masks at inference along the image's colour edges (:func:`refine_masks`, a label-free post-process; on in
+the toy preset).
 
 The paper removes MaskFormer's class head and keeps the mask components. Without any head, a query that
 the Hungarian matching leaves unmatched would get no signal at all, and its (arbitrary) mask would pollute
@@ -93,8 +94,9 @@ class ProposalConfig:
 
     @classmethod
     def toy(cls) -> ProposalConfig:
-        """The toy world's proposal network (1.4 M parameters, 16 queries, 128 x 128 scenes)."""
-        return cls()
+        """The toy world's proposal network (1.4 M parameters, 16 queries, 128 x 128 scenes), its masks refined
+        along colour edges at inference (20 iterations: unseen Recall@50 0.69 -> 0.79, notebook 01 §4)."""
+        return cls(refine_iterations=20)
 
     @classmethod
     def real(cls) -> ProposalConfig:
@@ -396,11 +398,11 @@ def best_proposals(mask_logits: torch.Tensor, label: torch.Tensor) -> dict:
 
 @torch.no_grad()
 def proposal_recall(model: MaskProposalNetwork, dataset, thresholds=(0.3, 0.5), batch_size: int = 16,
-                    seen_classes=None, class_names=None) -> dict:
+                    seen_classes=None, class_names=None, refine: bool = True) -> dict:
     """Recall@IoU of ground-truth segments (paper Table 8) over a dataset with full labels.
 
     A segment (all pixels of one class in one image) is recalled at threshold t when some proposal
-    reaches IoU >= t with it. Returns {"all"|"seen"|"unseen": {"R@30": ..., "R@50": ...}, "segments": counts,
+    reaches IoU >= t with it. ``refine=False`` measures the network's own masks (no refinement). Returns {"all"|"seen"|"unseen": {"R@30": ..., "R@50": ...}, "segments": counts,
     "per_class": {class name: {"R@30": ..., "R@50": ..., "segments": n}}}.
     """
     from .toyworld import CLASS_NAMES, SEEN_CLASSES
@@ -410,7 +412,7 @@ def proposal_recall(model: MaskProposalNetwork, dataset, thresholds=(0.3, 0.5), 
     for start in range(0, len(dataset), batch_size):
         items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
         image_raw = torch.stack([it["image_raw"] for it in items])
-        masks = proposal_masks(model, image_raw.to(next(model.parameters()).device)).cpu()  # (B, N, H, W)
+        masks = proposal_masks(model, image_raw.to(next(model.parameters()).device), refine=refine).cpu()  # (B, N, H, W)
         for mask_logits, item in zip(masks, items):
             match = best_proposals(mask_logits, item["label"])
             best.append(match["iou"])

@@ -75,3 +75,19 @@ def test_missing_variant_checkpoint_says_how_to_train_it(tmp_path):
     from deop_lite.model import load_deop
     with pytest.raises(FileNotFoundError, match="python -m deop_lite.model train --variant deop"):
         load_deop("deop", path=tmp_path / "nothing.safetensors")
+
+
+def test_deop_proposals_follow_the_network_config(toy_clip):
+    """The toy preset refines at inference; ``refine=False`` (DeOP's training) gives the network's own masks."""
+    from dataclasses import replace
+
+    from deop_lite.model import DeOP
+    from deop_lite.proposals import proposal_masks
+    assert ProposalStage().model.refine_iterations == 20  # the toy preset
+    model = DeOP(MaskProposalNetwork(replace(ProposalStage.tiny().model, refine_iterations=2)), toy_clip)
+    image = torch.rand(1, 3, 64, 64)
+    refined = proposal_masks(model.proposals, image).sigmoid()  # (1, N, H, W)
+    raw = proposal_masks(model.proposals, image, refine=False).sigmoid()
+    assert not torch.allclose(refined, raw)
+    assert torch.equal(model.train().proposal_masks(image), refined)
+    assert torch.equal(model.proposal_masks(image, refine=False), raw)
