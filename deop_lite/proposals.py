@@ -402,7 +402,8 @@ def proposal_recall(model: MaskProposalNetwork, dataset, thresholds=(0.3, 0.5), 
     """Recall@IoU of ground-truth segments (paper Table 8) over a dataset with full labels.
 
     A segment (all pixels of one class in one image) is recalled at threshold t when some proposal
-    reaches IoU >= t with it. ``refine=False`` measures the network's own masks (no refinement). Returns {"all"|"seen"|"unseen": {"R@30": ..., "R@50": ...}, "segments": counts,
+    reaches IoU >= t with it. ``refine=False`` measures the network's own masks (no refinement).
+    Returns {"all"|"seen"|"unseen": {"R@30": ..., "R@50": ...}, "segments": counts,
     "per_class": {class name: {"R@30": ..., "R@50": ..., "segments": n}}}.
     """
     from .toyworld import CLASS_NAMES, SEEN_CLASSES
