@@ -18,7 +18,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check deop_lite tests
-	DEOP_CI=1 MPLBACKEND=Agg $(BIN)/pytest
+	DEOP_CI=1 MPLBACKEND=Agg $(BIN)/pytest -n logical --dist loadscope
 
 # Re-execute every notebook in full (non-CI) mode and store its outputs, widget state stripped.
 notebooks: $(STAMP)

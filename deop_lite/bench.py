@@ -11,6 +11,11 @@ either side shows up as a speed ratio far from the FLOP ratio.
 
     deop-lite bench                                  # ViT-B/16 at 512, N = 100, N' in 10 30 100 (random weights)
     deop-lite bench --clip ViT-L-14-336 --device cuda --bf16
+
+Two smaller benchmarks time what a reader waits for (tests assert behaviour, never seconds):
+
+    deop-lite bench toyworld                         # toy scenes drawn per second on one thread
+    deop-lite bench explorer                         # seconds per redraw of notebook 03's α explorer
 """
 from __future__ import annotations
 
@@ -239,6 +244,55 @@ def plot(result: dict):
     return fig
 
 
+# ----------------------------------------------------------------------------------------------------
+# What a reader waits for: drawing toy scenes, redrawing the α explorer
+
+def toyworld_throughput(scenes: int = 500, rounds: int = 3, image_size: int = 64) -> dict:
+    """Toy scenes drawn per second on one thread (the best of ``rounds`` runs of ``scenes`` fresh scenes each;
+    the texture bank is built first, as it is once per process)."""
+    from . import toyworld
+    config = toyworld.ToyWorldConfig(image_size=image_size)
+    toyworld.texture_bank()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        rates = []
+        for attempt in range(rounds):
+            tic = time.perf_counter()
+            for index in range(scenes):
+                toyworld.make_scene(toyworld.scene_rng("train", index + scenes * attempt), config)
+            rates.append(scenes / (time.perf_counter() - tic))
+    finally:
+        torch.set_num_threads(threads)
+    return {"image_size": image_size, "scenes": scenes, "rounds": rounds, "scenes_per_s": max(rates),
+            "median_scenes_per_s": statistics.median(rates)}
+
+
+def explorer_latency(redraws: int = 10) -> dict:
+    """Seconds per redraw of notebook 03's ``viz.AlphaExplorer`` (toy CLIP, 128 px scenes, ground-truth masks),
+    alternating the mode and α as a reader moving the controls would: the median and the slowest redraw."""
+    import matplotlib.pyplot as plt
+
+    from . import toyworld, viz
+    clip = load_clip("toy")
+    world = toyworld.ToyWorld("val", 2, toyworld.ToyWorldConfig.segmentation())
+    images = torch.stack([world[i]["image_raw"] for i in range(2)])  # (2, 3, 128, 128)
+    labels = torch.stack([world[i]["label"] for i in range(2)])  # (2, 128, 128)
+    masks = (labels[:, None] == torch.arange(len(toyworld.CLASS_NAMES))[None, :, None, None]).float()  # (2, C, H, W)
+    explorer = viz.AlphaExplorer(clip, images, toyworld.CLASS_NAMES, masks)
+    explorer.update()  # the first draw builds the figure
+    settings = [{"mode": "GPS", "alpha_last": a / redraws} if i % 3 else {"mode": ("MPS", "none")[i % 2]}
+                for i, a in enumerate(range(redraws))]
+    times = []
+    for change in settings:
+        tic = time.perf_counter()
+        explorer.update(**change)
+        times.append(time.perf_counter() - tic)
+    plt.close(explorer.fig)
+    return {"redraws": redraws, "median_s": statistics.median(times), "max_s": max(times),
+            "threads": torch.get_num_threads()}
+
+
 def format_result(result: dict) -> str:
     lines = [f"{'N′':>4s} {'DeOP img/s':>10s} {'multi img/s':>11s} {'speed ×':>8s} {'FLOP ×':>7s} {'DeOP vs floor':>13s}"]
     for r in result["rows"]:
@@ -259,6 +313,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     matplotlib.use("Agg")
     parser = argparse.ArgumentParser(prog="deop-lite bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("task", nargs="?", default="one-pass", choices=("one-pass", "toyworld", "explorer"),
+                        help="one pass against many (default; the options below), toy scenes per second, or "
+                             "the α explorer's redraw time")
     parser.add_argument("--clip", default="ViT-B-16", help="open_clip architecture (random weights) or 'toy'")
     parser.add_argument("--short-side", type=int, default=512)
     parser.add_argument("--queries", type=int, default=100, help="N, proposals per image")
@@ -270,6 +327,16 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--tiny", action="store_true", help="toy CLIP at 128 px, N = 16 (seconds; CI)")
     parser.add_argument("--out", type=Path, default=Path("outputs/bench"))
     args = parser.parse_args(argv)
+    if args.task == "toyworld":
+        result = toyworld_throughput()
+        print(f"toy world: {result['scenes_per_s']:,.0f} scenes/s at {result['image_size']} px on one thread (best of "
+              f"{result['rounds']} x {result['scenes']} scenes; median {result['median_scenes_per_s']:,.0f})")
+        return result
+    if args.task == "explorer":
+        result = explorer_latency()
+        print(f"α explorer: {1000 * result['median_s']:.0f} ms per redraw (median of {result['redraws']}; slowest "
+              f"{1000 * result['max_s']:.0f} ms) on {result['threads']} CPU thread(s)")
+        return result
     if args.tiny:
         config = BenchConfig.tiny()
     else:

@@ -3,10 +3,12 @@
     deop-lite demo [--out outputs/demo] [--scenes 64]
     deop-lite segment IMAGE --classes "star, grass, sky" [--clip toy | --clip ViT-B-16 --weights PATH]
     deop-lite bench [--clip ViT-B-16] [--valid 10 30 100] [--device cuda --bf16] [--tiny]
+    deop-lite bench toyworld | explorer
 
 ``demo`` runs the shipped toy models (toy CLIP, proposal network, DeOP) on validation scenes, prints
 their metrics and writes figures; ``segment`` labels your own image with the classes you name; ``bench``
-times DeOP's one pass against a multi-pass classifier (``deop_lite.bench``).
+times DeOP's one pass against a multi-pass classifier, the toy world's drawing and the α explorer's redraw
+(``deop_lite.bench``).
 """
 from __future__ import annotations
 
@@ -184,7 +186,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                                 "architecture such as ViT-B-16 (training-free GPS labelling)")
     segment_parser.add_argument("--weights", help="real CLIP weights: a local checkpoint file (default: 'openai')")
     segment_parser.add_argument("--out", type=Path, default=Path("outputs/segment"), help="folder for the PNGs")
-    sub.add_parser("bench", help="time one pass (DeOP) against many (multi-pass); options: `deop-lite bench --help`")
+    sub.add_parser("bench", help="time one pass (DeOP) against many (multi-pass), or the toy world and the α "
+                   "explorer; options: `deop-lite bench --help`")
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["bench"]:  # its own parser (deop_lite.bench) takes the rest
         from .bench import main as bench_main

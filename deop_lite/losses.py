@@ -71,7 +71,7 @@ def hungarian_match(logits: torch.Tensor, targets: torch.Tensor, weight_focal: f
     cost = weight_focal * pairwise_focal_cost(logits, targets) + weight_dice * pairwise_dice_cost(logits, targets)
     if class_cost is not None:
         cost = cost + class_cost
-    rows, cols = linear_sum_assignment(cost.float().cpu().numpy())
+    rows, cols = linear_sum_assignment(cost.double().cpu().numpy())
     return torch.as_tensor(rows, dtype=torch.long), torch.as_tensor(cols, dtype=torch.long)
 
 
@@ -107,7 +107,7 @@ def _layer_loss(out: dict, labels: torch.Tensor, config, class_map) -> dict:
         scored = valid if config.ignored_pixels == "excluded" else torch.ones_like(valid)  # (H, W)
         classes, targets = semantic_targets(labels[b])
         logits = masks[b][:, scored]  # (N, P): the P pixels the matched masks are scored on
-        targets = targets[:, scored]  # (T, P)
+        targets = targets[:, scored].to(logits.dtype)  # (T, P)
         class_cost, log_probs = None, None
         if config.class_aware:
             log_probs = out["class_logits"][b].log_softmax(-1)  # (N, K+1)

@@ -24,9 +24,12 @@ valid pixels only in both modes, so they stay free to cover what was never label
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import shutil
 import time
+import weakref
+from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -355,20 +358,105 @@ def refine_masks(image_raw: torch.Tensor, mask_probs: torch.Tensor, iterations: 
     return mask_probs
 
 
+class ProposalCache:
+    """The refined proposals of each image, computed once per process (a bounded LRU memo).
+
+    The proposal network is frozen wherever its masks are consumed, and refinement costs several times its
+    forward pass, so evaluating six models on the same 200 scenes would otherwise refine every scene six
+    times. An entry is the refined mask logits (N, H, W) of one image at the image's resolution, keyed by
+
+    - a digest of the network's weights and buffers (recomputed whenever a tensor's version counter moves,
+      i.e. after an optimiser step or ``load_state_dict``: a changed network never hits an old entry),
+    - a digest of the image's bytes, shape and dtype,
+    - the refinement settings of the call (so a config changed in place misses too) and the device.
+
+    Least recently used entries go first once ``max_bytes`` is exceeded; ``clear()`` empties it. Only refined
+    masks are cached: the network's own masks are cheap, and training asks for them on fresh scenes.
+    """
+
+    def __init__(self, max_bytes: int = 768 * 2 ** 20):
+        self.max_bytes, self.bytes, self.hits, self.misses = max_bytes, 0, 0, 0
+        self.entries: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+        self._weight_digests: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def weights_digest(self, model: nn.Module) -> str:
+        """blake2b of every parameter and buffer, recomputed only when one of them has changed."""
+        tensors = [*model.parameters(), *model.buffers()]
+        versions = tuple((t._version, t.data_ptr()) for t in tensors)
+        known = self._weight_digests.get(model)
+        if known is None or known[0] != versions:
+            digest = hashlib.blake2b(digest_size=16)
+            for tensor in tensors:
+                digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+            known = self._weight_digests[model] = (versions, digest.hexdigest())
+        return known[1]
+
+    @staticmethod
+    def image_digest(image_raw: torch.Tensor) -> str:
+        """blake2b of one image (3, H, W): its bytes, shape and dtype."""
+        array = image_raw.detach().cpu().contiguous().numpy()
+        return hashlib.blake2b(array.tobytes() + repr((array.shape, array.dtype)).encode(), digest_size=16).hexdigest()
+
+    def get(self, key: tuple) -> torch.Tensor | None:
+        entry = self.entries.get(key)
+        if entry is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self.entries.move_to_end(key)
+        return entry
+
+    def put(self, key: tuple, mask_logits: torch.Tensor) -> None:
+        size = mask_logits.numel() * mask_logits.element_size()
+        if size > self.max_bytes // 4:  # an image this large (real world) would only push the others out
+            return
+        self.entries[key] = mask_logits
+        self.bytes += size
+        while self.bytes > self.max_bytes:
+            _, old = self.entries.popitem(last=False)
+            self.bytes -= old.numel() * old.element_size()
+
+    def clear(self) -> None:
+        self.entries.clear()
+        self.bytes, self.hits, self.misses = 0, 0, 0
+
+
+PROPOSAL_CACHE = ProposalCache()
+"""This process's refined proposals (see :class:`ProposalCache`)."""
+
+
 @torch.no_grad()
 def proposal_masks(model: MaskProposalNetwork, image_raw: torch.Tensor, size: tuple[int, int] | None = None,
                    refine: bool = True) -> torch.Tensor:
     """Mask logits (B, N, H, W) at the image's resolution (bilinear), refined along colour edges when the
-    network's config asks for it (``refine_iterations``; ``refine=False`` skips it), then resized to ``size``."""
+    network's config asks for it (``refine_iterations``; ``refine=False`` skips it), then resized to ``size``.
+
+    Refined masks are computed once per image and process (:data:`PROPOSAL_CACHE`)."""
     model.eval()
-    masks = model(model.normalize(image_raw))["masks"]  # (B, N, uH/s, uW/s)
     config = model.config
-    if refine and config.refine_iterations:  # at the image's resolution: the edges are the image's
-        masks = F.interpolate(masks, size=image_raw.shape[-2:], mode="bilinear", align_corners=False)  # (B, N, H, W)
-        probs = refine_masks(image_raw, masks.sigmoid(), config.refine_iterations, config.refine_sigma_colour,
-                             config.refine_sigma_space, config.refine_radius)  # (B, N, H, W)
-        masks = torch.logit(probs, eps=1e-6)
+    if refine and config.refine_iterations:
+        settings = (config.refine_iterations, config.refine_sigma_colour, config.refine_sigma_space, config.refine_radius)
+        weights = PROPOSAL_CACHE.weights_digest(model)
+        keys = [(weights, PROPOSAL_CACHE.image_digest(image), settings, str(image.device)) for image in image_raw]
+        found = [PROPOSAL_CACHE.get(key) for key in keys]
+        missing = [i for i, entry in enumerate(found) if entry is None]
+        if missing:
+            computed = _refined_masks(model, image_raw[missing], settings)  # (B', N, H, W)
+            for i, mask_logits in zip(missing, computed):
+                found[i] = mask_logits.clone()  # its own storage, not a view of the batch
+                PROPOSAL_CACHE.put(keys[i], found[i])
+        masks = torch.stack(found)  # (B, N, H, W)
+    else:
+        masks = model(model.normalize(image_raw))["masks"]  # (B, N, uH/s, uW/s)
     return F.interpolate(masks, size=size or image_raw.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def _refined_masks(model: MaskProposalNetwork, image_raw: torch.Tensor, settings: tuple) -> torch.Tensor:
+    """The network's masks at the image's resolution, refined along its colour edges: (B, N, H, W) logits."""
+    masks = model(model.normalize(image_raw))["masks"]  # (B, N, uH/s, uW/s)
+    masks = F.interpolate(masks, size=image_raw.shape[-2:], mode="bilinear", align_corners=False)  # (B, N, H, W)
+    probs = refine_masks(image_raw, masks.sigmoid(), *settings)  # (B, N, H, W)
+    return torch.logit(probs, eps=1e-6)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -79,6 +79,7 @@ class RealConfig:
     ignore_as_void: bool = False  # True: the official loss (unseen pixels supervised as void)
     stages: dict[str, StageConfig] = field(default_factory=dict)
     bf16: bool = False  # bfloat16 autocast for the forward passes (GPU)
+    float64: bool = False  # train in float64 (CPU): equivalence checks, where float32 rounding would decide
     seed: int = 0
 
     @classmethod
@@ -217,6 +218,27 @@ def _autocast(config: RealConfig, device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16)
 
 
+@contextlib.contextmanager
+def _default_dtype(config: RealConfig):
+    """Models built and inputs cast inside this block are float64 when ``config.float64``, else float32.
+
+    Why float64 exists: W processes (or A micro-batches) add the same per-image losses in another order than
+    one process does. In float32 that reordering changes a sum by ~1e-7, and a few AdamW steps, which divide
+    each gradient by its running RMS, enlarge it past any tolerance that would still catch a bug; in float64
+    the same reordering changes results by ~1e-16, so the runs can be compared almost exactly."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64 if config.float64 else torch.float32)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def _to_device(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A batch of images on ``device`` in the default dtype (float32, or float64: see :func:`_default_dtype`)."""
+    return images.to(device, torch.get_default_dtype())
+
+
 def _clip(config: RealConfig, device: torch.device) -> ClipModel:
     runtime.set_seed(config.seed)  # random weights (tests) must be the same in every process
     return load_clip(config.clip, pretrained=config.clip_weights, device=device, pixel_norm=config.pixel_norm)
@@ -278,8 +300,8 @@ def train_proposals(config: RealConfig, data: Path, run_dir: Path, device: torch
     def micro_loss(step: int, share: int, shares: int):
         batch = _training_batch(dataset, config, "proposals", step, share, shares)
         with _autocast(config, device):
-            outputs = ddp(model.normalize(batch["image_raw"].to(device)))  # masks (B, N, H/4, W/4) and aux
-        losses = mask_proposal_loss(_float(outputs), batch["label"].to(device), config.proposals, class_map)
+            outputs = ddp(model.normalize(_to_device(batch["image_raw"], device)))  # masks (B, N, H/4, W/4) and aux
+        losses = mask_proposal_loss(_full_precision(outputs), batch["label"].to(device), config.proposals, class_map)
         return losses.pop("loss"), losses
 
     return _fit_stage("proposals", model, micro_loss, ddp, config, run_dir, stop_at)
@@ -291,10 +313,12 @@ def _training_batch(dataset: SegmentationDataset, config: RealConfig, stage: str
     return training_batch(dataset, step, config.stages[stage].batch_size, config.crop, config.seed, share, shares)
 
 
-def _float(outputs: dict) -> dict:
-    """The proposal network's outputs in fp32 (the losses and the matching are computed in full precision)."""
-    return {"masks": outputs["masks"].float(), "aux": [_float(aux) for aux in outputs.get("aux", [])],
-            **({"class_logits": outputs["class_logits"].float()} if "class_logits" in outputs else {})}
+def _full_precision(outputs: dict) -> dict:
+    """The proposal network's outputs in the default dtype, out of bf16 autocast (the losses and the matching
+    are computed in full precision)."""
+    dtype = torch.get_default_dtype()
+    return {"masks": outputs["masks"].to(dtype), "aux": [_full_precision(aux) for aux in outputs.get("aux", [])],
+            **({"class_logits": outputs["class_logits"].to(dtype)} if "class_logits" in outputs else {})}
 
 
 def build_deop(config: RealConfig, run_dir: Path | None, device: torch.device, proposals_path: Path | None = None,
@@ -331,8 +355,9 @@ def train_deop(config: RealConfig, data: Path, run_dir: Path, device: torch.devi
         batch = _training_batch(dataset, config, "deop", step, share, shares)
         labels = label_map[batch["label"]][:, 1::2, 1::2].to(device)  # (b, H/2, W/2) seen-class indices
         with _autocast(config, device):
-            outputs = ddp(batch["image_raw"].to(device), seen)
-        losses = deop_segmentation_loss(outputs["class_logits"].float(), outputs["mask_probs"].float(), labels,
+            outputs = ddp(_to_device(batch["image_raw"], device), seen)
+        dtype = torch.get_default_dtype()
+        losses = deop_segmentation_loss(outputs["class_logits"].to(dtype), outputs["mask_probs"].to(dtype), labels,
                                         ignore_as_void=config.ignore_as_void)
         return losses.pop("loss"), losses
 
@@ -365,7 +390,9 @@ def train(config: RealConfig, data: str | Path, run_dir: str | Path, stages=STAG
         tic = time.perf_counter()
         if (run_dir / f"{name}.safetensors").exists():  # load-or-train: a finished stage is not run again
             continue
-        if not TRAINERS[name](config, data, run_dir, device, stop_at).exists():
+        with _default_dtype(config):
+            finished = TRAINERS[name](config, data, run_dir, device, stop_at).exists()
+        if not finished:
             if rank() == 0:
                 print(f"stage {name}: paused at step {stop_at} (--stop-at); run the same command again to resume")
             break
@@ -396,7 +423,7 @@ def throughput(config: RealConfig, stage: str = "deop", micro_batch: int = 1, st
 
         def loss_of(images, labels):
             outputs = module(module.normalize(images))
-            return mask_proposal_loss(_float(outputs), labels, config.proposals)["loss"]
+            return mask_proposal_loss(_full_precision(outputs), labels, config.proposals)["loss"]
     elif stage == "deop":
         deop = DeOP(proposals, _clip(config, device), config.model).to(device)
         module = deop.learned

@@ -2,7 +2,16 @@ import json
 
 import torch
 
-from deop_lite.bench import BenchConfig, count_flops, plot, run_bench, synthetic_masks
+from deop_lite.bench import (
+    BenchConfig,
+    count_flops,
+    explorer_latency,
+    main,
+    plot,
+    run_bench,
+    synthetic_masks,
+    toyworld_throughput,
+)
 
 
 def test_flops_count_attention_too(vit_b16):
@@ -27,3 +36,13 @@ def test_tiny_bench_runs_and_reports(tmp_path):
     assert high["multipass"]["flops"] > low["multipass"]["flops"] and high["deop"]["flops"] == low["deop"]["flops"]
     assert set(high["deop"]["seconds"]) == {"clip_pass", "anchors", "classify", "pooling_and_rest", "proposals", "total"}
     plot(result).savefig(tmp_path / "bench.png")
+
+
+def test_reader_benchmarks_report_their_figures(capsys):
+    """The toy world's drawing speed and the explorer's redraw time are measured here, not asserted."""
+    world = toyworld_throughput(scenes=20, rounds=2)
+    assert world["scenes_per_s"] >= world["median_scenes_per_s"] > 0 and torch.get_num_threads() >= 1
+    explorer = explorer_latency(redraws=3)
+    assert explorer["redraws"] == 3 and explorer["max_s"] >= explorer["median_s"] > 0
+    main(["toyworld"])
+    assert "scenes/s at 64 px on one thread" in capsys.readouterr().out

@@ -1,7 +1,8 @@
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torchvision.ops import sigmoid_focal_loss
 
 from deop_lite.losses import (
@@ -13,6 +14,7 @@ from deop_lite.losses import (
     semantic_targets,
 )
 from deop_lite.proposals import (
+    PROPOSAL_CACHE,
     MaskProposalNetwork,
     ProposalConfig,
     ProposalStage,
@@ -201,3 +203,29 @@ def test_proposal_masks_refine_only_when_the_config_asks():
     assert torch.allclose(proposal_masks(refined, image_raw).sigmoid(), expected, atol=1e-5)
     with pytest.raises(ValueError, match="refine_iterations"):
         ProposalConfig(refine_iterations=-1)
+
+
+def test_refined_proposals_are_computed_once_per_image_and_weights():
+    """The cache returns exactly what a fresh computation gives, per image whatever the batch, and misses
+    whenever the weights, the image or the refinement settings change."""
+    torch.manual_seed(0)
+    net = MaskProposalNetwork(replace(ProposalStage.tiny().model, refine_iterations=2))
+    images = torch.rand(3, 3, 64, 64)
+    PROPOSAL_CACHE.clear()
+    first = proposal_masks(net, images)  # (3, 8, 64, 64): three misses
+    assert (PROPOSAL_CACHE.hits, PROPOSAL_CACHE.misses, len(PROPOSAL_CACHE.entries)) == (0, 3, 3)
+    again = proposal_masks(net, images[[2, 0]], size=(32, 32))  # other batch, other output size: two hits
+    assert PROPOSAL_CACHE.hits == 2 and torch.equal(again, F.interpolate(first[[2, 0]], size=(32, 32), mode="bilinear"))
+    again[:] = 0  # callers get copies: the cache cannot be changed from outside
+    assert torch.equal(proposal_masks(net, images), first)
+
+    net.config.refine_iterations = 3  # settings changed in place: recomputed
+    assert not torch.equal(proposal_masks(net, images[:1]), first[:1])
+    net.config.refine_iterations = 2
+    with torch.no_grad():
+        net.mask_embed[0].weight.add_(0.1)  # new weights (as after an optimiser step): recomputed, and different
+    misses = PROPOSAL_CACHE.misses
+    assert not torch.equal(proposal_masks(net, images[:1]), first[:1]) and PROPOSAL_CACHE.misses == misses + 1
+    PROPOSAL_CACHE.clear()
+    fresh = proposal_masks(net, images[:1])
+    assert PROPOSAL_CACHE.misses == 1 and torch.equal(proposal_masks(net, images[:1]), fresh)

@@ -32,8 +32,6 @@ def test_figures_draw_the_data_they_are_given():
 
 
 def test_alpha_explorer_redraws_what_it_computes(toy_clip):
-    import time
-
     import numpy as np
     import pytest
 
@@ -45,9 +43,7 @@ def test_alpha_explorer_redraws_what_it_computes(toy_clip):
     explorer = viz.AlphaExplorer(toy_clip, images, CLASS_NAMES, masks)
     stock = explorer.update(mode="none", row=3, col=4)
     drawn_stock = np.array(explorer.artists["attention"].get_array())
-    tic = time.perf_counter()
-    severed = explorer.update(mode="GPS", alpha_last=1.0, alpha_prev=0.0)
-    assert time.perf_counter() - tic < 1.0  # responsive on a CPU
+    severed = explorer.update(mode="GPS", alpha_last=1.0, alpha_prev=0.0)  # its time: `deop-lite bench explorer`
     drawn = np.array(explorer.artists["attention"].get_array())
     assert np.allclose(drawn, severed["attention"].numpy()) and not np.allclose(drawn, drawn_stock)
     assert drawn[3, 4] == 1 and drawn.sum() == 1  # α = 1: the patch attends to itself only
