@@ -347,14 +347,17 @@ def refine_masks(image_raw: torch.Tensor, mask_probs: torch.Tensor, iterations: 
 
     Args: image_raw (B, 3, H, W) in [0, 1]; mask_probs (B, N, H, W). Returns (B, N, H, W) in [0, 1].
     """
-    weights = bilateral_weights(image_raw, sigma_colour, sigma_space, radius).unbind(1)  # K x (B, H, W)
+    if len(image_raw) > 1:  # one image at a time: its arrays stay in the CPU's cache (2x faster, bitwise the same)
+        return torch.cat([refine_masks(image_raw[i:i + 1], mask_probs[i:i + 1], iterations, sigma_colour, sigma_space,
+                                       radius) for i in range(len(image_raw))])  # (B, N, H, W)
+    weights = bilateral_weights(image_raw, sigma_colour, sigma_space, radius).unbind(1)  # K x (1, H, W)
     height, width = mask_probs.shape[-2:]
     for _ in range(iterations):
-        padded = F.pad(mask_probs, [radius] * 4, mode="replicate")  # (B, N, H + 2r, W + 2r)
+        padded = F.pad(mask_probs, [radius] * 4, mode="replicate")  # (1, N, H + 2r, W + 2r)
         refined = torch.zeros_like(mask_probs)
         for weight, (dy, dx) in zip(weights, window_offsets(radius)):  # in place: half the time of refined += w * p_shifted
             refined.addcmul_(weight[:, None], padded[:, :, radius + dy:radius + dy + height, radius + dx:radius + dx + width])
-        mask_probs = refined  # (B, N, H, W)
+        mask_probs = refined  # (1, N, H, W)
     return mask_probs
 
 
