@@ -13,6 +13,8 @@ Modules are the boxes of the DeOP diagram:
 - ``train``: the one resumable training loop shared by every stage, and safetensors checkpoints
 - ``viz``: every figure (palette, overlays, galleries, confusion matrices, the pipeline)
 - ``cli``: the ``deop-lite`` command
+- ``checks``: what users hand the package (class lists, images, masks, folders) checked before any
+  computation; ``InputError``; one line and exit status 2 for a mistake at every command line
 - ``runtime``: run mode (``DEOP_CI=1``), seeds, paths, device
 """
 __version__ = "0.1.0"

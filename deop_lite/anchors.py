@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import Conv2dNormActivation
 
+from .checks import InputError
 from .proposals import DecoderLayer, sine_position_encoding
 
 KINDS = ("none", "query", "conv")
@@ -78,7 +79,7 @@ class QueryHeatmapDecoder(nn.Module):
         segment embeddings F_I (B, N, D) unit norm, heatmaps H (B, N, h, w) averaged over heads."""
         batch, dim, h, w = dense.shape
         if mask_probs.shape[1] != self.query_pos.num_embeddings:
-            raise ValueError(f"{mask_probs.shape[1]} masks but {self.query_pos.num_embeddings} anchor queries: "
+            raise InputError(f"{mask_probs.shape[1]} masks but {self.query_pos.num_embeddings} anchor queries: "
                              f"the decoder must be built for the proposal network's number of queries")
         memory = dense.flatten(2).transpose(1, 2)  # (B, hw, D)
         memory_pos = sine_position_encoding(h, w, dim, dense.device)[None]  # (1, hw, D)

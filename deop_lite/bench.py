@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from . import runtime
+from . import checks, runtime
 from .anchors import AnchorConfig
 from .clip import load_clip
 from .model import DeOP, DeOPConfig
@@ -306,6 +306,7 @@ def format_result(result: dict) -> str:
     return "\n".join(lines)
 
 
+@checks.command("deop-lite bench")
 def main(argv: Sequence[str] | None = None) -> dict:
     import argparse
 
@@ -340,16 +341,27 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if args.tiny:
         config = BenchConfig.tiny()
     else:
+        checks.at_least(args.queries, 1, "--queries")
+        checks.at_least(min(args.valid), 1, "every --valid value")
+        checks.at_least(args.repeats, 1, "--repeats")
+        checks.at_least(args.warmup, 0, "--warmup")
+        if args.short_side < 32 or args.short_side % 32:
+            raise checks.InputError(f"--short-side must be a positive multiple of 32 (the proposal network's stride), "
+                                    f"got {args.short_side}")
         if any(v > args.queries for v in args.valid):
-            parser.error(f"--valid values must be at most --queries ({args.queries})")
+            raise checks.InputError(f"--valid values must be at most --queries ({args.queries}), got {args.valid}")
+        if args.device.startswith("cuda") and not torch.cuda.is_available():
+            raise checks.InputError(f"--device {args.device}: no CUDA GPU is visible here; use --device cpu")
         config = BenchConfig(args.clip, args.short_side, args.queries, tuple(args.valid), args.warmup, args.repeats,
                              args.device, args.bf16)
+    out = checks.output_folder(args.out)
     result = run_bench(config)
     print(format_result(result))
-    args.out.mkdir(parents=True, exist_ok=True)
     stem = f"bench_{config.clip}_{config.short_side}_{config.device}{'_bf16' if config.bf16 else ''}"
-    (args.out / f"{stem}.json").write_text(json.dumps(result, indent=1))
-    plot(result).savefig(args.out / f"{stem}.png", dpi=100)
+    with checks.atomic_path(out / f"{stem}.json") as tmp:
+        tmp.write_text(json.dumps(result, indent=1))
+    with checks.atomic_path(out / f"{stem}.png") as tmp:
+        plot(result).savefig(tmp, dpi=100)
     print(f"wrote {args.out / stem}.json and .png")
     return result
 

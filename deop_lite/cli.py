@@ -19,8 +19,7 @@ from pathlib import Path
 
 import matplotlib
 
-from . import runtime, toyworld
-from .clip import ClipWeightsUnavailable
+from . import checks, runtime, toyworld
 
 
 def demo(out: Path, n_scenes: int) -> dict:
@@ -31,6 +30,8 @@ def demo(out: Path, n_scenes: int) -> dict:
     import torch
 
     from . import viz
+    checks.at_least(n_scenes, 1, "--scenes")
+    out = checks.output_folder(out)
     from .clip import load_clip, naive_dense_labels
     from .metrics import evaluate_segmentation
     from .model import checkpoint_path, load_deop
@@ -39,7 +40,6 @@ def demo(out: Path, n_scenes: int) -> dict:
     from .toyclip import evaluate_zero_shot
     from .train import read_metadata
 
-    out.mkdir(parents=True, exist_ok=True)
     print(runtime.describe())
     clip = load_clip("toy")
     print(f"toy CLIP: {TOY_CLIP.relative_to(runtime.PROJECT_ROOT)} (re-train: {read_metadata(TOY_CLIP)['summary']['command']})")
@@ -47,8 +47,9 @@ def demo(out: Path, n_scenes: int) -> dict:
     print(f"zero-shot classification of single-class images, {len(toyworld.CLASS_NAMES)} classes: "
           f"top-1 {100 * result['top1']:.1f}% (seen {100 * result['seen_top1']:.1f}%, "
           f"unseen {100 * result['unseen_top1']:.1f}%)")
-    viz.plot_confusion(result["confusion"], title="toy CLIP zero-shot classification").savefig(
-        out / "confusion.png", dpi=100, bbox_inches="tight")
+    with checks.atomic_path(out / "confusion.png") as tmp:
+        viz.plot_confusion(result["confusion"], title="toy CLIP zero-shot classification").savefig(
+            tmp, dpi=100, bbox_inches="tight")
 
     names = toyworld.CLASS_NAMES
     proposal_net = load_proposals()[0]
@@ -67,13 +68,16 @@ def demo(out: Path, n_scenes: int) -> dict:
               f"| hIoU {seg['hIoU']:5.1f}")
     batch = torch.utils.data.default_collate([val[i] for i in range(min(4, n_scenes))])
     columns = {"ground truth": batch["label"], **{n: predictors[n](batch["image_raw"]) for n in ("one-pass baseline", "DeOP")}}
-    viz.show_segmentations(batch["image_raw"], columns).savefig(out / "segmentation.png", dpi=100, bbox_inches="tight")
+    with checks.atomic_path(out / "segmentation.png") as tmp:
+        viz.show_segmentations(batch["image_raw"], columns).savefig(tmp, dpi=100, bbox_inches="tight")
     print(f"wrote {out / 'confusion.png'} and {out / 'segmentation.png'}")
     return seg
 
 
 MAX_SIDE = {"toy": 512, "real": 1024}
 """Longest side an image is resized to (toy images are small; the real world segments at 512 short side)."""
+MIN_SIDE = 32
+"""Shortest side an image may have: smaller ones hold too little to upscale into a segmentation."""
 
 
 def load_image(path: Path, short_side: int, max_side: int) -> tuple:
@@ -81,7 +85,7 @@ def load_image(path: Path, short_side: int, max_side: int) -> tuple:
 
     Grayscale, palette, RGBA (composited on white), CMYK and 16-bit images are converted to 8-bit RGB;
     the short side is resized to ``short_side`` (the long side capped at ``max_side``). Returns the image and
-    notes on what was done. Raises ``ValueError`` with a plain message for unreadable files.
+    notes on what was done. Raises ``checks.InputError`` with a plain message for unreadable or tiny images.
     """
     import numpy as np
     import torch
@@ -93,9 +97,14 @@ def load_image(path: Path, short_side: int, max_side: int) -> tuple:
             opened.load()
             image = opened
     except FileNotFoundError:
-        raise ValueError(f"no image at {path}") from None
-    except (UnidentifiedImageError, OSError) as error:
-        raise ValueError(f"cannot read {path} as an image ({error}); use a PNG or JPEG file") from None
+        raise checks.InputError(f"no image at {path}") from None
+    except IsADirectoryError:
+        raise checks.InputError(f"{path} is a folder; pass one image file") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise checks.InputError(f"cannot read {path} as an image ({error}); use a PNG or JPEG file") from None
+    if min(image.size) < MIN_SIDE:
+        raise checks.InputError(f"{path} is {image.size[0]}x{image.size[1]} pixels; deop-lite segment needs at least "
+                                f"{MIN_SIDE}x{MIN_SIDE}")
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16-bit or 32-bit: rescale to 8 bits
         values = np.asarray(image, dtype=np.float64)
         low, high = values.min(), values.max()
@@ -118,7 +127,7 @@ def load_image(path: Path, short_side: int, max_side: int) -> tuple:
     return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).float() / 255, notes
 
 
-def segment(image_path: Path, class_names: list[str], clip_name: str, weights: str | None, out: Path) -> Path:
+def segment(image_path: Path, class_names: str | Sequence[str], clip_name: str, weights: str | None, out: Path) -> Path:
     """Segment one image into ``class_names`` and write ``<stem>_overlay.png`` and ``<stem>_labels.png``.
 
     With the toy CLIP the shipped toy DeOP segments (only toy-world class names are known). With a real
@@ -136,8 +145,8 @@ def segment(image_path: Path, class_names: list[str], clip_name: str, weights: s
     from .clip import load_clip, patch_scores
     from .severance import severed_dense_features
 
-    if clip_name == "toy":
-        toyworld.check_class_names(class_names)
+    class_names = checks.class_names(class_names, toyworld.CLASS_NAMES if clip_name == "toy" else None)
+    out = checks.output_folder(out)
     image_raw, notes = load_image(image_path, 128 if clip_name == "toy" else 512,
                                   MAX_SIDE["toy" if clip_name == "toy" else "real"])
     for note in notes:
@@ -152,9 +161,9 @@ def segment(image_path: Path, class_names: list[str], clip_name: str, weights: s
             dense = severed_dense_features(clip.visual, clip.normalize(image_raw[None]), {-1: 1.0})  # (1, D, h, w)
             label = patch_scores(dense, clip.text_embeddings(class_names), image_raw.shape[-2:]).argmax(1)[0]
         method = f"{clip_name}, training-free (GPS, α = 1)"
-    out.mkdir(parents=True, exist_ok=True)
     stem = image_path.stem
-    Image.fromarray(label.numpy().astype(np.uint8)).save(out / f"{stem}_labels.png")  # pixel value = class index
+    with checks.atomic_path(out / f"{stem}_labels.png") as tmp:
+        Image.fromarray(label.numpy().astype(np.uint8)).save(tmp)  # pixel value = class index
     fig, axes = plt.subplots(1, 2, figsize=(8, 4.4))
     axes[0].imshow(viz.to_hwc(image_raw))
     axes[1].imshow(viz.overlay(image_raw, label))
@@ -165,13 +174,15 @@ def segment(image_path: Path, class_names: list[str], clip_name: str, weights: s
                for i, name in enumerate(class_names)]
     fig.legend(handles=handles, loc="lower center", ncol=min(6, len(class_names)), frameon=False, fontsize=9)
     fig.tight_layout(rect=(0, 0.08, 1, 1))
-    fig.savefig(out / f"{stem}_overlay.png", dpi=100)
+    with checks.atomic_path(out / f"{stem}_overlay.png") as tmp:
+        fig.savefig(tmp, dpi=100)
     shares = np.bincount(label.flatten().numpy(), minlength=len(class_names)) / label.numel()
     print("pixels: " + ", ".join(f"{name} {100 * share:.0f}%" for name, share in zip(class_names, shares)))
     print(f"wrote {out / f'{stem}_overlay.png'} and {out / f'{stem}_labels.png'} (pixel value = class index)")
     return out / f"{stem}_overlay.png"
 
 
+@checks.command("deop-lite")
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="deop-lite", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -197,11 +208,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.command == "demo":
         demo(args.out, args.scenes)
     else:
-        class_names = [name.strip() for name in args.classes.split(",") if name.strip()]
-        try:
-            segment(args.image, class_names, args.clip, args.weights, args.out)
-        except (ValueError, ClipWeightsUnavailable) as error:
-            parser.exit(2, f"deop-lite segment: error: {error}\n")
+        segment(args.image, args.classes, args.clip, args.weights, args.out)
 
 
 if __name__ == "__main__":

@@ -23,13 +23,16 @@ import torch
 import torch.nn.functional as F
 from open_clip.constants import IMAGENET_MEAN, IMAGENET_STD, OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
+from . import checks
+from .checks import InputError
+
 PIXEL_NORMS = {"clip": (OPENAI_DATASET_MEAN, OPENAI_DATASET_STD), "imagenet": (IMAGENET_MEAN, IMAGENET_STD)}
 REAL_TEMPLATES = ("a photo of a {}.", "a photo of the {}.", "a bad photo of a {}.", "a close-up photo of a {}.",
                   "a cropped photo of a {}.", "a bright photo of a {}.", "a good photo of a {}.")
 """Prompt templates for real CLIP's text classifier (a few of CLIP's ImageNet templates)."""
 
 
-class ClipWeightsUnavailable(RuntimeError):
+class ClipWeightsUnavailable(InputError, RuntimeError):
     """Real CLIP weights could not be loaded (no internet, a missing or corrupt local file)."""
 
 
@@ -98,7 +101,7 @@ class ClipModel:
         """
         templates = tuple(templates or self.templates)
         if isinstance(class_names, str) or not class_names:
-            raise ValueError(f"class_names must be a non-empty list of names, got {class_names!r}")
+            raise InputError(f"class_names must be a non-empty list of names, got {class_names!r}")
         texts = [t.format(name) for name in class_names for t in templates]
         tokens = self.tokenizer(texts).to(self.device)  # (C * T, L)
         emb = F.normalize(self.model.encode_text(tokens), dim=-1)  # (C * T, D)
@@ -107,16 +110,9 @@ class ClipModel:
 
 
 def check_image(image: torch.Tensor, multiple_of: int = 1) -> None:
-    """Raise ``ValueError`` unless ``image`` is a (B, 3, H, W) float tensor with H, W multiples of ``multiple_of``."""
-    if not isinstance(image, torch.Tensor) or image.ndim != 4 or image.shape[1] != 3 or not image.is_floating_point():
-        shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
-        raise ValueError(f"expected a float image batch of shape (B, 3, H, W), got {shape}; add a batch "
-                         f"dimension with image[None] and convert grayscale/RGBA images to RGB")
-    h, w = image.shape[-2:]
-    if h % multiple_of or w % multiple_of:
-        raise ValueError(f"image height and width must be multiples of the patch size {multiple_of}, got "
-                         f"{h}x{w}; pad or resize it (e.g. to {h // multiple_of * multiple_of or multiple_of}x"
-                         f"{w // multiple_of * multiple_of or multiple_of})")
+    """Raise :class:`~deop_lite.checks.InputError` unless ``image`` is a (B, 3, H, W) float tensor with H, W
+    multiples of ``multiple_of`` (the patch size); normalised images, so any value range."""
+    checks.image_batch(image, "image", min_side=multiple_of, multiple_of=multiple_of, in_unit_range=False)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -245,7 +241,7 @@ def load_clip(name: str = "toy", pretrained: str | Path | None = "openai", devic
 
 def _create_real_clip(name: str, pretrained, quick_gelu: bool | None) -> open_clip.CLIP:
     if name not in open_clip.list_models():
-        raise ValueError(f"unknown CLIP architecture {name!r}; use 'toy' or an open_clip model name such as "
+        raise InputError(f"unknown CLIP architecture {name!r}; use 'toy' or an open_clip model name such as "
                          f"'ViT-B-16' or 'ViT-L-14-336'")
     quick_gelu = True if quick_gelu is None else quick_gelu
     if pretrained is None:  # asked for explicitly: open_clip's "initialized randomly" warning would only be noise

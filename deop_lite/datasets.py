@@ -30,7 +30,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from . import runtime
+from . import checks, runtime
 
 IGNORE_INDEX = 255
 
@@ -133,13 +133,14 @@ DATASETS: dict[str, DatasetInfo] = {
 Context-59 and ADE-150 only evaluate a COCO-Stuff model (Table 2)."""
 
 
-class DatasetNotFound(FileNotFoundError):
-    """A dataset folder or file is missing; the message says which layout is expected and where to get it."""
+class DatasetNotFound(checks.InputError, FileNotFoundError):
+    """A dataset folder or file is missing, unprepared or unreadable; the message says which layout is expected,
+    where to get it, or how to prepare it again."""
 
 
 def dataset_info(name: str) -> DatasetInfo:
     if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+        raise checks.InputError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     return DATASETS[name]
 
 
@@ -317,9 +318,8 @@ def prepare(name: str, root: str | Path, out: str | Path, splits: Sequence[str] 
                                                      disable=runtime.CI if progress is None else not progress):
             _require(image_path, info, root)
             label_path = label_dir / f"{image_id}.png"
-            if label_path.exists():
-                label = np.asarray(Image.open(label_path))
-            else:
+            label = _read_label_file(label_path) if label_path.exists() else None  # None: not written yet, or unreadable
+            if label is None:
                 try:
                     label = read_label()
                 except (OSError, KeyError, ValueError) as error:  # a missing or unreadable annotation
@@ -338,14 +338,22 @@ def prepare(name: str, root: str | Path, out: str | Path, splits: Sequence[str] 
         classes = info.seen if train else info.class_names
         index = {"dataset": name, "split": split, "class_names": list(info.class_names), "unseen": list(info.unseen),
                  "seen_only": train, "root": str(root.resolve()), "dropped_all_ignore": dropped, "items": items}
-        (out / f"{split}_label_count.json").write_text(json.dumps(
-            {c: int(counts[info.class_names.index(c)]) for c in classes}, indent=1))
-        tmp = index_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(index, indent=1))
-        tmp.replace(index_path)  # last: its presence means the split is complete
+        with checks.atomic_path(out / f"{split}_label_count.json") as tmp:
+            tmp.write_text(json.dumps({c: int(counts[info.class_names.index(c)]) for c in classes}, indent=1))
+        with checks.atomic_path(index_path) as tmp:  # last: its presence means the split is complete
+            tmp.write_text(json.dumps(index, indent=1))
         print(f"{name} {split}: {len(items)} images -> {out}" + (f" ({dropped} all-unseen images dropped)" if dropped else ""))
         written[split] = index_path
     return written
+
+
+def _read_label_file(path: Path) -> np.ndarray | None:
+    """A prepared label PNG as an array, or None when the file is missing, truncated or not an image."""
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image)
+    except (OSError, SyntaxError, ValueError):
+        return None
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -364,8 +372,13 @@ class SegmentationDataset(torch.utils.data.Dataset):
         if not index_path.exists():
             raise DatasetNotFound(f"no prepared split at {index_path}. Prepare it first: `python -m deop_lite.datasets "
                                   f"prepare DATASET --root RAW_DATA --out {self.root}` (datasets: {', '.join(DATASETS)})")
-        index = json.loads(index_path.read_text())
-        self.name, self.split, self.items = index["dataset"], split, index["items"]
+        try:
+            index = json.loads(index_path.read_text())
+            self.name, self.split, self.items = index["dataset"], split, index["items"]
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as error:
+            raise DatasetNotFound(f"{index_path} is corrupt ({type(error).__name__}: {error}); delete it and prepare the "
+                                  f"split again: `python -m deop_lite.datasets prepare DATASET --root RAW_DATA --out "
+                                  f"{self.root}`") from None
         self.class_names = tuple(index["class_names"])
         self.unseen_classes = tuple(index["unseen"]) or self.class_names  # cross-dataset: every class is new
         self.seen_classes = tuple(c for c in self.class_names if c not in index["unseen"]) if index["unseen"] else ()
@@ -383,9 +396,11 @@ class SegmentationDataset(torch.utils.data.Dataset):
         except OSError as error:
             raise DatasetNotFound(f"cannot read image {item['image']} ({error}); was the raw data moved? "
                                   f"Prepare {self.name} again with the new --root") from error
-        label = np.asarray(Image.open(self.root / item["label"]))
-        if label.shape != image.shape[:2]:
-            raise ValueError(f"{item['label']} is {label.shape} but its image is {image.shape[:2]}")
+        label = _read_label_file(self.root / item["label"])
+        if label is None or label.shape != image.shape[:2]:
+            problem = "is unreadable" if label is None else f"is {label.shape} but its image is {image.shape[:2]}"
+            raise DatasetNotFound(f"the label file {self.root / item['label']} {problem}; delete it and prepare "
+                                  f"{self.name} again (`python -m deop_lite.datasets prepare`) to rewrite it")
         return {"image_raw": torch.from_numpy(image.copy()).permute(2, 0, 1).float() / 255.0,  # (3, H, W)
                 "label": torch.from_numpy(label.astype(np.int64)),  # (H, W)
                 "id": item["id"], "index": index}
@@ -438,13 +453,14 @@ def training_batch(dataset, step: int, batch_size: int, crop: int, seed: int = 0
     makes a multi-GPU run equal a single-GPU one (and lets a run resume on another number of GPUs).
     """
     if batch_size % world_size:
-        raise ValueError(f"the global batch size {batch_size} must be divisible by the number of processes {world_size}")
+        raise checks.InputError(f"the global batch size {batch_size} must be divisible by the number of processes {world_size}")
     share = batch_size // world_size
     positions = range(step * batch_size + rank * share, step * batch_size + (rank + 1) * share)
     samples = [training_sample(dataset, p, crop, seed) for p in positions]
     return {"image_raw": torch.stack([s[0] for s in samples]), "label": torch.stack([s[1] for s in samples])}
 
 
+@checks.command("python -m deop_lite.datasets")
 def main(argv=None) -> None:
     import argparse
     parser = argparse.ArgumentParser(prog="python -m deop_lite.datasets", description=__doc__,
@@ -459,15 +475,16 @@ def main(argv=None) -> None:
     info = sub.add_parser("info", help="describe a prepared dataset")
     info.add_argument("out")
     args = parser.parse_args(argv)
-    try:
-        if args.command == "prepare":
-            prepare(args.dataset, args.root, args.out, args.splits)
-        else:
-            for index in sorted(Path(args.out).glob("*.json")):
-                if not index.stem.endswith("label_count"):
-                    print(SegmentationDataset(args.out, index.stem))
-    except (DatasetNotFound, ValueError) as error:
-        raise SystemExit(f"error: {error}") from None
+    if args.command == "prepare":
+        prepare(args.dataset, args.root, checks.output_folder(args.out), args.splits)
+    else:
+        splits = [p.stem for p in sorted(checks.input_folder(args.out, "the folder").glob("*.json"))
+                  if not p.stem.endswith("label_count")]
+        if not splits:
+            raise DatasetNotFound(f"{args.out} holds no prepared split: prepare one with `python -m deop_lite.datasets "
+                                  f"prepare DATASET --root RAW_DATA --out {args.out}`")
+        for split in splits:
+            print(SegmentationDataset(args.out, split))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ stay frozen. Each row of the paper's ablation tables is a named variant in ``VAR
 """
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -23,14 +22,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import runtime, toyworld
+from . import checks, runtime, toyworld
 from .anchors import AnchorConfig, build_anchor_decoder, masks_on_grid
 from .clip import ClipModel, load_clip
 from .losses import deop_segmentation_loss
 from .prompts import PromptConfig, build_prompts, crop_classification_loss, segment_crop_embeddings
 from .proposals import add_refine_argument, proposal_masks
 from .severance import MODES, severed_dense_features
-from .train import TrainConfig, fit, load_weights, save_weights, stage_cli
+from .train import TrainConfig, check_stage_args, fit, load_weights, save_weights, ship_log, stage_cli
 
 
 def mask_pooling(dense_feats: torch.Tensor, mask_probs: torch.Tensor, binary: bool = False) -> torch.Tensor:
@@ -186,8 +185,18 @@ class DeOP(nn.Module):
         ``mask_probs`` σ(M) (B, N, H, W), ``heatmaps`` (B, N, h, w) the pooling weights on the patch grid
         (CAL's anchor heatmaps H, or the normalised masks).
         """
-        if mask_probs is None:
+        class_names = checks.class_names(class_names)
+        patch = self.clip.patch_size
+        if mask_probs is None:  # the proposal network reads images whose sides are multiples of 32
+            checks.image_batch(image_raw, min_side=32, multiple_of=32)
             mask_probs = self.proposal_masks(image_raw)  # (B, N, H, W)
+        else:
+            checks.image_batch(image_raw, min_side=patch, multiple_of=patch)
+            checks.mask_batch(mask_probs, image_raw)
+            queries = self.proposals.config.num_queries
+            if self.learned.anchor_decoder is not None and mask_probs.shape[1] != queries:
+                raise checks.InputError(f"this model's anchor decoder (CAL) classifies exactly {queries} masks per image, "
+                                        f"got {mask_probs.shape[1]}; pad with empty masks or use a model without CAL")
         text_emb = self.text_embeddings(class_names)  # (C, D)
         dense = self.dense_features(image_raw, mask_probs)  # (B, D, h, w)
         if self.learned.anchor_decoder is None:  # mask-based pooling; the "heatmap" is the mask itself
@@ -319,7 +328,7 @@ VARIANTS: dict[str, tuple[str, DeOPStage]] = {
 
 def variant_stage(name: str) -> DeOPStage:
     if name not in VARIANTS:
-        raise ValueError(f"unknown variant {name!r}; choose one of {', '.join(VARIANTS)} (or 'baseline')")
+        raise checks.InputError(f"unknown variant {name!r}; choose one of {', '.join(VARIANTS)} (or 'baseline')")
     stage = VARIANTS[name][1]
     return DeOPStage.from_dict(asdict(stage))  # a fresh copy: callers may edit it
 
@@ -346,6 +355,9 @@ def load_deop(variant: str = "baseline_plus", path: str | Path | None = None, pr
     path = Path(path) if path is not None else checkpoint_path(variant)
     learned, metadata = load_weights(path, lambda meta: LearnedParts(
         clip, DeOPStage.from_dict(meta["stage"]).model, proposals.config.num_queries), train_command(variant))
+    if metadata.get("variant", variant) != variant:
+        raise checks.CheckpointError(f"{path} holds the variant {metadata['variant']!r}, not {variant!r}: pass "
+                                     f"--variant {metadata['variant']} (or load_deop({metadata['variant']!r}, path))")
     model = DeOP(proposals, clip, DeOPStage.from_dict(metadata["stage"]).model, learned)
     model.metadata = metadata
     return model.eval()
@@ -422,7 +434,7 @@ def train_deop(variant: str, stage: DeOPStage | None = None, run_dir: str | Path
                "train_minutes_this_session": (time.perf_counter() - tic) / 60, "s_per_step": history[-1]["s_per_step"],
                "command": train_command(variant), "torch": torch.__version__}
     save_weights(model.learned, out, {"stage": asdict(stage), "variant": variant, "summary": summary})
-    shutil.copy(run_dir / "train.log", out.with_name(out.stem + "_train.log"))
+    ship_log(run_dir, out)
     print(f"saved {out}: " + format_metrics(metrics))
     return model
 
@@ -431,6 +443,7 @@ def format_metrics(metrics: dict) -> str:
     return " | ".join(f"{k} {metrics[k]:.1f}" for k in ("pAcc", "seen", "unseen", "hIoU"))
 
 
+@checks.command("python -m deop_lite.model")
 def main(argv=None) -> None:
     parser, train, evaluate = stage_cli("python -m deop_lite.model", "Train or evaluate a DeOP variant on the toy "
                                         "world. Variants:\n" + "\n".join(f"  {k}: {v[0]}" for k, v in VARIANTS.items()),
@@ -440,12 +453,17 @@ def main(argv=None) -> None:
     evaluate.add_argument("--scenes", type=int, default=200, help="validation scenes")
     add_refine_argument(evaluate)
     args = parser.parse_args(argv)
+    check_stage_args(args)
+    if args.command == "eval":
+        checks.at_least(args.scenes, 1, "--scenes")
+        if args.refine_iterations is not None:
+            checks.at_least(args.refine_iterations, 0, "--refine-iterations")
     if args.command == "train":
         stage = variant_stage(args.variant)
         if args.tiny:
             stage.train = TrainConfig(steps=2, warmup_steps=1, log_every=1, checkpoint_every=2)
             stage.batch_size, stage.image_size, stage.crops_per_class = 2, 64, 2
-        if args.steps:
+        if args.steps is not None:
             stage.train.steps = args.steps
         train_deop(args.variant, stage, args.run_dir, args.out, val_scenes=8 if args.tiny else 200)
     else:

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from . import checks
 from .clip import ClipModel, masked_crops
 from .proposals import proposal_masks
 
@@ -68,6 +69,9 @@ class MultiPass(nn.Module):
         Returns ``label`` (B, H, W), ``scores`` O (B, C, H, W), ``class_probs`` (B, N, C) (zero rows for
         invalid proposals), ``mask_probs``, and ``num_crops`` (B,) N' per image.
         """
+        class_names = checks.class_names(class_names)
+        checks.image_batch(image_raw)
+        checks.mask_batch(mask_probs, image_raw)
         text_emb = self.text_embeddings(class_names)  # (C, D)
         scale = self.clip.model.logit_scale.exp()
         class_probs = torch.zeros(*mask_probs.shape[:2], len(class_names), device=mask_probs.device)  # (B, N, C)
@@ -85,6 +89,7 @@ class MultiPass(nn.Module):
     @torch.no_grad()
     def forward(self, image_raw: torch.Tensor, class_names: Sequence[str]) -> dict:
         """Segment images (B, 3, H, W) in [0, 1]: the proposal network, then :meth:`classify_masks`."""
+        checks.image_batch(image_raw, min_side=32, multiple_of=32)
         return self.classify_masks(image_raw, proposal_masks(self.proposals, image_raw).sigmoid(), class_names)
 
     predict = forward

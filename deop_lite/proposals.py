@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import shutil
 import time
 import weakref
 from collections import OrderedDict
@@ -40,10 +39,10 @@ from torch import nn
 from torchvision.models.feature_extraction import create_feature_extractor
 from torchvision.ops import Conv2dNormActivation, FrozenBatchNorm2d
 
-from . import runtime, toyworld
+from . import checks, runtime, toyworld
 from .losses import mask_proposal_loss, semantic_targets
 from .toyworld import IGNORE_INDEX
-from .train import TrainConfig, fit, load_weights, save_weights, stage_cli
+from .train import TrainConfig, check_stage_args, fit, load_weights, save_weights, ship_log, stage_cli
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -266,8 +265,7 @@ class MaskProposalNetwork(nn.Module):
         return out
 
     def forward(self, image: torch.Tensor) -> dict:
-        if image.ndim != 4 or image.shape[1] != 3 or image.shape[-1] % 32 or image.shape[-2] % 32:
-            raise ValueError(f"expected images (B, 3, H, W) with H and W multiples of 32, got {tuple(image.shape)}")
+        checks.image_batch(image, "image", min_side=32, multiple_of=32, in_unit_range=False)  # normalised (B, 3, H, W)
         if self.config.input_scale > 1:  # (B, 3, H, W) -> (B, 3, uH, uW); below, H and W are the upscaled sizes
             image = F.interpolate(image, scale_factor=self.config.input_scale, mode="bilinear", align_corners=False)
         features = self.backbone(image)  # res1..res5
@@ -591,7 +589,7 @@ def train_proposals(stage: ProposalStage, run_dir: str | Path = "runs/proposals"
     summary = {"recall": recall, "val_scenes": val_scenes, "train_minutes_this_session": (time.perf_counter() - tic) / 60,
                "s_per_step": history[-1]["s_per_step"], "command": TRAIN_COMMAND, "torch": torch.__version__}
     save_weights(model, out, {"stage": asdict(stage), "summary": summary})
-    shutil.copy(Path(run_dir) / "train.log", Path(out).with_name(Path(out).stem + "_train.log"))
+    ship_log(run_dir, out)
     print(f"saved {out}: " + format_recall(recall))
     return model
 
@@ -611,6 +609,7 @@ def add_refine_argument(parser) -> None:
                         "times (proposals.refine_masks; default: the checkpoint's setting)")
 
 
+@checks.command("python -m deop_lite.proposals")
 def main(argv=None) -> None:
     parser, train, evaluate = stage_cli("python -m deop_lite.proposals", "Train (on seen classes only) or evaluate "
                                         "the toy mask proposal network.", DEFAULT_CHECKPOINT, "runs/proposals")
@@ -626,6 +625,12 @@ def main(argv=None) -> None:
     evaluate.add_argument("--first-scene", type=int, default=0, help="index of the first validation scene")
     add_refine_argument(evaluate)
     args = parser.parse_args(argv)
+    check_stage_args(args)
+    if args.command == "eval":
+        checks.at_least(args.scenes, 1, "--scenes")
+        checks.at_least(args.first_scene, 0, "--first-scene")
+        if args.refine_iterations is not None:
+            checks.at_least(args.refine_iterations, 0, "--refine-iterations")
     if args.command == "train":
         stage = ProposalStage.tiny() if args.tiny else ProposalStage()
         stage.model.class_aware = args.class_aware
@@ -634,7 +639,7 @@ def main(argv=None) -> None:
         stage.model.masked_attention = args.masked_attention
         if args.seed is not None:
             stage.train.seed = args.seed
-        if args.steps:
+        if args.steps is not None:
             stage.train.steps = args.steps
         train_proposals(stage, args.run_dir, args.out)
     else:

@@ -32,7 +32,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import runtime
+from . import checks, runtime
 from .anchors import AnchorConfig
 from .clip import ClipModel, load_clip
 from .datasets import IGNORE_INDEX, SegmentationDataset, dataset_info, prepare, training_batch
@@ -150,7 +150,7 @@ FIXTURE = runtime.DATA_DIR / "fixtures" / "voc"  # 17 real VOC images in the off
 def preset(name: str, consumer_gpu: bool = False, **overrides) -> RealConfig:
     """A named preset (``voc``, ``coco``, ``tiny``), optionally shrunk for one consumer GPU, with overrides."""
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+        raise checks.InputError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     config = PRESETS[name]()
     config = config.for_consumer_gpu() if consumer_gpu else config
     return replace(config, **overrides)
@@ -273,7 +273,8 @@ def train_prompts(config: RealConfig, data: Path, run_dir: Path, device: torch.d
         cache.parent.mkdir(parents=True, exist_ok=True)
         embeddings, targets = segment_crop_embeddings(clip, dataset, dataset.seen_classes, config.crops_per_class,
                                                       label_names=dataset.class_names, strict=False)
-        torch.save({"embeddings": embeddings, "targets": targets}, cache)
+        with checks.atomic_path(cache) as tmp:
+            torch.save({"embeddings": embeddings, "targets": targets}, tmp)
     if world_size() > 1:
         dist.barrier()
     crops = torch.load(cache)
@@ -384,7 +385,8 @@ def train(config: RealConfig, data: str | Path, run_dir: str | Path, stages=STAG
     device, data, run_dir = init_distributed(), Path(data), Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if rank() == 0:
-        (run_dir / "config.json").write_text(json.dumps(asdict(config), indent=1))
+        with checks.atomic_path(run_dir / "config.json") as tmp:
+            tmp.write_text(json.dumps(asdict(config), indent=1))
         print(f"{config.name}: {world_size()} process(es) on {device}; data {data}; run folder {run_dir}")
     for name in stages:
         tic = time.perf_counter()
@@ -520,6 +522,18 @@ def paper_numbers(config: RealConfig, dataset: SegmentationDataset) -> dict:
         PAPER_RESULTS["cross"] else {}
 
 
+def read_config(path: Path) -> RealConfig:
+    """A RealConfig from a JSON file (e.g. a run folder's config.json); InputError if missing or malformed."""
+    if not path.is_file():
+        raise checks.InputError(f"--config {path}: no such file; pass a run folder's config.json or use --preset")
+    try:
+        return RealConfig.from_dict(json.loads(path.read_text()))
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as error:
+        raise checks.InputError(f"--config {path} is not a RealConfig ({type(error).__name__}: {error}); write it with "
+                                f"json.dumps(dataclasses.asdict(config)) or use --preset") from None
+
+
+@checks.command("python -m deop_lite.realworld")
 def main(argv=None) -> None:
     import argparse
     parser = argparse.ArgumentParser(prog="python -m deop_lite.realworld", description=__doc__,
@@ -553,8 +567,14 @@ def main(argv=None) -> None:
     overrides = {k: v for k, v in (("clip", args.clip), ("clip_weights", args.clip_weights)) if v}
     if overrides.get("clip_weights") == "random":
         overrides["clip_weights"] = None
+    for name, value, minimum in (("--micro-batch", "micro_batch", 1), ("--steps", "steps", 1),
+                                 ("--stop-at", "stop_at", 1), ("--limit", "limit", 1)):
+        if getattr(args, value, None) is not None:
+            checks.at_least(getattr(args, value), minimum, name)
+    if args.data:
+        checks.input_folder(args.data, "--data")
     if args.config:
-        config = replace(RealConfig.from_dict(json.loads(args.config.read_text())), **overrides)
+        config = replace(read_config(args.config), **overrides)
         config = config.for_consumer_gpu() if args.consumer_gpu else config
     else:
         config = preset(args.preset, args.consumer_gpu, **overrides)
@@ -563,6 +583,11 @@ def main(argv=None) -> None:
         print(json.dumps(result, indent=1))
         return
     run_dir = Path(args.run_dir or f"runs/real/{config.name}")
+    if args.command == "train":
+        checks.output_folder(run_dir, "--run-dir")
+    elif not run_dir.is_dir():
+        raise checks.InputError(f"no run folder {run_dir} to evaluate: train first (`python -m deop_lite.realworld train "
+                                f"...`) or pass --run-dir")
     device = init_distributed()
     data = Path(args.data) if args.data else (run_dir / "data" if config.name == "tiny" else None)
     if not args.data and config.name == "tiny" and rank() == 0:
@@ -570,7 +595,7 @@ def main(argv=None) -> None:
     if world_size() > 1:
         dist.barrier()
     if data is None:
-        raise SystemExit(f"error: --data is required for {config.name}: prepare the dataset with "
+        raise checks.InputError(f"--data is required for {config.name}: prepare the dataset with "
                          f"`python -m deop_lite.datasets prepare {config.dataset} --root RAW --out DIR` and pass DIR")
     if args.command == "train":
         train(config, data, run_dir, args.stages, args.stop_at)
@@ -582,8 +607,9 @@ def main(argv=None) -> None:
     report = {"preset": config.name, "dataset": dataset.name, "split": args.split, "run_dir": str(run_dir),
               "paper": paper_numbers(config, dataset), **result}
     out = args.json or run_dir / f"eval_{dataset.name}_{args.split}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1))
+    checks.output_folder(out.parent, "the folder of --json")
+    with checks.atomic_path(out) as tmp:
+        tmp.write_text(json.dumps(report, indent=1))
     keys = ("pAcc", "mIoU", "seen", "unseen", "hIoU") if "hIoU" in result else ("pAcc", "mIoU")
     print(" | ".join(f"{k} {result[k]:.1f}" for k in keys) + f" | {result['images_per_s']:.2f} images/s -> {out}")
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .checks import InputError
 from .clip import embed_image, project_patches
 
 MODES = ("gps", "mps", "gps_mask")
@@ -62,7 +63,7 @@ def token_memberships(mask_probs: torch.Tensor, grid: tuple[int, int]) -> torch.
     """
     height, width = mask_probs.shape[-2:]
     if mask_probs.ndim != 4 or abs(height / width - grid[0] / grid[1]) > 1e-6 or height < grid[0]:
-        raise ValueError(f"masks of shape {tuple(mask_probs.shape)} cannot be matched to the {grid[0]}x{grid[1]} patch "
+        raise InputError(f"masks of shape {tuple(mask_probs.shape)} cannot be matched to the {grid[0]}x{grid[1]} patch "
                          f"grid: pass (B, N, H, W) masks at the image's resolution (or any multiple of the grid)")
     m = F.interpolate(mask_probs, size=grid, mode="area").flatten(2).transpose(1, 2)  # (B, h*w, N)
     return torch.cat([torch.ones_like(m[:, :1]), m], dim=1)  # (B, 1 + h*w, N)
@@ -74,7 +75,7 @@ def mps_attention(memberships: torch.Tensor, norm: str = "sum") -> torch.Tensor:
     memberships: (B, L, N) -> (B, L, L).
     """
     if norm not in MPS_NORMS:
-        raise ValueError(f"mps_norm must be one of {MPS_NORMS}, got {norm!r}")
+        raise InputError(f"mps_norm must be one of {MPS_NORMS}, got {norm!r}")
     affinity = memberships @ memberships.transpose(1, 2)  # (B, L, L)
     return affinity.softmax(-1) if norm == "softmax" else affinity / affinity.sum(-1, keepdim=True).clamp(min=1e-6)
 
@@ -82,12 +83,14 @@ def mps_attention(memberships: torch.Tensor, norm: str = "sum") -> torch.Tensor:
 def _check_layers(layers: dict[int, float] | None, n_blocks: int) -> dict[int, float]:
     """Validate {layer index: α} (default {-1: 1.0}) and return it with non-negative indices."""
     layers = {-1: 1.0} if layers is None else layers
+    if not isinstance(layers, dict):
+        raise InputError(f"layers must be a dict {{layer index: α}}, e.g. {{-1: 1.0}} for the last layer, got {layers!r}")
     severed = {}
     for index, alpha in layers.items():
         if not -n_blocks <= index < n_blocks:
-            raise ValueError(f"layer index {index} is out of range for a ViT with {n_blocks} blocks")
+            raise InputError(f"layer index {index} is out of range for a ViT with {n_blocks} blocks")
         if not 0 <= alpha <= 1:
-            raise ValueError(f"α must lie in [0, 1] (the weight on the identity), got {alpha} for layer {index}")
+            raise InputError(f"α must lie in [0, 1] (the weight on the identity), got {alpha} for layer {index}")
         severed[index % n_blocks] = alpha
     return severed
 
@@ -97,11 +100,15 @@ class _Severed:
 
     def __init__(self, visual, image, layers, mode, mask_probs, mps_norm, prompts=None):
         if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+            raise InputError(f"mode must be one of {MODES}, got {mode!r}")
         if mode != "gps" and mask_probs is None:
-            raise ValueError(f"mode {mode!r} needs mask_probs (B, N, H, W): proposal or ground-truth masks")
+            raise InputError(f"mode {mode!r} needs mask_probs (B, N, H, W): proposal or ground-truth masks")
+        if mode != "gps" and (not isinstance(mask_probs, torch.Tensor) or mask_probs.ndim != 4
+                              or len(mask_probs) != len(image)):
+            shape = tuple(mask_probs.shape) if isinstance(mask_probs, torch.Tensor) else type(mask_probs).__name__
+            raise InputError(f"mask_probs must be (B, N, H, W) with the images' batch size {len(image)}, got {shape}")
         if mps_norm not in MPS_NORMS:
-            raise ValueError(f"mps_norm must be one of {MPS_NORMS}, got {mps_norm!r}")
+            raise InputError(f"mps_norm must be one of {MPS_NORMS}, got {mps_norm!r}")
         self.visual, self.mode, self.mps_norm, self.prompts = visual, mode, mps_norm, prompts
         self.blocks = visual.transformer.resblocks
         self.severed = _check_layers(layers, len(self.blocks))

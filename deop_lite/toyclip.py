@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import re
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -29,8 +28,9 @@ from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 from torch import nn
 from torchvision.ops import Conv2dNormActivation
 
-from . import runtime, toyworld
-from .train import TrainConfig, fit, load_weights, save_weights, stage_cli
+from . import checks, runtime, toyworld
+from .checks import InputError
+from .train import TrainConfig, check_stage_args, fit, load_weights, save_weights, ship_log, stage_cli
 
 DEFAULT_CHECKPOINT = runtime.DATA_DIR / "toy_clip.safetensors"
 TRAIN_COMMAND = "python -m deop_lite.toyclip train"
@@ -73,7 +73,7 @@ class WordTokenizer:
         words = _split(text)
         unknown = [w for w in words if w not in self.word_to_id]
         if unknown:
-            raise ValueError(f"word(s) {unknown} are not in the toy CLIP's vocabulary; it knows: "
+            raise InputError(f"word(s) {unknown} are not in the toy CLIP's vocabulary; it knows: "
                              f"{' '.join(self.vocabulary)}")
         return [self.word_to_id[w] for w in words]
 
@@ -84,7 +84,7 @@ class WordTokenizer:
         for row, text in enumerate(texts):
             ids = [self.sot_id, *self.encode(text), self.eot_id]
             if len(ids) > self.context_length:
-                raise ValueError(f"{text!r} has {len(ids)} tokens, more than the context length "
+                raise InputError(f"{text!r} has {len(ids)} tokens, more than the context length "
                                  f"{self.context_length}")
             tokens[row, :len(ids)] = torch.tensor(ids)
         return tokens
@@ -248,7 +248,7 @@ def train_toy_clip(config: ToyClipConfig, run_dir: str | Path = "runs/toy_clip",
                "s_per_step": history[-1]["s_per_step"], "steps": config.train.steps,
                "command": TRAIN_COMMAND, "torch": torch.__version__}
     save_toy_clip(model, tokenizer, config, out, summary)
-    shutil.copy(Path(run_dir) / "train.log", Path(out).with_name(Path(out).stem + "_train.log"))
+    ship_log(run_dir, out)
     print(f"saved {out}: zero-shot top-1 {final['top1']:.3f} (seen {final['seen_top1']:.3f}, "
           f"unseen {final['unseen_top1']:.3f})")
     return model
@@ -271,13 +271,17 @@ def load_toy_clip(path: str | Path = DEFAULT_CHECKPOINT) -> tuple[open_clip.CLIP
     return model, WordTokenizer(metadata["vocabulary"], context_length)
 
 
+@checks.command("python -m deop_lite.toyclip")
 def main(argv: Sequence[str] | None = None) -> None:
     parser, _, evaluate = stage_cli("python -m deop_lite.toyclip", __doc__, DEFAULT_CHECKPOINT, "runs/toy_clip")
     evaluate.add_argument("--per-class", type=int, default=50, help="single-class validation images per class")
     args = parser.parse_args(argv)
+    check_stage_args(args)
+    if args.command == "eval":
+        checks.at_least(args.per_class, 1, "--per-class")
     if args.command == "train":
         config = ToyClipConfig.tiny() if args.tiny else ToyClipConfig()
-        if args.steps:
+        if args.steps is not None:
             config.train.steps = args.steps
         train_toy_clip(config, args.run_dir, args.out)
     else:

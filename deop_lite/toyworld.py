@@ -23,6 +23,8 @@ import torch
 from scipy import ndimage
 from torch.utils.data import Dataset
 
+from . import checks
+
 STUFF_CLASSES = ("sky", "grass", "water", "sand", "brick", "wood", "snow", "road")
 THING_CLASSES = ("circle", "square", "triangle", "star", "cross", "ring", "diamond", "heart")
 CLASS_NAMES = STUFF_CLASSES + THING_CLASSES
@@ -54,13 +56,9 @@ def seen_label_map() -> torch.Tensor:
 
 
 def check_class_names(names) -> list[str]:
-    """Return ``names`` as a list, or raise ``ValueError`` naming the unknown ones and the vocabulary."""
-    names = [names] if isinstance(names, str) else list(names)
-    unknown = [n for n in names if n not in CLASS_NAMES]
-    if unknown:
-        raise ValueError(f"unknown toy-world class name(s) {unknown}; the toy world knows: "
-                         f"{', '.join(CLASS_NAMES)}")
-    return names
+    """``names`` (a list, or one comma-separated string) as a clean list of toy-world classes, matched ignoring
+    case and spaces; raises ``checks.InputError`` for an empty list, blank entries, duplicates and unknown names."""
+    return checks.class_names(names, vocabulary=CLASS_NAMES)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -24,7 +25,8 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import runtime
+from . import checks, runtime
+from .checks import CheckpointError, CheckpointMissing, atomic_path
 
 
 @dataclass
@@ -192,6 +194,13 @@ def save_weights(model: nn.Module, path: str | Path, metadata: dict) -> None:
     tmp.replace(path)
 
 
+def ship_log(run_dir: str | Path, out: str | Path) -> None:
+    """Copy ``run_dir/train.log`` beside a shipped file ``out`` as ``<stem>_train.log`` (atomically)."""
+    out = Path(out)
+    with atomic_path(out.with_name(out.stem + "_train.log")) as tmp:
+        shutil.copy(Path(run_dir) / "train.log", tmp)
+
+
 def read_metadata(path: str | Path) -> dict:
     """The JSON metadata stored beside the weights by :func:`save_weights`."""
     from safetensors import safe_open
@@ -206,18 +215,34 @@ def load_weights(path: str | Path, build: Callable[[dict], nn.Module], retrain_c
     from safetensors.torch import load_file
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}. Restore the shipped one with `git checkout -- {path.name}` "
+        raise CheckpointMissing(f"no checkpoint at {path}. Restore the shipped one with `git checkout -- {path.name}` "
                                 f"(in data/), or train it with `{retrain_command}`.")
     try:
         metadata = read_metadata(path)
         model = build(metadata)
         model.load_state_dict(load_file(str(path)))
     except (SafetensorError, KeyError, ValueError, TypeError, RuntimeError, json.JSONDecodeError, OSError) as error:
-        raise RuntimeError(f"the checkpoint {path} is unreadable or of another kind ({type(error).__name__}: "
+        raise CheckpointError(f"the checkpoint {path} is unreadable or of another kind ({type(error).__name__}: "
                            f"{str(error)[:200]}). If it is a shipped file, restore it with `git checkout -- "
                            f"{path.name}` (a git-lfs pointer? run `git lfs pull`), or re-train it with "
                            f"`{retrain_command}`.") from error
     return model.eval(), metadata
+
+
+def check_stage_args(args) -> None:
+    """Validate what :func:`stage_cli` parsed, before anything runs: ``--steps`` at least 1, ``--run-dir`` a
+    folder that can be written, ``--out`` a file (not a folder) in one."""
+    if args.command != "train":
+        return
+    if args.steps is not None:
+        checks.at_least(args.steps, 1, "--steps")
+    if args.out:
+        out = Path(args.out)
+        if out.is_dir():
+            raise checks.InputError(f"--out {out} is a folder; name the .safetensors file to write")
+        checks.output_folder(out.parent, "the folder of --out")
+    if args.run_dir:
+        checks.output_folder(args.run_dir, "--run-dir")
 
 
 def stage_cli(prog: str, description: str, checkpoint: Path | None, run_dir: str | None):

@@ -11,6 +11,7 @@ import seaborn as sns
 import torch
 from matplotlib.patches import FancyBboxPatch, Patch
 
+from . import checks
 from .toyworld import CLASS_NAMES, IGNORE_INDEX, UNSEEN_CLASSES
 
 PALETTE = (np.concatenate([
@@ -274,7 +275,11 @@ class AlphaExplorer:
     MODES = ("none", "GPS", "MPS")
 
     def __init__(self, clip, images_raw: torch.Tensor, class_names: Sequence[str], mask_probs: torch.Tensor | None = None):
-        self.clip, self.images_raw, self.class_names, self.mask_probs = clip, images_raw, list(class_names), mask_probs
+        checks.image_batch(images_raw, "images_raw", min_side=clip.patch_size, multiple_of=clip.patch_size)
+        class_names = checks.class_names(class_names)
+        if mask_probs is not None:
+            checks.mask_batch(mask_probs, images_raw)
+        self.clip, self.images_raw, self.class_names, self.mask_probs = clip, images_raw, class_names, mask_probs
         self.text_emb = clip.text_embeddings(self.class_names)  # (C, D), computed once
         self.grid = (images_raw.shape[-2] // clip.patch_size, images_raw.shape[-1] // clip.patch_size)
         self.state = {"image": 0, "mode": "GPS", "alpha_last": 1.0, "alpha_prev": 0.0,
@@ -290,7 +295,7 @@ class AlphaExplorer:
         from .severance import severed_features_and_attention
         s = self.state
         if s["mode"] == "MPS" and self.mask_probs is None:
-            raise ValueError("MPS needs proposal masks: build the explorer with mask_probs")
+            raise checks.InputError("MPS needs proposal masks: build the explorer with mask_probs")
         image = self.clip.normalize(self.images_raw[s["image"]:s["image"] + 1])  # (1, 3, H, W)
         masks = None if self.mask_probs is None else self.mask_probs[s["image"]:s["image"] + 1]  # (1, N, H, W)
         layers = {} if s["mode"] == "none" else {-1: 1.0} if s["mode"] == "MPS" else \
@@ -308,7 +313,17 @@ class AlphaExplorer:
         """Apply widget changes (image, mode, alpha_last, alpha_prev, row, col), recompute, redraw."""
         unknown = set(changes) - set(self.state)
         if unknown:
-            raise ValueError(f"unknown explorer setting(s) {sorted(unknown)}; known: {sorted(self.state)}")
+            raise checks.InputError(f"unknown explorer setting(s) {sorted(unknown)}; known: {sorted(self.state)}")
+        limits = {"image": len(self.images_raw) - 1, "row": self.grid[0] - 1, "col": self.grid[1] - 1}
+        for key, value in changes.items():
+            if key == "mode" and value not in self.MODES:
+                raise checks.InputError(f"mode must be one of {self.MODES}, got {value!r}")
+            if key == "mode" and value == "MPS" and self.mask_probs is None:
+                raise checks.InputError("MPS needs proposal masks: build the explorer with mask_probs")
+            if key.startswith("alpha") and not 0 <= value <= 1:
+                raise checks.InputError(f"{key} must lie in [0, 1] (the weight on the identity), got {value}")
+            if key in limits and not (isinstance(value, int) and 0 <= value <= limits[key]):
+                raise checks.InputError(f"{key} must be an integer in [0, {limits[key]}], got {value!r}")
         self.state.update(changes)
         result = self.compute()
         image = to_hwc(self.images_raw[self.state["image"]])

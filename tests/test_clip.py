@@ -55,7 +55,7 @@ def test_bad_images_get_clear_errors(toy_clip):
         toy_clip.dense_features(torch.rand(3, 64, 64))
     with pytest.raises(ValueError, match="convert grayscale"):
         toy_clip.normalize(torch.rand(1, 1, 64, 64))
-    with pytest.raises(ValueError, match="multiples of the patch size 8"):
+    with pytest.raises(ValueError, match="multiples of 8"):
         dense_features(toy_clip.visual, torch.rand(1, 3, 60, 64))
     check_image(torch.rand(1, 3, 64, 64), 8)
 

@@ -67,7 +67,7 @@ def test_single_class_images():
 
 
 def test_unknown_class_names_are_rejected_with_the_vocabulary():
-    with pytest.raises(ValueError, match="toy world knows: sky, grass"):
+    with pytest.raises(ValueError, match="this model knows: sky, grass"):
         tw.check_class_names(["sky", "giraffe"])
     with pytest.raises(ValueError, match="kind"):
         tw.make_scene(np.random.default_rng(0), kind="indoor")
