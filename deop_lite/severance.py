@@ -12,6 +12,21 @@ residual, with CLIP's own V and output projections); only the attention weights 
 - **GPS with mask** (``"gps_mask"``, the official code's default, spec §1.2): identity attention with a
   per-token gain ``Σ_n σ(M_n)`` at the token's patch (N for CLS).
 
+The training-free methods that came after DeOP change the same block in other ways (each as its official
+code does it; s = 1/√d, attention per head):
+
+- **MaskCLIP** (``"maskclip"``): identity attention, and neither the residual nor the FFN: the block's
+  output is ``out_proj(V)``. GPS at α = 1 is the same attention *with* both, so
+  ``maskclip = gps(α = 1, residual=False, ffn=False)`` exactly.
+- **SCLIP** (``"sclip"``): correlative self-attention ``softmax(q qᵀ s) + softmax(k kᵀ s)`` (rows sum to 2),
+  residual and FFN kept.
+- **ClearCLIP** (``"clearclip"``): ``softmax(q qᵀ s)``, residual and FFN dropped.
+- **NACLIP** (``"naclip"``): ``softmax(k kᵀ s + ω)``, ω[i, j] = exp(−|p_i − p_j|² / 2σ²) over the patch grid
+  (σ = 5 patches; 0 for CLS and prompt tokens), residual and FFN dropped.
+
+Every mode takes ``residual`` and ``ffn`` switches for the severed blocks (default: the mode's own), so that
+e.g. ClearCLIP's ablation can be taken apart.
+
 >>> dense = severed_dense_features(clip.visual, image, layers={-1: 1.0})   # doctest: +SKIP
 """
 from __future__ import annotations
@@ -22,7 +37,13 @@ import torch.nn.functional as F
 from .checks import InputError
 from .clip import embed_image, project_patches
 
-MODES = ("gps", "mps", "gps_mask")
+MODES = ("gps", "mps", "gps_mask", "maskclip", "sclip", "clearclip", "naclip")
+MASK_MODES = ("mps", "gps_mask")  # the modes that read the proposal masks
+KEEPS = {"gps": (True, True), "mps": (True, True), "gps_mask": (True, True), "maskclip": (False, False),
+         "sclip": (True, True), "clearclip": (False, False), "naclip": (False, False)}
+"""(residual, FFN) that each mode keeps in a severed block, by default."""
+NACLIP_STD = 5.0
+"""σ of NACLIP's Gaussian neighbourhood, in patches (its official default)."""
 MPS_NORMS = ("sum", "softmax")
 
 
@@ -35,11 +56,14 @@ def _qkv(block, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
     return split(q), split(k), split(v)
 
 
-def _finish(block, x: torch.Tensor, mixed: torch.Tensor) -> torch.Tensor:
-    """Output projection, residual, then ``ln_2`` + MLP with residual: mixed (B, heads, L, d) -> (B, L, W)."""
+def _finish(block, x: torch.Tensor, mixed: torch.Tensor, residual: bool = True, ffn: bool = True) -> torch.Tensor:
+    """Output projection, residual, then ``ln_2`` + MLP with residual: mixed (B, heads, L, d) -> (B, L, W).
+
+    ``residual=False`` drops the skip connection around attention, ``ffn=False`` the MLP and its skip."""
     batch, heads, length, dim = mixed.shape
-    x = x + block.ls_1(block.attn.out_proj(mixed.transpose(1, 2).reshape(batch, length, heads * dim)))
-    return x + block.ls_2(block.mlp(block.ln_2(x)))
+    out = block.ls_1(block.attn.out_proj(mixed.transpose(1, 2).reshape(batch, length, heads * dim)))  # (B, L, W)
+    x = x + out if residual else out
+    return x + block.ls_2(block.mlp(block.ln_2(x))) if ffn else x
 
 
 def self_attention(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -47,13 +71,28 @@ def self_attention(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     return (q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5).softmax(-1)
 
 
-def gps_block(block, x: torch.Tensor, alpha: float) -> torch.Tensor:
-    """One block with GPS: (α·E + (1 − α)·Attn) × V. α = 0 returns the stock block's output exactly."""
-    if alpha == 0:
+def self_correlation(t: torch.Tensor) -> torch.Tensor:
+    """softmax(t tᵀ / √d): (B, heads, L, d) -> (B, heads, L, L), for t = q (ClearCLIP, SCLIP) or k (SCLIP, NACLIP)."""
+    return self_attention(t, t)
+
+
+def gaussian_neighbourhood(grid: tuple[int, int], std: float = NACLIP_STD, extra: int = 0) -> torch.Tensor:
+    """NACLIP's ω: (L, L), L = 1 + extra + h*w; ω[i, j] = exp(−|p_i − p_j|² / 2σ²) for patches i, j at grid
+    positions p (row, column), 0 in the rows and columns of CLS and the ``extra`` prompt tokens."""
+    rows, cols = torch.meshgrid(torch.arange(grid[0]), torch.arange(grid[1]), indexing="ij")
+    positions = torch.stack([rows.flatten(), cols.flatten()], -1).float()  # (h*w, 2)
+    omega = torch.exp(-torch.cdist(positions, positions).square() / (2 * std ** 2))  # (h*w, h*w)
+    return F.pad(omega, (1 + extra, 0, 1 + extra, 0))  # (L, L)
+
+
+def gps_block(block, x: torch.Tensor, alpha: float, residual: bool = True, ffn: bool = True) -> torch.Tensor:
+    """One block with GPS: (α·E + (1 − α)·Attn) × V. α = 0 (with residual and FFN) returns the stock block's
+    output exactly."""
+    if alpha == 0 and residual and ffn:
         return block(x)
     q, k, v = _qkv(block, x)
     mixed = alpha * v if alpha == 1 else alpha * v + (1 - alpha) * self_attention(q, k) @ v  # (B, heads, L, d)
-    return _finish(block, x, mixed)
+    return _finish(block, x, mixed, residual, ffn)
 
 
 def token_memberships(mask_probs: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -98,22 +137,28 @@ def _check_layers(layers: dict[int, float] | None, n_blocks: int) -> dict[int, f
 class _Severed:
     """Runs a ViT's blocks with severance in chosen layers (shared by features and attention maps)."""
 
-    def __init__(self, visual, image, layers, mode, mask_probs, mps_norm, prompts=None):
+    def __init__(self, visual, image, layers, mode, mask_probs, mps_norm, prompts=None, residual: bool | None = None,
+                 ffn: bool | None = None, naclip_std: float = NACLIP_STD):
         if mode not in MODES:
             raise InputError(f"mode must be one of {MODES}, got {mode!r}")
-        if mode != "gps" and mask_probs is None:
+        if mode in MASK_MODES and mask_probs is None:
             raise InputError(f"mode {mode!r} needs mask_probs (B, N, H, W): proposal or ground-truth masks")
-        if mode != "gps" and (not isinstance(mask_probs, torch.Tensor) or mask_probs.ndim != 4
-                              or len(mask_probs) != len(image)):
+        if mode in MASK_MODES and (not isinstance(mask_probs, torch.Tensor) or mask_probs.ndim != 4
+                                   or len(mask_probs) != len(image)):
             shape = tuple(mask_probs.shape) if isinstance(mask_probs, torch.Tensor) else type(mask_probs).__name__
             raise InputError(f"mask_probs must be (B, N, H, W) with the images' batch size {len(image)}, got {shape}")
         if mps_norm not in MPS_NORMS:
             raise InputError(f"mps_norm must be one of {MPS_NORMS}, got {mps_norm!r}")
+        if naclip_std <= 0:
+            raise InputError(f"naclip_std must be positive (in patches), got {naclip_std}")
         self.visual, self.mode, self.mps_norm, self.prompts = visual, mode, mps_norm, prompts
+        self.residual = KEEPS[mode][0] if residual is None else residual
+        self.ffn = KEEPS[mode][1] if ffn is None else ffn
+        self.naclip_std = naclip_std
         self.blocks = visual.transformer.resblocks
         self.severed = _check_layers(layers, len(self.blocks))
         self.tokens, self.grid = embed_image(visual, image, prompts)  # (B, 1 + h*w, W)
-        self.memberships = token_memberships(mask_probs.to(self.tokens.dtype), self.grid) if mode != "gps" else None
+        self.memberships = token_memberships(mask_probs.to(self.tokens.dtype), self.grid) if mode in MASK_MODES else None
         self.block_inputs: dict[int, torch.Tensor] = {}  # filled by run(): what each block received
 
     def _extra(self, index: int) -> int:
@@ -135,16 +180,36 @@ class _Severed:
             if index not in self.severed:
                 tokens = block(tokens)
             elif self.mode == "gps":
-                tokens = gps_block(block, tokens, self.severed[index])
+                tokens = gps_block(block, tokens, self.severed[index], self.residual, self.ffn)
             else:
-                _, _, v = _qkv(block, tokens)  # (B, heads, L, d)
-                memberships = self._memberships(index)  # (B, L, N)
-                if self.mode == "mps":
-                    mixed = mps_attention(memberships, self.mps_norm)[:, None] @ v  # one attention for all heads
-                else:  # gps_mask: identity attention, gain Σ_n σ(M_n) per token (N for CLS)
-                    mixed = memberships.sum(-1)[:, None, :, None] * v
-                tokens = _finish(block, tokens, mixed)
+                q, k, v = _qkv(block, tokens)  # (B, heads, L, d)
+                if self.mode == "maskclip":
+                    mixed = v  # identity attention
+                elif self.mode == "gps_mask":  # identity attention, gain Σ_n σ(M_n) per token (N for CLS)
+                    mixed = self._memberships(index).sum(-1)[:, None, :, None] * v
+                else:
+                    mixed = self._attention(index, q, k) @ v  # (B, heads, L, d)
+                tokens = _finish(block, tokens, mixed, self.residual, self.ffn)
         return tokens if self.prompts is None else self.prompts.strip(tokens)
+
+    def _attention(self, index: int, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """The attention a severed block ``index`` applies to V: (B, heads or 1, L, L)."""
+        eye = torch.eye(q.shape[-2], dtype=q.dtype, device=q.device)
+        if self.mode == "gps":
+            alpha = self.severed[index]
+            return alpha * eye + (1 - alpha) * self_attention(q, k)
+        if self.mode == "mps":
+            return mps_attention(self._memberships(index), self.mps_norm)[:, None]  # one attention for all heads
+        if self.mode == "gps_mask":
+            return eye * self._memberships(index).sum(-1)[:, None, :, None]
+        if self.mode == "maskclip":
+            return eye.expand(*q.shape[:2], -1, -1)
+        if self.mode == "sclip":
+            return self_correlation(q) + self_correlation(k)
+        if self.mode == "clearclip":
+            return self_correlation(q)
+        omega = gaussian_neighbourhood(self.grid, self.naclip_std, self._extra(index)).to(q)  # (L, L), naclip
+        return (k @ k.transpose(-1, -2) * k.shape[-1] ** -0.5 + omega).softmax(-1)
 
     def patch_attention(self, layer: int) -> torch.Tensor:
         """The effective patch-to-patch attention of ``layer``, averaged over heads: (B, h*w, h*w)."""
@@ -152,43 +217,44 @@ class _Severed:
         if index not in self.block_inputs:
             self.run(stop=index + 1)
         q, k, _ = _qkv(self.blocks[index], self.block_inputs[index])
-        attn = self_attention(q, k).mean(1)  # (B, L, L), L = 1 + extra + h*w
-        if index in self.severed:
-            eye = torch.eye(attn.shape[-1], dtype=attn.dtype, device=attn.device)
-            if self.mode == "gps":
-                attn = self.severed[index] * eye + (1 - self.severed[index]) * attn
-            else:
-                attn = mps_attention(self._memberships(index), self.mps_norm) if self.mode == "mps" else eye.expand_as(attn)
+        attn = (self._attention(index, q, k) if index in self.severed else self_attention(q, k)).mean(1)  # (B, L, L)
         first = 1 + self._extra(index)
         return attn[:, first:, first:]  # (B, h*w, h*w)
 
 
 def severed_dense_features(visual, image: torch.Tensor, layers: dict[int, float] | None = None, mode: str = "gps",
-                           mask_probs: torch.Tensor | None = None, mps_norm: str = "sum", prompts=None) -> torch.Tensor:
+                           mask_probs: torch.Tensor | None = None, mps_norm: str = "sum", prompts=None, *,
+                           residual: bool | None = None, ffn: bool | None = None,
+                           naclip_std: float = NACLIP_STD) -> torch.Tensor:
     """Dense CLIP features F_V (B, D, h, w) with patch severance in chosen layers.
 
     Args:
         visual: an open_clip ``VisionTransformer`` (toy or real, any grid).
         image: (B, 3, H, W) normalised pixels.
-        layers: {layer index: α}; negative indices count from the end. Default {-1: 1.0}. For "mps" and
-            "gps_mask" the value is ignored (those layers are replaced entirely).
-        mode: "gps", "mps" or "gps_mask".
+        layers: {layer index: α}; negative indices count from the end. Default {-1: 1.0}. α is read by
+            "gps" only; the other modes replace the attention of those layers entirely.
+        mode: one of :data:`MODES` (module docstring): DeOP's "gps", "mps", "gps_mask", or the training-free
+            successors "maskclip", "sclip", "clearclip", "naclip".
         mask_probs: (B, N, H', W') proposal probabilities σ(M) (or ground-truth masks); needed by "mps" and
             "gps_mask".
         mps_norm: "sum" (Eq. 1 row-normalised) or "softmax" (the official code).
         prompts: optional ``deop_lite.prompts.VisualPrompts`` (added or prepended); prompt tokens count as
             members of every mask, like CLS.
+        residual, ffn: keep the severed blocks' attention residual / FFN (default: what ``mode`` keeps, ``KEEPS``).
+        naclip_std: σ of NACLIP's Gaussian neighbourhood, in patches.
     """
-    run = _Severed(visual, image, layers, mode, mask_probs, mps_norm, prompts)
+    run = _Severed(visual, image, layers, mode, mask_probs, mps_norm, prompts, residual, ffn, naclip_std)
     return project_patches(visual, run.run(), run.grid)
 
 
 @torch.no_grad()
 def severed_features_and_attention(visual, image: torch.Tensor, layers: dict[int, float] | None = None,
                                    mode: str = "gps", mask_probs: torch.Tensor | None = None, mps_norm: str = "sum",
-                                   layer: int = -1, prompts=None) -> tuple[torch.Tensor, torch.Tensor]:
+                                   layer: int = -1, prompts=None, *, residual: bool | None = None,
+                                   ffn: bool | None = None, naclip_std: float = NACLIP_STD) -> tuple[torch.Tensor, torch.Tensor]:
     """Both :func:`severed_dense_features` and :func:`patch_attention` of ``layer`` from one pass of the ViT."""
-    run = _Severed(visual, image, {} if layers is None else layers, mode, mask_probs, mps_norm, prompts)
+    run = _Severed(visual, image, {} if layers is None else layers, mode, mask_probs, mps_norm, prompts, residual, ffn,
+                   naclip_std)
     dense = project_patches(visual, run.run(), run.grid)  # (B, D, h, w)
     attn = run.patch_attention(layer)  # (B, h*w, h*w): block inputs are cached, no second pass
     return dense, attn.reshape(attn.shape[0], *run.grid, *run.grid)
@@ -197,13 +263,15 @@ def severed_features_and_attention(visual, image: torch.Tensor, layers: dict[int
 @torch.no_grad()
 def patch_attention(visual, image: torch.Tensor, layer: int = -1, layers: dict[int, float] | None = None,
                     mode: str = "gps", mask_probs: torch.Tensor | None = None, mps_norm: str = "sum",
-                    prompts=None) -> torch.Tensor:
+                    prompts=None, *, naclip_std: float = NACLIP_STD) -> torch.Tensor:
     """How much each patch attends to every other patch in ``layer`` (paper Fig. 5), under severance.
 
     ``layers={}`` gives the unmodified CLIP. Returns (B, h, w, h, w): [b, i, j] is the attention map of the
-    patch at row i, column j over the patch grid, averaged over heads (the share that goes to CLS dropped).
+    patch at row i, column j over the patch grid, averaged over heads (the share that goes to CLS dropped;
+    SCLIP's rows sum to 2 before that, as its two softmaxes are added).
     """
-    run = _Severed(visual, image, {} if layers is None else layers, mode, mask_probs, mps_norm, prompts)
+    run = _Severed(visual, image, {} if layers is None else layers, mode, mask_probs, mps_norm, prompts,
+                   naclip_std=naclip_std)
     attn = run.patch_attention(layer)  # (B, h*w, h*w)
     return attn.reshape(attn.shape[0], *run.grid, *run.grid)
 

@@ -256,9 +256,11 @@ def show_attention(image_raw, attention, patch: tuple[int, int], maps: dict | No
 
 
 class AlphaExplorer:
-    """Interactive patch severance: sliders for α in the last two layers, a mode switch (none / GPS / MPS),
-    a choice of image and patch. Redraws the training-free zero-shot labelling and the chosen patch's
-    attention map. Text embeddings and masks do not depend on α and are computed once.
+    """Interactive patch severance: sliders for α in the last two layers, a mode switch (none, DeOP's GPS and
+    MPS, and the training-free successors MaskCLIP, SCLIP, ClearCLIP and NACLIP, each in the last layer; the
+    α sliders apply to GPS only and are disabled otherwise), a choice of image and patch. Redraws the
+    training-free zero-shot labelling and the chosen patch's attention map. Text embeddings and masks do not
+    depend on α and are computed once.
 
     Args:
         clip: a ``ClipModel``.
@@ -272,7 +274,7 @@ class AlphaExplorer:
     >>> explorer.widget()                                                     # doctest: +SKIP
     """
 
-    MODES = ("none", "GPS", "MPS")
+    MODES = ("none", "GPS", "MPS", "MaskCLIP", "SCLIP", "ClearCLIP", "NACLIP")
 
     def __init__(self, clip, images_raw: torch.Tensor, class_names: Sequence[str], mask_probs: torch.Tensor | None = None):
         checks.image_batch(images_raw, "images_raw", min_side=clip.patch_size, multiple_of=clip.patch_size)
@@ -287,6 +289,7 @@ class AlphaExplorer:
         self.fig, self.axes = plt.subplots(1, 3, figsize=(8, 2.9))
         self.artists = None
         self.output = None
+        self.controls: dict = {}  # the widgets, once widget() has built them
 
     def compute(self) -> dict:
         """Labelling (H, W) and the chosen patch's attention (h, w) for the current state."""
@@ -298,9 +301,9 @@ class AlphaExplorer:
             raise checks.InputError("MPS needs proposal masks: build the explorer with mask_probs")
         image = self.clip.normalize(self.images_raw[s["image"]:s["image"] + 1])  # (1, 3, H, W)
         masks = None if self.mask_probs is None else self.mask_probs[s["image"]:s["image"] + 1]  # (1, N, H, W)
-        layers = {} if s["mode"] == "none" else {-1: 1.0} if s["mode"] == "MPS" else \
-            {-1: s["alpha_last"], -2: s["alpha_prev"]}
-        mode = "mps" if s["mode"] == "MPS" else "gps"
+        layers = {} if s["mode"] == "none" else {-1: s["alpha_last"], -2: s["alpha_prev"]} if s["mode"] == "GPS" else \
+            {-1: 1.0}
+        mode = "gps" if s["mode"] in ("none", "GPS") else s["mode"].lower()
         with torch.no_grad():
             dense, attention = severed_features_and_attention(self.clip.visual, image, layers, mode, masks)
             if masks is None:
@@ -359,13 +362,22 @@ class AlphaExplorer:
         controls = {
             "alpha_last": w.FloatSlider(value=s["alpha_last"], min=0, max=1, step=0.05, description="α last"),
             "alpha_prev": w.FloatSlider(value=s["alpha_prev"], min=0, max=1, step=0.05, description="α 2nd-last"),
-            "mode": w.ToggleButtons(options=self.MODES if self.mask_probs is not None else self.MODES[:2], value=s["mode"]),
+            "mode": w.ToggleButtons(options=[m for m in self.MODES if m != "MPS" or self.mask_probs is not None],
+                                    value=s["mode"]),
             "image": w.IntSlider(value=s["image"], min=0, max=len(self.images_raw) - 1, description="image"),
             "row": w.IntSlider(value=s["row"], min=0, max=self.grid[0] - 1, description="patch row"),
             "col": w.IntSlider(value=s["col"], min=0, max=self.grid[1] - 1, description="patch col"),
         }
         for name, control in controls.items():
             control.observe(lambda change, name=name: self.update(**{name: change["new"]}), names="value")
+
+        def alpha_applies(mode: str) -> None:  # α is read by GPS only: its sliders are disabled, not ignored, otherwise
+            for key in ("alpha_last", "alpha_prev"):
+                controls[key].disabled = mode != "GPS"
+
+        controls["mode"].observe(lambda change: alpha_applies(change["new"]), names="value")
+        alpha_applies(s["mode"])
+        self.controls = controls
         self.output = w.Output()
         plt.close(self.fig)  # shown through the Output widget only
         self.update()

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -84,7 +86,7 @@ def test_bad_input(toy_clip):
     with pytest.raises(ValueError, match="cannot be matched to the 4x6 patch grid"):
         severed_dense_features(toy_clip.visual, image, mode="mps", mask_probs=torch.rand(1, 3, 32, 32))
     with pytest.raises(ValueError, match="mode must be one of"):
-        severed_dense_features(toy_clip.visual, image, mode="maskclip")
+        severed_dense_features(toy_clip.visual, image, mode="dino")
 
 
 def test_patch_attention_follows_severance(toy_clip):
@@ -113,3 +115,89 @@ def test_features_and_attention_in_one_pass_equal_the_separate_calls(toy_clip):
         with torch.no_grad():
             assert torch.equal(dense, severed_dense_features(toy_clip.visual, image, layers or {-1: 0.0}))
         assert torch.equal(attention, patch_attention(toy_clip.visual, image, layers=layers))
+
+
+# ----------------------------------------------------------------------------------------------------
+# The training-free successors, each against an independent computation of its official code's last block
+
+SUCCESSORS = {"maskclip": (False, False), "sclip": (True, True), "clearclip": (False, False), "naclip": (False, False)}
+"""(residual, FFN) that each method's official code keeps in the last block, written out again here."""
+
+
+def _successor_by_hand(visual, image, mode, prompts=None, residual=None, ffn=None, std=5.0):
+    """Dense features with the last block replaced as the method's official code does it, from open_clip's
+    weights: in_proj -> q, k, v per head; the method's attention over V; out_proj; optional residual and FFN."""
+    x, grid = embed_image(visual, image, prompts)  # (B, L, W)
+    blocks = visual.transformer.resblocks
+    for index, block in enumerate(blocks[:-1]):
+        x = block(x if prompts is None else prompts.at_block(index, x, grid))
+    x = x if prompts is None else prompts.at_block(len(blocks) - 1, x, grid)
+    last, (batch, length, width) = blocks[-1], x.shape
+    heads = last.attn.num_heads
+    q, k, v = (t.reshape(batch, length, heads, width // heads).transpose(1, 2)  # (B, heads, L, d) each
+               for t in F.linear(last.ln_1(x), last.attn.in_proj_weight, last.attn.in_proj_bias).chunk(3, dim=-1))
+    scale = (width // heads) ** -0.5
+    if mode == "maskclip":
+        attn = torch.eye(length)
+    elif mode == "sclip":
+        attn = (q @ q.transpose(-1, -2) * scale).softmax(-1) + (k @ k.transpose(-1, -2) * scale).softmax(-1)
+    elif mode == "clearclip":
+        attn = (q @ q.transpose(-1, -2) * scale).softmax(-1)
+    else:  # naclip: ω over the patch grid, nothing for CLS and prompt tokens
+        first = length - grid[0] * grid[1]
+        omega = torch.zeros(length, length)
+        for i in range(grid[0] * grid[1]):
+            for j in range(grid[0] * grid[1]):
+                (ri, ci), (rj, cj) = divmod(i, grid[1]), divmod(j, grid[1])
+                omega[first + i, first + j] = math.exp(-((ri - rj) ** 2 + (ci - cj) ** 2) / (2 * std ** 2))
+        attn = (k @ k.transpose(-1, -2) * scale + omega).softmax(-1)
+    out = last.attn.out_proj((attn @ v).transpose(1, 2).reshape(batch, length, width))  # (B, L, W)
+    keep_residual, keep_ffn = SUCCESSORS[mode] if residual is None else (residual, ffn)
+    x = x + out if keep_residual else out
+    x = x + last.mlp(last.ln_2(x)) if keep_ffn else x
+    x = x if prompts is None else prompts.strip(x)
+    return F.normalize(visual.ln_post(x[:, 1:]) @ visual.proj, dim=-1).transpose(1, 2).reshape(batch, -1, *grid)
+
+
+@pytest.mark.parametrize("visual_prompts", [None, "add", "prepend"])
+@pytest.mark.parametrize("mode", sorted(SUCCESSORS))
+def test_successors_match_their_official_last_block(clip, mode, visual_prompts):
+    from deop_lite.prompts import VisualPrompts
+    image = _image(clip, 4, 6)  # a non-square grid, not CLIP's own
+    torch.manual_seed(1)
+    prompts = None if visual_prompts is None else VisualPrompts(clip.visual, visual_prompts, layers=(0, 1), init="random")
+    with torch.no_grad():
+        package = severed_dense_features(clip.visual, image, {-1: 1.0}, mode, prompts=prompts)
+        assert torch.allclose(package, _successor_by_hand(clip.visual, image, mode, prompts), atol=1e-5)
+
+
+@pytest.mark.parametrize("residual,ffn", [(True, True), (True, False), (False, True), (False, False)])
+def test_residual_and_ffn_are_separate_switches(toy_clip, residual, ffn):
+    """ClearCLIP's ablation taken apart: its attention with or without each part of the block."""
+    image = _image(toy_clip)
+    with torch.no_grad():
+        package = severed_dense_features(toy_clip.visual, image, {-1: 1.0}, "clearclip", residual=residual, ffn=ffn)
+        assert torch.allclose(package, _successor_by_hand(toy_clip.visual, image, "clearclip", None, residual, ffn),
+                              atol=1e-5)
+
+
+def test_maskclip_is_gps_at_alpha_one_without_residual_and_ffn(clip):
+    """GPS at α = 1 keeps the residual and the FFN; MaskCLIP drops both; with both switched off they are equal."""
+    image = _image(clip)
+    with torch.no_grad():
+        maskclip = severed_dense_features(clip.visual, image, {-1: 1.0}, "maskclip")
+        assert torch.equal(maskclip, severed_dense_features(clip.visual, image, {-1: 1.0}, residual=False, ffn=False))
+        assert not torch.allclose(maskclip, severed_dense_features(clip.visual, image, {-1: 1.0}), atol=1e-3)
+
+
+def test_successor_attention_maps(toy_clip):
+    from deop_lite.severance import gaussian_neighbourhood, patch_attention
+    image = _image(toy_clip)
+    omega = gaussian_neighbourhood((4, 6), std=5.0, extra=2)  # (1 + 2 + 24, 27)
+    assert omega.shape == (27, 27) and omega[:3].abs().sum() == 0 and omega[:, :3].abs().sum() == 0
+    assert omega[3, 3] == 1 and torch.isclose(omega[3, 4], torch.tensor(math.exp(-1 / 50)))
+    for mode, row_sum in (("maskclip", 1.0), ("clearclip", 1.0), ("naclip", 1.0), ("sclip", 2.0)):
+        attention = patch_attention(toy_clip.visual, image, layers={-1: 1.0}, mode=mode)  # (1, 4, 6, 4, 6), CLS dropped
+        assert attention.shape == (1, 4, 6, 4, 6) and (attention.flatten(3).sum(-1) <= row_sum + 1e-5).all()
+    maskclip = patch_attention(toy_clip.visual, image, layers={-1: 1.0}, mode="maskclip").reshape(24, 24)
+    assert torch.equal(maskclip, torch.eye(24))

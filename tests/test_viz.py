@@ -57,3 +57,24 @@ def test_alpha_explorer_redraws_what_it_computes(toy_clip):
     with pytest.raises(ValueError, match="MPS needs proposal masks"):
         viz.AlphaExplorer(toy_clip, images, CLASS_NAMES).update(mode="MPS")
     plt.close("all")
+
+
+def test_alpha_explorer_offers_every_mode_and_disables_what_does_not_apply(toy_clip):
+    import numpy as np
+
+    from deop_lite.severance import patch_attention
+    from deop_lite.toyworld import CLASS_NAMES, ToyWorld, ToyWorldConfig
+    images = torch.stack([ToyWorld("val", 1, ToyWorldConfig.segmentation())[0]["image_raw"]])  # (1, 3, 128, 128)
+    explorer = viz.AlphaExplorer(toy_clip, images, CLASS_NAMES)
+    explorer.widget()
+    mode, alphas = explorer.controls["mode"], (explorer.controls["alpha_last"], explorer.controls["alpha_prev"])
+    assert "MPS" not in mode.options and {"MaskCLIP", "SCLIP", "ClearCLIP", "NACLIP"} <= set(mode.options)
+    for name in ("MaskCLIP", "SCLIP", "ClearCLIP", "NACLIP", "none"):
+        mode.value = name  # the button drives update(), which redraws this mode's attention
+        expected = patch_attention(toy_clip.visual, toy_clip.normalize(images), layers={} if name == "none" else {-1: 1.0},
+                                   mode="gps" if name == "none" else name.lower())[0, 8, 8]  # (16, 16)
+        assert np.allclose(explorer.artists["attention"].get_array(), expected.numpy(), atol=1e-6), name
+        assert all(slider.disabled for slider in alphas)  # α is read by GPS only
+    mode.value = "GPS"
+    assert not any(slider.disabled for slider in alphas)
+    plt.close("all")
