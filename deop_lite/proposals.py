@@ -367,7 +367,8 @@ class ProposalCache:
     times. An entry is the refined mask logits (N, H, W) of one image at the image's resolution, keyed by
 
     - a digest of the network's weights and buffers (recomputed whenever a tensor's version counter moves,
-      i.e. after an optimiser step or ``load_state_dict``: a changed network never hits an old entry),
+      i.e. after an optimiser step or ``load_state_dict``: a changed network never hits an old entry, and the
+      entries of its previous weights are dropped at once),
     - a digest of the image's bytes, shape and dtype,
     - the refinement settings of the call (so a config changed in place misses too) and the device.
 
@@ -389,6 +390,10 @@ class ProposalCache:
             digest = hashlib.blake2b(digest_size=16)
             for tensor in tensors:
                 digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+            if known is not None and known[1] != digest.hexdigest():  # this network changed: its old entries are stale
+                for key in [key for key in self.entries if key[0] == known[1]]:
+                    self.bytes -= self.entries[key].numel() * self.entries[key].element_size()
+                    del self.entries[key]
             known = self._weight_digests[model] = (versions, digest.hexdigest())
         return known[1]
 

@@ -226,6 +226,7 @@ def test_refined_proposals_are_computed_once_per_image_and_weights():
         net.mask_embed[0].weight.add_(0.1)  # new weights (as after an optimiser step): recomputed, and different
     misses = PROPOSAL_CACHE.misses
     assert not torch.equal(proposal_masks(net, images[:1]), first[:1]) and PROPOSAL_CACHE.misses == misses + 1
+    assert len(PROPOSAL_CACHE.entries) == 1  # the old weights' entries were dropped with them
     PROPOSAL_CACHE.clear()
     fresh = proposal_masks(net, images[:1])
     assert PROPOSAL_CACHE.misses == 1 and torch.equal(proposal_masks(net, images[:1]), fresh)
