@@ -248,22 +248,17 @@ def plot(result: dict):
 # What a reader waits for: drawing toy scenes, redrawing the α explorer
 
 def toyworld_throughput(scenes: int = 500, rounds: int = 3, image_size: int = 64) -> dict:
-    """Toy scenes drawn per second on one thread (the best of ``rounds`` runs of ``scenes`` fresh scenes each;
-    the texture bank is built first, as it is once per process)."""
+    """Toy scenes drawn per second (NumPy on one thread; the best of ``rounds`` runs of ``scenes`` fresh scenes
+    each; the texture bank is built first, as it is once per process)."""
     from . import toyworld
     config = toyworld.ToyWorldConfig(image_size=image_size)
     toyworld.texture_bank()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        rates = []
-        for attempt in range(rounds):
-            tic = time.perf_counter()
-            for index in range(scenes):
-                toyworld.make_scene(toyworld.scene_rng("train", index + scenes * attempt), config)
-            rates.append(scenes / (time.perf_counter() - tic))
-    finally:
-        torch.set_num_threads(threads)
+    rates = []
+    for attempt in range(rounds):
+        tic = time.perf_counter()
+        for index in range(scenes):
+            toyworld.make_scene(toyworld.scene_rng("train", index + scenes * attempt), config)
+        rates.append(scenes / (time.perf_counter() - tic))
     return {"image_size": image_size, "scenes": scenes, "rounds": rounds, "scenes_per_s": max(rates),
             "median_scenes_per_s": statistics.median(rates)}
 

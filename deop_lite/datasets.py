@@ -330,9 +330,8 @@ def prepare(name: str, root: str | Path, out: str | Path, splits: Sequence[str] 
                 if train and (label == IGNORE_INDEX).all():
                     dropped += 1  # nothing seen left to learn from: DeOP's code does not write it
                     continue
-                tmp = label_path.with_suffix(".tmp.png")
-                Image.fromarray(label).save(tmp)
-                tmp.replace(label_path)
+                with checks.atomic_path(label_path) as tmp:
+                    Image.fromarray(label).save(tmp)
             counts += np.bincount(label[label != IGNORE_INDEX].ravel(), minlength=len(info.class_names))[:len(counts)]
             items.append({"id": image_id, "image": str(image_path.resolve()), "label": f"labels/{split}/{image_id}.png"})
         classes = info.seen if train else info.class_names
@@ -399,8 +398,9 @@ class SegmentationDataset(torch.utils.data.Dataset):
         label = _read_label_file(self.root / item["label"])
         if label is None or label.shape != image.shape[:2]:
             problem = "is unreadable" if label is None else f"is {label.shape} but its image is {image.shape[:2]}"
-            raise DatasetNotFound(f"the label file {self.root / item['label']} {problem}; delete it and prepare "
-                                  f"{self.name} again (`python -m deop_lite.datasets prepare`) to rewrite it")
+            raise DatasetNotFound(f"the label file {self.root / item['label']} {problem}: delete "
+                                  f"{self.root / (self.split + '.json')} and prepare the split again (`python -m "
+                                  f"deop_lite.datasets prepare`), which rewrites unreadable label files")
         return {"image_raw": torch.from_numpy(image.copy()).permute(2, 0, 1).float() / 255.0,  # (3, H, W)
                 "label": torch.from_numpy(label.astype(np.int64)),  # (H, W)
                 "id": item["id"], "index": index}

@@ -115,8 +115,8 @@ def fit(model: nn.Module, step_loss: Callable[[int], tuple[torch.Tensor, dict]],
             return
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
                  "scheduler": scheduler.state_dict(), "history": history, "config": asdict(config)}
-        torch.save(state, checkpoint.with_suffix(".tmp"))
-        checkpoint.with_suffix(".tmp").replace(checkpoint)  # atomic: an interrupt never leaves half a file
+        with atomic_path(checkpoint) as tmp:  # an interrupt never leaves half a file
+            torch.save(state, tmp)
 
     params = [p for p in model.parameters() if p.requires_grad]
     step, tic = start, time.perf_counter()
@@ -186,12 +186,9 @@ def read_log(path: str | Path) -> list[dict]:
 def save_weights(model: nn.Module, path: str | Path, metadata: dict) -> None:
     """Write ``model``'s state dict and JSON-serialisable ``metadata`` to a safetensors file, atomically."""
     from safetensors.torch import save_file
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    tmp = path.with_suffix(".tmp")
-    save_file(state, str(tmp), metadata={k: json.dumps(v) for k, v in metadata.items()})
-    tmp.replace(path)
+    with atomic_path(path) as tmp:  # creates the folder too
+        save_file(state, str(tmp), metadata={k: json.dumps(v) for k, v in metadata.items()})
 
 
 def ship_log(run_dir: str | Path, out: str | Path) -> None:

@@ -297,8 +297,6 @@ class AlphaExplorer:
         from .model import classify_masks_with
         from .severance import severed_features_and_attention
         s = self.state
-        if s["mode"] == "MPS" and self.mask_probs is None:
-            raise checks.InputError("MPS needs proposal masks: build the explorer with mask_probs")
         image = self.clip.normalize(self.images_raw[s["image"]:s["image"] + 1])  # (1, 3, H, W)
         masks = None if self.mask_probs is None else self.mask_probs[s["image"]:s["image"] + 1]  # (1, N, H, W)
         layers = {} if s["mode"] == "none" else {-1: s["alpha_last"], -2: s["alpha_prev"]} if s["mode"] == "GPS" else \

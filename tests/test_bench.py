@@ -41,7 +41,7 @@ def test_tiny_bench_runs_and_reports(tmp_path):
 def test_reader_benchmarks_report_their_figures(capsys):
     """The toy world's drawing speed and the explorer's redraw time are measured here, not asserted."""
     world = toyworld_throughput(scenes=20, rounds=2)
-    assert world["scenes_per_s"] >= world["median_scenes_per_s"] > 0 and torch.get_num_threads() >= 1
+    assert world["scenes_per_s"] >= world["median_scenes_per_s"] > 0
     explorer = explorer_latency(redraws=3)
     assert explorer["redraws"] == 3 and explorer["max_s"] >= explorer["median_s"] > 0
     main(["toyworld"])

@@ -231,7 +231,7 @@ def test_an_unreadable_label_file_says_how_to_rewrite_it(tmp_path):
     data = realworld.prepare_fixture(tmp_path / "voc")
     dataset = datasets.SegmentationDataset(data, "val")
     (data / dataset.items[0]["label"]).write_bytes(b"truncated")
-    with pytest.raises(datasets.DatasetNotFound, match="is unreadable; delete it and prepare"):
+    with pytest.raises(datasets.DatasetNotFound, match="is unreadable: delete .*val.json and prepare the split again"):
         dataset[0]
     datasets.prepare("voc", realworld.FIXTURE, data, progress=False)  # idempotent: the index exists, nothing redone
     (data / "val.json").unlink()  # prepare the split again: the unreadable label file is rewritten
