@@ -136,7 +136,7 @@ def test_imagenet_pixel_norm_option():
 
 
 def test_shipped_toy_clip_zero_shot_accuracy(toy_clip):
-    """The README's claim: >= 90 % top-1 over all 16 classes on single-class validation images."""
+    """The toy CLIP's claim (docs/experiments.md): >= 90 % top-1 over all 16 classes on single-class validation images."""
     from deop_lite.toyclip import evaluate_zero_shot
     result = evaluate_zero_shot(toy_clip, n_per_class=25)
     assert result["top1"] >= 0.9, result
