@@ -106,6 +106,7 @@ class ToyClipConfig:
     vision_width: int = 128
     vision_layers: int = 4
     conv_stem: bool = True  # patch embedding by a small conv stack instead of one linear 8x8 conv
+    pool: str = "avg"  # image embedding: "avg", the mean of the patch tokens, or "tok", the CLS token (OpenAI's)
     text_width: int = 128
     text_layers: int = 2
     context_length: int = 32
@@ -121,7 +122,7 @@ class ToyClipConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> ToyClipConfig:
-        d = dict(d)
+        d = {"pool": "tok", **d}  # checkpoints written before ``pool`` existed pooled the CLS token
         d["train"] = TrainConfig(**d.get("train", {}))
         return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
 
@@ -145,7 +146,7 @@ class ConvStem(nn.Sequential):
 def build_toy_clip(config: ToyClipConfig, vocab_size: int) -> open_clip.CLIP:
     """A randomly initialised open_clip ``CLIP`` (QuickGELU, like OpenAI's ViT-B/16) of this config."""
     vision = CLIPVisionCfg(layers=config.vision_layers, width=config.vision_width, head_width=64,
-                           patch_size=config.patch_size, image_size=config.image_size)
+                           patch_size=config.patch_size, image_size=config.image_size, pool_type=config.pool)
     text = CLIPTextCfg(context_length=config.context_length, vocab_size=vocab_size, width=config.text_width,
                        heads=config.text_width // 64, layers=config.text_layers)
     model = open_clip.CLIP(config.embed_dim, vision, text, quick_gelu=True)
