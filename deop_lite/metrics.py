@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 
 class SegmentationMeter:
@@ -50,9 +51,10 @@ class SegmentationMeter:
         with np.errstate(invalid="ignore", divide="ignore"):
             return 100 * np.where(union > 0, tp / union, np.nan)
 
-    def compute(self, seen_classes: Sequence[str] | None = None,
-                unseen_classes: Sequence[str] | None = None) -> dict:
-        """mIoU (all classes), pAcc, and with a split also mIoU over seen and unseen and their hIoU."""
+    def compute(self, seen_classes: Sequence[str] | None = None, unseen_classes: Sequence[str] | None = None,
+                thing_classes: Sequence[str] | None = None) -> dict:
+        """mIoU (all classes), pAcc, and with a split also mIoU over seen and unseen and their hIoU; with
+        ``thing_classes`` also ``things``, the mIoU over those."""
         iou = self.per_class_iou()
         conf = self.confusion.double()
         total = conf.sum().item()
@@ -62,6 +64,8 @@ class SegmentationMeter:
             seen = _nanmean(iou[[self.class_names.index(c) for c in seen_classes]])
             unseen = _nanmean(iou[[self.class_names.index(c) for c in unseen_classes]])
             result.update(seen=seen, unseen=unseen, hIoU=harmonic_mean(seen, unseen))
+        if thing_classes is not None:
+            result["things"] = _nanmean(iou[[self.class_names.index(c) for c in thing_classes]])
         return result
 
 
@@ -75,23 +79,37 @@ def harmonic_mean(seen: float, unseen: float) -> float:
     return 2 * seen * unseen / (seen + unseen) if seen + unseen > 0 else 0.0
 
 
+def ground_truth_masks(label: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """One mask per class from a label map: (B, H, W) ids (``IGNORE_INDEX`` allowed) -> (B, C, H, W) float
+    in {0, 1}; classes absent from an image get an empty mask, which every classifier here skips."""
+    return F.one_hot(label.clamp(max=num_classes), num_classes + 1)[..., :num_classes].permute(0, 3, 1, 2).float()
+
+
 @torch.no_grad()
 def evaluate_segmentation(predict, dataset, class_names: Sequence[str], seen_classes: Sequence[str],
-                          unseen_classes: Sequence[str], batch_size: int = 16, progress: bool | None = None) -> dict:
+                          unseen_classes: Sequence[str], batch_size: int = 16, progress: bool | None = None,
+                          thing_classes: Sequence[str] | None = None, masks: str = "model") -> dict:
     """Run ``predict`` over a dataset and return :meth:`SegmentationMeter.compute` with the ZS3 split.
 
     Args:
-        predict: (B, 3, H, W) raw images in [0, 1] -> (B, H, W) class indices into ``class_names``.
-        dataset: items with ``image_raw`` (3, H, W) and full ``label`` (H, W).
+        predict: with ``masks="model"``, (B, 3, H, W) raw images in [0, 1] -> (B, H, W) class indices into
+            ``class_names``; with ``masks="ground_truth"``, (images, masks (B, C, H, W)) -> (B, H, W): the
+            classifier alone, given one ground-truth mask per class (:func:`ground_truth_masks`), so that
+            proposals play no part.
+        dataset: items with ``image_raw`` (3, H, W) and full ``label`` (H, W), ids indexing ``class_names``.
         progress: show a progress bar; default: not in CI mode.
+        thing_classes: also report ``things``, their mIoU.
     """
     from tqdm.auto import tqdm
 
     from . import runtime
+    if masks not in ("model", "ground_truth"):
+        raise ValueError(f'masks must be "model" or "ground_truth", got {masks!r}')
     meter = SegmentationMeter(class_names)
     for start in tqdm(range(0, len(dataset), batch_size), desc="evaluate", leave=False,
                       disable=runtime.CI if progress is None else not progress):
         items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-        meter.update(predict(torch.stack([it["image_raw"] for it in items])).cpu(),
-                     torch.stack([it["label"] for it in items]))
-    return meter.compute(seen_classes, unseen_classes)
+        images, labels = torch.stack([it["image_raw"] for it in items]), torch.stack([it["label"] for it in items])
+        pred = predict(images) if masks == "model" else predict(images, ground_truth_masks(labels, len(class_names)))
+        meter.update(pred.cpu(), labels)
+    return meter.compute(seen_classes, unseen_classes, thing_classes)
