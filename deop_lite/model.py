@@ -28,7 +28,7 @@ from .clip import ClipModel, load_clip
 from .losses import deop_segmentation_loss
 from .prompts import PromptConfig, build_prompts, crop_classification_loss, segment_crop_embeddings
 from .proposals import add_refine_argument, proposal_masks
-from .severance import MODES, severed_dense_features
+from .severance import MASK_MODES, MODES, severed_dense_features
 from .train import TrainConfig, check_stage_args, fit, load_weights, save_weights, ship_log, stage_cli
 
 
@@ -379,6 +379,37 @@ def evaluate_deop(model: DeOP, scenes: int = 200, image_size: int = 128, batch_s
     names = toyworld.CLASS_NAMES
     return evaluate_segmentation(lambda images: model.predict(images, names)["label"], world, names,
                                  toyworld.SEEN_CLASSES, toyworld.UNSEEN_CLASSES, batch_size, progress)
+
+
+@torch.no_grad()
+def evaluate_training_free(clip: ClipModel, proposals: nn.Module, mode: str | None, scenes: int = 200,
+                           image_size: int = 128, progress: bool | None = None) -> dict[str, dict]:
+    """One severance mode, training-free, the two ways it can be used (notebook 03, "What came after").
+
+    ``mode`` (one of ``severance.MODES`` that reads no masks, or None for the stock CLIP) changes the last block.
+    ``"per_patch"`` labels each pixel with its patch's nearest class (how MaskCLIP, SCLIP, ClearCLIP and NACLIP
+    segment); ``"mask_pooling"`` is the one-pass baseline: the same patch features pooled in the proposals.
+    Each value is :func:`~deop_lite.metrics.evaluate_segmentation`'s result on the first ``scenes`` validation
+    scenes, with the things' mIoU.
+    """
+    from .clip import patch_scores
+    from .metrics import evaluate_segmentation
+    if mode is not None and (mode not in MODES or mode in MASK_MODES):
+        raise checks.InputError(f"mode must be None or one of {tuple(m for m in MODES if m not in MASK_MODES)}, "
+                                f"got {mode!r}")
+    layers = {} if mode is None else {-1: 1.0}
+    names = toyworld.CLASS_NAMES
+    world = DeOPStage(image_size=image_size).world("val", scenes)
+    text_emb = clip.text_embeddings(names, ("a photo of a {}.",))  # (C, D)
+
+    def per_patch(image_raw: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) -> (B, H, W)
+        dense = severed_dense_features(clip.visual, clip.normalize(image_raw), layers, mode or "gps")  # (B, D, h, w)
+        return patch_scores(dense, text_emb, image_raw.shape[-2:]).argmax(1)
+
+    baseline = OnePassBaseline(proposals, clip, severance=layers or None, severance_mode=mode or "gps")
+    evaluate = lambda predict: evaluate_segmentation(predict, world, names, toyworld.SEEN_CLASSES, toyworld.UNSEEN_CLASSES,
+                                                     progress=progress, thing_classes=toyworld.THING_CLASSES)
+    return {"per_patch": evaluate(per_patch), "mask_pooling": evaluate(lambda images: baseline.predict(images, names)["label"])}
 
 
 def train_deop(variant: str, stage: DeOPStage | None = None, run_dir: str | Path | None = None,

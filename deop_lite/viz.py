@@ -53,10 +53,15 @@ def overlay(image_raw, label, alpha: float = 0.55) -> np.ndarray:
     return np.where((label_np == IGNORE_INDEX)[..., None], image, blend)
 
 
+def legend_colour_index(name: str, position: int) -> int:
+    """The palette entry of a class in legends: its toy-world id, or its position in another vocabulary."""
+    return CLASS_NAMES.index(name) if name in CLASS_NAMES else position % len(PALETTE)
+
+
 def class_legend(ax, class_names: Sequence[str] = CLASS_NAMES, unseen: Sequence[str] = UNSEEN_CLASSES,
                  ncol: int = 8, **kwargs) -> None:
     """A legend of palette colours; unseen classes are marked with an asterisk."""
-    handles = [Patch(color=PALETTE[CLASS_NAMES.index(c) if c in CLASS_NAMES else i % len(PALETTE)] / 255,
+    handles = [Patch(color=PALETTE[legend_colour_index(c, i)] / 255,
                      label=f"{c}*" if c in unseen else c) for i, c in enumerate(class_names)]
     ax.legend(handles=handles, ncol=ncol, frameon=False, fontsize=8, **kwargs)
 
@@ -259,8 +264,12 @@ class AlphaExplorer:
     """Interactive patch severance: sliders for α in the last two layers, a mode switch (none, DeOP's GPS and
     MPS, and the training-free successors MaskCLIP, SCLIP, ClearCLIP and NACLIP, each in the last layer; the
     α sliders apply to GPS only and are disabled otherwise), a choice of image and patch. Redraws the
-    training-free zero-shot labelling and the chosen patch's attention map. Text embeddings and masks do not
-    depend on α and are computed once.
+    training-free zero-shot labelling (with a legend of its classes) and the chosen patch's attention map.
+    Text embeddings and masks do not depend on α and are computed once.
+
+    With the ipympl backend (``%matplotlib widget``) the figure is a live canvas and a click on the image or
+    on either map chooses the patch; with any other backend the figure is redrawn as a picture and the patch
+    sliders choose it. Building the explorer draws nothing: only :meth:`widget` shows the figure.
 
     Args:
         clip: a ``ClipModel``.
@@ -283,10 +292,23 @@ class AlphaExplorer:
             checks.mask_batch(mask_probs, images_raw)
         self.clip, self.images_raw, self.class_names, self.mask_probs = clip, images_raw, class_names, mask_probs
         self.text_emb = clip.text_embeddings(self.class_names)  # (C, D), computed once
+        self.palette_ids = torch.tensor([legend_colour_index(c, i) for i, c in enumerate(self.class_names)])  # (C,)
         self.grid = (images_raw.shape[-2] // clip.patch_size, images_raw.shape[-1] // clip.patch_size)
         self.state = {"image": 0, "mode": "GPS", "alpha_last": 1.0, "alpha_prev": 0.0,
                       "row": self.grid[0] // 2, "col": self.grid[1] // 2}
-        self.fig, self.axes = plt.subplots(1, 3, figsize=(8, 2.9))
+        backend = plt.get_backend().lower()  # under %matplotlib widget: "widget" or "module://ipympl.backend_nbagg"
+        self.interactive = backend in ("widget", "ipympl") or "ipympl" in backend
+        if self.interactive:  # a live canvas widget; ioff: not shown until widget() places it
+            with plt.ioff():
+                self.fig, self.axes = plt.subplots(1, 3, figsize=(8, 3.4))
+            self.fig.canvas.header_visible = False
+            self.fig.canvas.mpl_connect("button_press_event", self._on_click)
+        else:  # outside pyplot, so no backend shows it at the end of the cell that built the explorer
+            from matplotlib.figure import Figure
+            self.fig = Figure(figsize=(8, 3.4))
+            self.axes = self.fig.subplots(1, 3)
+        self.fig.subplots_adjust(left=0.01, right=0.99, top=0.82, bottom=0.2, wspace=0.05)
+        class_legend(self.fig, self.class_names, loc="lower center", ncol=min(len(self.class_names), 8))
         self.artists = None
         self.output = None
         self.controls: dict = {}  # the widgets, once widget() has built them
@@ -310,6 +332,29 @@ class AlphaExplorer:
                 _, scores = classify_masks_with(dense, masks, self.text_emb, self.clip.model.logit_scale.exp().item())
         return {"label": scores.argmax(1)[0], "attention": attention[0, s["row"], s["col"]]}
 
+    def select_patch(self, x: float, y: float) -> dict:
+        """Choose the patch under pixel (x, y) of the image (what a click does), keeping the sliders in step."""
+        height, width = self.images_raw.shape[-2:]
+        if not (0 <= x < width and 0 <= y < height):
+            raise checks.InputError(f"pixel ({x}, {y}) lies outside the {width} x {height} image")
+        row, col = int(y * self.grid[0] / height), int(x * self.grid[1] / width)
+        for key, value in (("row", row), ("col", col)):
+            if key in self.controls:
+                self.controls[key].unobserve(self._on_slider, names="value")
+                self.controls[key].value = value
+                self.controls[key].observe(self._on_slider, names="value")
+        return self.update(row=row, col=col)
+
+    def _on_click(self, event) -> None:
+        if event.inaxes in self.axes and event.xdata is not None:
+            x, y = event.xdata, event.ydata
+            if event.inaxes is self.axes[2]:  # the attention map is drawn on the patch grid
+                x, y = (x + 0.5) * self.images_raw.shape[-1] / self.grid[1], (y + 0.5) * self.images_raw.shape[-2] / self.grid[0]
+            self.select_patch(min(max(x, 0), self.images_raw.shape[-1] - 1), min(max(y, 0), self.images_raw.shape[-2] - 1))
+
+    def _on_slider(self, change) -> None:
+        self.update(**{change["owner"].explorer_key: change["new"]})
+
     def update(self, **changes) -> dict:
         """Apply widget changes (image, mode, alpha_last, alpha_prev, row, col), recompute, redraw."""
         unknown = set(changes) - set(self.state)
@@ -328,7 +373,7 @@ class AlphaExplorer:
         self.state.update(changes)
         result = self.compute()
         image = to_hwc(self.images_raw[self.state["image"]])
-        label_rgb = overlay(image, result["label"], alpha=0.8)
+        label_rgb = overlay(image, self.palette_ids[result["label"]], alpha=0.8)  # colours as in the legend
         attention = result["attention"].numpy()
         ph, pw = image.shape[0] / self.grid[0], image.shape[1] / self.grid[1]
         if self.artists is None:
@@ -346,7 +391,9 @@ class AlphaExplorer:
         self.artists["box"].set_xy((self.state["col"] * pw, self.state["row"] * ph))
         self.fig.suptitle(f"mode {self.state['mode']}, α last {self.state['alpha_last']:.2f}, "
                           f"α second-to-last {self.state['alpha_prev']:.2f}", fontsize=9)
-        if self.output is not None:
+        if self.interactive:
+            self.fig.canvas.draw_idle()
+        elif self.output is not None:
             from IPython.display import display
             with self.output:
                 self.output.clear_output(wait=True)
@@ -367,7 +414,8 @@ class AlphaExplorer:
             "col": w.IntSlider(value=s["col"], min=0, max=self.grid[1] - 1, description="patch col"),
         }
         for name, control in controls.items():
-            control.observe(lambda change, name=name: self.update(**{name: change["new"]}), names="value")
+            control.explorer_key = name
+            control.observe(self._on_slider, names="value")
 
         def alpha_applies(mode: str) -> None:  # α is read by GPS only: its sliders are disabled, not ignored, otherwise
             for key in ("alpha_last", "alpha_prev"):
@@ -377,7 +425,7 @@ class AlphaExplorer:
         alpha_applies(s["mode"])
         self.controls = controls
         self.output = w.Output()
-        plt.close(self.fig)  # shown through the Output widget only
         self.update()
+        figure = self.fig.canvas if self.interactive else self.output
         return w.VBox([w.HBox([controls["mode"], controls["image"]]), w.HBox([controls["alpha_last"], controls["alpha_prev"]]),
-                       w.HBox([controls["row"], controls["col"]]), self.output])
+                       w.HBox([controls["row"], controls["col"]]), figure])

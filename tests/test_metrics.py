@@ -57,3 +57,17 @@ def test_bad_input():
         meter.update(torch.zeros(1, 2, 2), torch.zeros(1, 2, 3))
     with pytest.raises(ValueError, match="class ids"):
         meter.update(torch.tensor([5]), torch.tensor([0]))
+
+
+def test_ground_truth_masks_let_a_classifier_be_scored_alone():
+    import torch
+
+    from deop_lite.metrics import evaluate_segmentation, ground_truth_masks
+    label = torch.tensor([[[0, 0, 2], [255, 1, 2]]])  # (1, 2, 3)
+    masks = ground_truth_masks(label, 3)  # (1, 3, 2, 3)
+    assert masks.shape == (1, 3, 2, 3) and masks.sum(1).tolist() == [[[1, 1, 1], [0, 1, 1]]]
+    dataset = [{"image_raw": torch.zeros(3, 2, 3), "label": label[0]}]
+    swap_1_and_2 = lambda images, masks: masks[:, [0, 2, 1]].argmax(1)  # a classifier that confuses classes 1 and 2
+    result = evaluate_segmentation(swap_1_and_2, dataset, ["a", "b", "c"], ["a", "b"], ["c"], masks="ground_truth",
+                                   thing_classes=["b", "c"])
+    assert result["IoU"] == {"a": 100.0, "b": 0.0, "c": 0.0} and result["things"] == 0.0

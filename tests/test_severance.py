@@ -201,3 +201,16 @@ def test_successor_attention_maps(toy_clip):
         assert attention.shape == (1, 4, 6, 4, 6) and (attention.flatten(3).sum(-1) <= row_sum + 1e-5).all()
     maskclip = patch_attention(toy_clip.visual, image, layers={-1: 1.0}, mode="maskclip").reshape(24, 24)
     assert torch.equal(maskclip, torch.eye(24))
+
+
+def test_training_free_table_evaluates_each_mode_both_ways(toy_clip):
+    from deop_lite.model import evaluate_training_free
+    from deop_lite.proposals import load_proposals
+    proposals = load_proposals()[0]
+    rows = {mode: evaluate_training_free(toy_clip, proposals, mode, scenes=4) for mode in (None, "clearclip")}
+    for row in rows.values():
+        assert set(row) == {"per_patch", "mask_pooling"}
+        assert all({"seen", "unseen", "hIoU", "things"} <= set(result) for result in row.values())
+    assert rows[None]["per_patch"]["IoU"] != rows["clearclip"]["per_patch"]["IoU"]
+    with pytest.raises(ValueError, match="mode must be None or one of"):
+        evaluate_training_free(toy_clip, proposals, "mps", scenes=1)

@@ -78,3 +78,30 @@ def test_alpha_explorer_offers_every_mode_and_disables_what_does_not_apply(toy_c
     mode.value = "GPS"
     assert not any(slider.disabled for slider in alphas)
     plt.close("all")
+
+
+def test_alpha_explorer_draws_nothing_until_shown_and_a_click_chooses_the_patch(toy_clip):
+    import numpy as np
+
+    from deop_lite.toyworld import CLASS_NAMES, ToyWorld, ToyWorldConfig
+    images = torch.stack([ToyWorld("val", 1, ToyWorldConfig.segmentation())[0]["image_raw"]])  # (1, 3, 128, 128)
+    names = [CLASS_NAMES[3], CLASS_NAMES[0], CLASS_NAMES[12]]  # a subset, out of order
+    figures = plt.get_fignums()
+    explorer = viz.AlphaExplorer(toy_clip, images, names)
+    assert plt.get_fignums() == figures  # building it in one cell leaves no stray figure for that cell to show
+    legend = explorer.fig.legends[0]
+    assert [t.get_text() for t in legend.get_texts()] == [n + ("*" if n in viz.UNSEEN_CLASSES else "") for n in names]
+    explorer.widget()
+    result = explorer.select_patch(x=100.0, y=20.0)  # 8-pixel patches: row 2, column 12
+    assert (explorer.state["row"], explorer.state["col"]) == (2, 12)
+    assert (explorer.controls["row"].value, explorer.controls["col"].value) == (2, 12)  # sliders follow the click
+    assert explorer.artists["box"].get_xy() == (96.0, 16.0)
+    label_rgb = explorer.artists["label"].get_array()  # class i is drawn in its legend colour
+    for i, name in enumerate(names):
+        where = (result["label"] == i).numpy()
+        if where.any():
+            expected = viz.overlay(images[0], torch.full((128, 128), CLASS_NAMES.index(name)), alpha=0.8)
+            assert np.allclose(label_rgb[where], expected[where])
+    explorer.controls["col"].value = 3  # and the slider still drives the patch
+    assert explorer.state["col"] == 3
+    plt.close("all")
