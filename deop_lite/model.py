@@ -371,14 +371,24 @@ def load_or_train_deop(variant: str, proposals: nn.Module | None = None, clip: C
     return load_deop(variant, proposals=proposals, clip=clip)
 
 
-def evaluate_deop(model: DeOP, scenes: int = 200, image_size: int = 128, batch_size: int = 16,
-                  progress: bool | None = None) -> dict:
-    """pAcc, mIoU over seen and unseen classes and hIoU on the first ``scenes`` validation scenes."""
+def evaluate_deop(model: nn.Module, scenes: int = 200, image_size: int = 128, batch_size: int = 16,
+                  progress: bool | None = None, masks: str = "model") -> dict:
+    """pAcc, mIoU over seen and unseen classes, hIoU and the things' mIoU on the first ``scenes`` validation scenes.
+
+    Args:
+        model: a DeOP variant, or a ``MultiPass`` classifier.
+        masks: "model" segments with the model's proposals; "ground_truth" gives its classifier one
+            ground-truth mask per class instead, so that the proposals play no part.
+    """
     from .metrics import evaluate_segmentation
     world = DeOPStage(image_size=image_size).world("val", scenes)
     names = toyworld.CLASS_NAMES
-    return evaluate_segmentation(lambda images: model.predict(images, names)["label"], world, names,
-                                 toyworld.SEEN_CLASSES, toyworld.UNSEEN_CLASSES, batch_size, progress)
+    if masks == "model":
+        predict = lambda images: model.predict(images, names)["label"]
+    else:
+        predict = lambda images, truth: model.classify_masks(images, truth, names)["label"]
+    return evaluate_segmentation(predict, world, names, toyworld.SEEN_CLASSES, toyworld.UNSEEN_CLASSES, batch_size,
+                                 progress, thing_classes=toyworld.THING_CLASSES, masks=masks)
 
 
 @torch.no_grad()

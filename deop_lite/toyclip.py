@@ -30,6 +30,7 @@ from torchvision.ops import Conv2dNormActivation
 
 from . import checks, runtime, toyworld
 from .checks import InputError
+from .severance import severed_image_embedding
 from .train import TrainConfig, check_stage_args, fit, load_weights, save_weights, ship_log, stage_cli
 
 DEFAULT_CHECKPOINT = runtime.DATA_DIR / "toy_clip.safetensors"
@@ -107,6 +108,7 @@ class ToyClipConfig:
     vision_layers: int = 4
     conv_stem: bool = True  # patch embedding by a small conv stack instead of one linear 8x8 conv
     pool: str = "avg"  # image embedding: "avg", the mean of the patch tokens, or "tok", the CLS token (OpenAI's)
+    severance_drop: float = 0.5  # pre-training: each block's attention is the identity with this probability per step
     text_width: int = 128
     text_layers: int = 2
     context_length: int = 32
@@ -122,7 +124,7 @@ class ToyClipConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> ToyClipConfig:
-        d = {"pool": "tok", **d}  # checkpoints written before ``pool`` existed pooled the CLS token
+        d = {"pool": "tok", "severance_drop": 0.0, **d}  # what checkpoints written before these fields did
         d["train"] = TrainConfig(**d.get("train", {}))
         return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
 
@@ -182,6 +184,18 @@ def contrastive_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, groups: to
     return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
 
 
+def stochastic_severance(step: int, layers: int, drop: float) -> dict[int, float]:
+    """The blocks whose attention is the identity (GPS, α = 1) at pre-training step ``step``: each with probability
+    ``drop``, drawn from the step number so that a resumed run draws the same.
+
+    Like stochastic depth, which drops whole blocks at random, this trains every block to work with its
+    tokens cut off from each other as well as mixed: the patch tokens of a web-scale CLIP carry what their
+    patch shows (the premise of one-pass segmentation), and our toy CLIP, pre-trained on a few thousand
+    captions, learns that only when a block sometimes has to do without mixing."""
+    draws = torch.rand(layers, generator=torch.Generator().manual_seed(step))  # (layers,)
+    return {index: 1.0 for index in range(layers) if draws[index] < drop}
+
+
 def caption_batch(step: int, batch_size: int, image_size: int) -> tuple[torch.Tensor, list[str]]:
     """Batch ``step`` of the pre-training stream: (B, 3, S, S) raw images in [0, 1] and B captions."""
     world = toyworld.ToyWorldConfig(image_size=image_size)
@@ -232,7 +246,8 @@ def train_toy_clip(config: ToyClipConfig, run_dir: str | Path = "runs/toy_clip",
     def step_loss(step: int):
         image_raw, captions = caption_batch(step, config.batch_size, config.image_size)
         tokens = tokenizer(captions)  # (B, L)
-        image_emb = F.normalize(model.encode_image(clip.normalize(image_raw)), dim=-1)  # (B, D)
+        severed = stochastic_severance(step, config.vision_layers, config.severance_drop)
+        image_emb = F.normalize(severed_image_embedding(model.visual, clip.normalize(image_raw), severed), dim=-1)  # (B, D)
         text_emb = F.normalize(model.encode_text(tokens), dim=-1)  # (B, D)
         return contrastive_loss(image_emb, text_emb, caption_groups(captions), model.logit_scale), \
             {"logit_scale": model.logit_scale.exp().item()}

@@ -364,7 +364,8 @@ class ToyWorldConfig:
     """How scenes are drawn; sizes in pixels. The defaults are the 64 x 64 world the toy CLIP is
     pre-trained on; :meth:`segmentation` gives the 128 x 128 scenes of the segmentation notebooks."""
     image_size: int = 64
-    things: tuple[int, int] = (0, 3)  # range of things per "scene", each class at most once
+    canvas: int | None = 128  # draw a "scene" this wide and cut an image_size window out of it (None: no cut)
+    things: tuple[int, int] = (2, 5)  # range of things per "scene" (on the canvas), each class at most once
     max_stuff: int = 3  # stuff regions per "scene" (1..max_stuff)
     thing_size: tuple[float, float] = (0.2, 0.9)  # diameters of things in scenes, log-uniform, x image side
     min_visible: int = 62  # visible pixels a class needs to be named in the caption (any image size)
@@ -375,7 +376,7 @@ class ToyWorldConfig:
     def segmentation(cls) -> ToyWorldConfig:
         """128 x 128 scenes for segmentation: things of the same pixel size as in pre-training, so CLIP
         sees familiar scales on a 16 x 16 patch grid, and more of them per scene."""
-        return cls(image_size=128, things=(2, 5), kind_probs=(1.0, 0.0, 0.0))
+        return cls(image_size=128, canvas=None, kind_probs=(1.0, 0.0, 0.0))
 
 
 @dataclass
@@ -399,8 +400,8 @@ def make_scene(rng: np.random.Generator, config: ToyWorldConfig = ToyWorldConfig
             "object" (one large thing on a plain, unlabelled background); None draws it.
         classes: force the classes of a "stuff" or "object" scene (exactly one name).
     """
-    size = config.image_size
     kind = kind or SCENE_KINDS[rng.choice(3, p=config.kind_probs)]
+    size = config.canvas if kind == "scene" and config.canvas else config.image_size  # the side drawn
     if kind not in SCENE_KINDS:
         raise ValueError(f"kind must be one of {SCENE_KINDS}, got {kind!r}")
     if classes is not None:
@@ -448,6 +449,10 @@ def make_scene(rng: np.random.Generator, config: ToyWorldConfig = ToyWorldConfig
         cy, cx = int(centre[0]), int(centre[1])
         colours[name], colour = _pick_colour(rng, name, image[cy, cx])
         _draw_thing(rng, image, label, name, diameter, centre, colour)
+    if size > config.image_size:  # a window of the canvas: things at the pixel scale of segmentation scenes
+        oy, ox = rng.integers(0, size - config.image_size + 1, size=2)
+        image = image[oy:oy + config.image_size, ox:ox + config.image_size]
+        label = label[oy:oy + config.image_size, ox:ox + config.image_size]
     counts = np.bincount(label.ravel(), minlength=256)
     visible = counts >= config.min_visible
     stuff = [n for n in stuff if visible[CLASS_NAMES.index(n)]]
