@@ -1,7 +1,7 @@
 """The ``deop-lite`` command line.
 
     deop-lite demo [--out outputs/demo] [--scenes 64]
-    deop-lite segment IMAGE --classes "star, grass, sky" [--clip toy | --clip ViT-B-16 --weights PATH]
+    deop-lite segment IMAGE --classes "ladybird, grass, sky" [--clip toy | --clip ViT-B-16 --weights PATH]
     deop-lite bench [--clip ViT-B-16] [--valid 10 30 100] [--device cuda --bf16] [--tiny]
     deop-lite bench toyworld | explorer
 
@@ -192,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     demo_parser.add_argument("--scenes", type=int, default=16 if runtime.CI else 64, help="validation scenes")
     segment_parser = sub.add_parser("segment", help="segment your own image into the classes you name")
     segment_parser.add_argument("image", type=Path)
-    segment_parser.add_argument("--classes", required=True, help='comma-separated class names, e.g. "star, grass, sky"')
+    segment_parser.add_argument("--classes", required=True, help='comma-separated class names, e.g. "ladybird, grass, sky"')
     segment_parser.add_argument("--clip", default="toy", help="'toy' (the shipped toy DeOP) or an open_clip "
                                 "architecture such as ViT-B-16 (training-free GPS labelling)")
     segment_parser.add_argument("--weights", help="real CLIP weights: a local checkpoint file (default: 'openai')")

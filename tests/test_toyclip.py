@@ -1,5 +1,7 @@
 import math
 
+import numpy as np
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -95,3 +97,16 @@ def test_lr_schedule():
     assert lr_factor(99, config) < 0.01
     poly = TrainConfig(steps=100, warmup_steps=0, schedule="poly")
     assert math.isclose(lr_factor(50, poly), 0.5 ** 0.9)
+
+
+def test_stochastic_severance_is_drawn_from_the_step_and_keeps_the_model_clip():
+    from deop_lite.severance import severed_image_embedding
+    from deop_lite.toyclip import ToyClipConfig, WordTokenizer, build_toy_clip, stochastic_severance, toy_vocabulary
+    draws = [stochastic_severance(step, 4, 0.5) for step in range(200)]
+    assert draws == [stochastic_severance(step, 4, 0.5) for step in range(200)]  # a resumed run draws the same
+    assert 0.4 < np.mean([len(d) for d in draws]) / 4 < 0.6 and stochastic_severance(3, 4, 0.0) == {}
+    model = build_toy_clip(ToyClipConfig.tiny(), WordTokenizer(toy_vocabulary()).vocab_size).eval()
+    image = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(severed_image_embedding(model.visual, image, {}), model.encode_image(image), atol=1e-5)
+        assert not torch.allclose(severed_image_embedding(model.visual, image, {0: 1.0}), model.encode_image(image))
