@@ -7,9 +7,10 @@ Re-train it (about 25 minutes on 2 CPU cores, resumable; logs in ``runs/toy_clip
 
     python -m deop_lite.toyclip train
 
-Evaluate zero-shot classification of single-class toy images::
+Evaluate zero-shot classification of single-class toy images, and (``--gate-scenes``) whether one CLIP pass
+classifies the ground-truth masks of segmentation scenes about as well as one pass per crop does::
 
-    python -m deop_lite.toyclip eval
+    python -m deop_lite.toyclip eval [--gate-scenes 200]
 """
 from __future__ import annotations
 
@@ -231,6 +232,32 @@ def evaluate_zero_shot(clip, n_per_class: int = 50, split: str = "val", batch_si
 
 
 # ----------------------------------------------------------------------------------------------------
+# The gate of toy world 2: can one pass read what a thing is?
+
+GATE_SEVERANCE = {"stock": {}, "GPS α=1, last layer": {-1: 1.0},
+                  "GPS α=1, all layers": {i: 1.0 for i in range(ToyClipConfig.vision_layers)}}
+"""One-pass settings the gate compares ({layer: α}); the chosen one is the last."""
+
+
+@torch.no_grad()
+def ground_truth_gate(clip, scenes: int = 200, severance: dict[str, dict[int, float]] | None = None,
+                      progress: bool | None = None) -> dict[str, dict]:
+    """Classify the ground-truth masks of ``scenes`` validation scenes (so that proposals play no part) with one
+    pass (each ``severance`` setting, training-free) and with multi-pass crops; name -> ``evaluate_deop``'s
+    result (seen, unseen, hIoU, things, per-class IoU). Before anything downstream is trained on a toy world,
+    one pass must read things about as well as crops do (notebook 00)."""
+    from .model import OnePassBaseline, evaluate_deop
+    from .multipass import MultiPass
+    from .proposals import MaskProposalNetwork, ProposalConfig
+    unused = MaskProposalNetwork(ProposalConfig())  # the classifiers are given the masks
+    classifiers = {f"one pass, {name}": OnePassBaseline(unused, clip, severance=layers or None)
+                   for name, layers in (severance or GATE_SEVERANCE).items()}
+    classifiers["multi-pass crops"] = MultiPass(unused, clip)
+    return {name: evaluate_deop(classifier, scenes, masks="ground_truth", progress=progress)
+            for name, classifier in classifiers.items()}
+
+
+# ----------------------------------------------------------------------------------------------------
 # Train, save, load
 
 def train_toy_clip(config: ToyClipConfig, run_dir: str | Path = "runs/toy_clip",
@@ -291,10 +318,14 @@ def load_toy_clip(path: str | Path = DEFAULT_CHECKPOINT) -> tuple[open_clip.CLIP
 def main(argv: Sequence[str] | None = None) -> None:
     parser, _, evaluate = stage_cli("python -m deop_lite.toyclip", __doc__, DEFAULT_CHECKPOINT, "runs/toy_clip")
     evaluate.add_argument("--per-class", type=int, default=50, help="single-class validation images per class")
+    evaluate.add_argument("--gate-scenes", type=int, default=0,
+                          help="also classify the ground-truth masks of this many validation scenes, one pass against "
+                               "multi-pass crops (the gate of notebook 00; 0: skip)")
     args = parser.parse_args(argv)
     check_stage_args(args)
     if args.command == "eval":
         checks.at_least(args.per_class, 1, "--per-class")
+        checks.at_least(args.gate_scenes, 0, "--gate-scenes")
     if args.command == "train":
         config = ToyClipConfig.tiny() if args.tiny else ToyClipConfig()
         if args.steps is not None:
@@ -302,9 +333,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         train_toy_clip(config, args.run_dir, args.out)
     else:
         from .clip import load_clip
-        result = evaluate_zero_shot(load_clip("toy", pretrained=args.checkpoint), n_per_class=args.per_class)
+        clip = load_clip("toy", pretrained=args.checkpoint)
+        result = evaluate_zero_shot(clip, n_per_class=args.per_class)
         print(f"zero-shot top-1 over {len(toyworld.CLASS_NAMES)} classes: {result['top1']:.3f} "
               f"(seen {result['seen_top1']:.3f}, unseen {result['unseen_top1']:.3f})")
+        if args.gate_scenes:
+            print(f"ground-truth masks of {args.gate_scenes} validation scenes (mIoU, %):")
+            for name, row in ground_truth_gate(clip, args.gate_scenes).items():
+                things = " ".join(f"{c} {row['IoU'][c]:.0f}" for c in toyworld.THING_CLASSES)
+                print(f"  {name:28s} seen {row['seen']:5.1f}  unseen {row['unseen']:5.1f}  hIoU {row['hIoU']:5.1f}  "
+                      f"things {row['things']:5.1f}  ({things})")
 
 
 if __name__ == "__main__":
