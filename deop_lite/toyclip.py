@@ -109,7 +109,8 @@ class ToyClipConfig:
     vision_layers: int = 4
     conv_stem: bool = True  # patch embedding by a small conv stack instead of one linear 8x8 conv
     pool: str = "avg"  # image embedding: "avg", the mean of the patch tokens, or "tok", the CLS token (OpenAI's)
-    stochastic_severance: bool = True  # pre-training: sever the last k blocks, k uniform in 0..layers, per step
+    severance_drop: float = 0.5  # pre-training: each block's attention is the identity with this probability per step
+    stem_context: int = 2  # 3x3 convs at the token resolution after the stem: each lets a patch token see 2 patches more
     text_width: int = 128
     text_layers: int = 2
     context_length: int = 32
@@ -125,7 +126,7 @@ class ToyClipConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> ToyClipConfig:
-        d = {"pool": "tok", "stochastic_severance": False, **d}  # what checkpoints written before these fields did
+        d = {"pool": "tok", "severance_drop": 0.0, "stem_context": 0, **d}  # what checkpoints written before these fields did
         d["train"] = TrainConfig(**d.get("train", {}))
         return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
 
@@ -140,9 +141,10 @@ class ConvStem(nn.Sequential):
     a few pixels of its neighbours'.
     """
 
-    def __init__(self, width: int, patch_size: int):
+    def __init__(self, width: int, patch_size: int, context: int = 0):
         channels = [3] + [width // 2 ** i for i in range(int(math.log2(patch_size)) - 1, -1, -1)]
         super().__init__(*[Conv2dNormActivation(c_in, c_out, stride=2) for c_in, c_out in zip(channels, channels[1:])],
+                         *[Conv2dNormActivation(width, width) for _ in range(context)],  # each: 1 patch more each side
                          nn.Conv2d(width, width, 1))
 
 
@@ -154,7 +156,7 @@ def build_toy_clip(config: ToyClipConfig, vocab_size: int) -> open_clip.CLIP:
                        heads=config.text_width // 64, layers=config.text_layers)
     model = open_clip.CLIP(config.embed_dim, vision, text, quick_gelu=True)
     if config.conv_stem:
-        model.visual.conv1 = ConvStem(config.vision_width, config.patch_size)
+        model.visual.conv1 = ConvStem(config.vision_width, config.patch_size, config.stem_context)
     return model
 
 
@@ -185,17 +187,16 @@ def contrastive_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, groups: to
     return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
 
 
-def stochastic_severance(step: int, layers: int) -> dict[int, float]:
-    """The blocks whose attention is the identity (GPS, α = 1) at pre-training step ``step``: the last k of the
-    ``layers`` blocks, k drawn uniformly from 0..layers from the step number (so that a resumed run draws the same).
+def stochastic_severance(step: int, layers: int, drop: float) -> dict[int, float]:
+    """The blocks whose attention is the identity (GPS, α = 1) at pre-training step ``step``: each with probability
+    ``drop``, drawn from the step number so that a resumed run draws the same.
 
-    Like stochastic depth, which drops whole blocks at random, this trains the blocks to work with their tokens
-    cut off from each other as well as mixed, from the top down: the unmodified CLIP (k = 0), DeOP's severed last
-    layer (k = 1) and a CLIP whose patch tokens never mix (k = layers) are each a fifth of the steps. The patch
-    tokens of a web-scale CLIP carry what their patch shows, the premise of one-pass segmentation; a toy CLIP
-    pre-trained on a few thousand captions learns that only when its tokens must sometimes do without mixing."""
-    k = int(torch.randint(layers + 1, (), generator=torch.Generator().manual_seed(step)))
-    return {index: 1.0 for index in range(layers - k, layers)}
+    Like stochastic depth, which drops whole blocks at random, this trains every block to work with its
+    tokens cut off from each other as well as mixed: the patch tokens of a web-scale CLIP carry what their
+    patch shows (the premise of one-pass segmentation), and our toy CLIP, pre-trained on a few thousand
+    captions, learns that only when a block sometimes has to do without mixing."""
+    draws = torch.rand(layers, generator=torch.Generator().manual_seed(step))  # (layers,)
+    return {index: 1.0 for index in range(layers) if draws[index] < drop}
 
 
 def caption_batch(step: int, batch_size: int, image_size: int) -> tuple[torch.Tensor, list[str]]:
@@ -274,7 +275,7 @@ def train_toy_clip(config: ToyClipConfig, run_dir: str | Path = "runs/toy_clip",
     def step_loss(step: int):
         image_raw, captions = caption_batch(step, config.batch_size, config.image_size)
         tokens = tokenizer(captions)  # (B, L)
-        severed = stochastic_severance(step, config.vision_layers) if config.stochastic_severance else {}
+        severed = stochastic_severance(step, config.vision_layers, config.severance_drop)
         image_emb = F.normalize(severed_image_embedding(model.visual, clip.normalize(image_raw), severed), dim=-1)  # (B, D)
         text_emb = F.normalize(model.encode_text(tokens), dim=-1)  # (B, D)
         return contrastive_loss(image_emb, text_emb, caption_groups(captions), model.logit_scale), \

@@ -101,10 +101,9 @@ def test_lr_schedule():
 def test_stochastic_severance_is_drawn_from_the_step_and_keeps_the_model_clip():
     from deop_lite.severance import severed_image_embedding
     from deop_lite.toyclip import ToyClipConfig, WordTokenizer, build_toy_clip, stochastic_severance, toy_vocabulary
-    draws = [stochastic_severance(step, 4) for step in range(500)]
-    assert draws == [stochastic_severance(step, 4) for step in range(500)]  # a resumed run draws the same
-    assert {tuple(d) for d in draws} == {(), (3,), (2, 3), (1, 2, 3), (0, 1, 2, 3)}  # the last k blocks, k = 0..4
-    assert all(abs(sum(len(d) == k for d in draws) / 500 - 0.2) < 0.06 for k in range(5))
+    draws = [stochastic_severance(step, 4, 0.5) for step in range(200)]
+    assert draws == [stochastic_severance(step, 4, 0.5) for step in range(200)]  # a resumed run draws the same
+    assert 0.4 < np.mean([len(d) for d in draws]) / 4 < 0.6 and stochastic_severance(3, 4, 0.0) == {}
     model = build_toy_clip(ToyClipConfig.tiny(), WordTokenizer(toy_vocabulary()).vocab_size).eval()
     image = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
