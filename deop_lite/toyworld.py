@@ -151,11 +151,12 @@ def _crop_tile(rng: np.random.Generator, tiles: np.ndarray, size: int) -> np.nda
     return tile[oy:oy + size, ox:ox + size]
 
 
-def _stuff_layout(rng: np.random.Generator, n_regions: int, size: int) -> np.ndarray:
-    """(size, size) int region map with values in [0, n_regions): wavy bands, Voronoi cells or blobs."""
+def _stuff_layout(rng: np.random.Generator, n_regions: int, size: int, window=np.s_[:, :]) -> np.ndarray:
+    """The ``window`` of a (size, size) int region map with values in [0, n_regions): wavy bands, Voronoi cells or
+    blobs laid out on the whole canvas."""
     if n_regions == 1:
-        return np.zeros((size, size), np.int64)
-    y, x = _grid(size)
+        return np.zeros((size, size), np.int64)[window]
+    y, x = (g[window] for g in _grid(size))
     kind = rng.choice(["bands", "cells", "blobs"] if n_regions == 2 else ["bands", "cells"])
     if kind == "bands":
         along, across = (x, y) if rng.random() < 0.6 else (y, x)  # horizontal bands are more common
@@ -170,7 +171,7 @@ def _stuff_layout(rng: np.random.Generator, n_regions: int, size: int) -> np.nda
         dist = (y[None] - seeds[:, 0, None, None]) ** 2 + (x[None] - seeds[:, 1, None, None]) ** 2
         return dist.argmin(0)
     noise = _crop_tile(rng, _noise_bank()[..., None], size)[..., 0]
-    return (noise > np.quantile(noise, rng.uniform(0.4, 0.75))).astype(np.int64)
+    return (noise > np.quantile(noise, rng.uniform(0.4, 0.75))).astype(np.int64)[window]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -294,9 +295,9 @@ def _draw_thing(rng, image, label, name: str, diameter: float, centre, colour) -
     """Paint one thing into ``image`` (H, W, 3) float and ``label`` (H, W) uint8, in place."""
     size = label.shape[0]
     half = diameter / 2
-    y0, y1 = max(int(centre[0] - half), 0), min(int(np.ceil(centre[0] + half)), size)
-    x0, x1 = max(int(centre[1] - half), 0), min(int(np.ceil(centre[1] + half)), size)
-    gy, gx = _grid(size)
+    y0, y1, x0, x1 = np.clip([np.floor(centre[0] - half), np.ceil(centre[0] + half),
+                              np.floor(centre[1] - half), np.ceil(centre[1] + half)], 0, size).astype(int)
+    gy, gx = _grid(size)  # a thing may lie partly or wholly outside the image: only what is inside is drawn
     dy, dx = (gy[y0:y1, x0:x1] - centre[0]) / half, (gx[y0:y1, x0:x1] - centre[1]) / half  # (h, w) each
     theta = np.deg2rad(rng.uniform(-1, 1) * _MAX_ROTATION[name])
     u, v = np.cos(theta) * dx + np.sin(theta) * dy, -np.sin(theta) * dx + np.cos(theta) * dy
@@ -304,7 +305,7 @@ def _draw_thing(rng, image, label, name: str, diameter: float, centre, colour) -
     shade = (1.0 + light[0] * u - light[1] * v)[..., None]  # (h, w, 1) soft directional lighting
     patch, covered = image[y0:y1, x0:x1], np.zeros(u.shape, bool)
     for inside, part_colour in _THINGS[name](u, v, tuple(colour), rng):
-        patch[inside] = np.clip(np.asarray(part_colour, np.float32) * shade, 0, 255)[inside]
+        patch[inside] = np.clip(shade[inside] * np.asarray(part_colour, np.float32), 0, 255)  # (k, 3)
         covered |= inside
     label[y0:y1, x0:x1][covered] = CLASS_NAMES.index(name)
 
@@ -401,7 +402,7 @@ def make_scene(rng: np.random.Generator, config: ToyWorldConfig = ToyWorldConfig
         classes: force the classes of a "stuff" or "object" scene (exactly one name).
     """
     kind = kind or SCENE_KINDS[rng.choice(3, p=config.kind_probs)]
-    size = config.canvas if kind == "scene" and config.canvas else config.image_size  # the side drawn
+    size = config.canvas if kind == "scene" and config.canvas else config.image_size  # the side laid out
     if kind not in SCENE_KINDS:
         raise ValueError(f"kind must be one of {SCENE_KINDS}, got {kind!r}")
     if classes is not None:
@@ -410,8 +411,13 @@ def make_scene(rng: np.random.Generator, config: ToyWorldConfig = ToyWorldConfig
         if kind == "scene" or len(classes) != 1 or classes[0] not in pool:
             raise ValueError(f"classes can force one {'stuff' if kind == 'stuff' else 'thing'} class "
                              f"of a 'stuff' or 'object' scene, got kind={kind!r}, classes={classes}")
-    image = np.empty((size, size, 3), np.float32)
-    label = np.full((size, size), IGNORE_INDEX, np.uint8)
+    # A "scene" is laid out on the canvas and only the window (oy, ox) + image_size is drawn: things at the pixel
+    # scale of segmentation scenes, at the cost of the window.
+    side = config.image_size
+    oy, ox = rng.integers(0, size - side + 1, size=2) if size > side else (0, 0)
+    window = np.s_[oy:oy + side, ox:ox + side]
+    image = np.empty((side, side, 3), np.float32)
+    label = np.full((side, side), IGNORE_INDEX, np.uint8)
     bank = texture_bank()
     stuff: list[str] = []
     if kind == "object":  # a plain background with a soft gradient
@@ -423,15 +429,15 @@ def make_scene(rng: np.random.Generator, config: ToyWorldConfig = ToyWorldConfig
         n_stuff = 1 if kind == "stuff" else int(rng.integers(1, config.max_stuff + 1))
         stuff = list(classes) if classes and kind == "stuff" else \
             [STUFF_CLASSES[i] for i in rng.choice(len(STUFF_CLASSES), n_stuff, replace=False)]
-        regions = _stuff_layout(rng, n_stuff, size)
+        regions = _stuff_layout(rng, n_stuff, size, window)  # (side, side)
         for i, name in enumerate(stuff):
-            tile = _crop_tile(rng, bank[name], size)  # (S, S, 3) uint8
+            tile = _crop_tile(rng, bank[name], size)[window]  # (side, side, 3) uint8
             brightness = np.float32(rng.uniform(0.85, 1.15))
             if n_stuff == 1:  # the whole canvas
                 np.multiply(tile, brightness, out=image)
                 label[:] = CLASS_NAMES.index(name)
             else:
-                inside = regions == i  # (S, S) bool
+                inside = regions == i  # (side, side) bool
                 np.copyto(image, tile * brightness, where=inside[..., None])
                 np.copyto(label, CLASS_NAMES.index(name), where=inside)
     if kind == "object":
@@ -445,14 +451,10 @@ def make_scene(rng: np.random.Generator, config: ToyWorldConfig = ToyWorldConfig
         thing_names, diameters = [], []
     colours = {}
     for name, diameter in zip(thing_names, diameters):
-        centre = rng.uniform(diameter / 2, size - diameter / 2, size=2)
-        cy, cx = int(centre[0]), int(centre[1])
+        centre = rng.uniform(diameter / 2, size - diameter / 2, size=2) - (oy, ox)  # in window pixels
+        cy, cx = np.clip(centre.astype(int), 0, side - 1)
         colours[name], colour = _pick_colour(rng, name, image[cy, cx])
         _draw_thing(rng, image, label, name, diameter, centre, colour)
-    if size > config.image_size:  # a window of the canvas: things at the pixel scale of segmentation scenes
-        oy, ox = rng.integers(0, size - config.image_size + 1, size=2)
-        image = image[oy:oy + config.image_size, ox:ox + config.image_size]
-        label = label[oy:oy + config.image_size, ox:ox + config.image_size]
     counts = np.bincount(label.ravel(), minlength=256)
     visible = counts >= config.min_visible
     stuff = [n for n in stuff if visible[CLASS_NAMES.index(n)]]
