@@ -343,7 +343,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(f"ground-truth masks of {args.gate_scenes} validation scenes (mIoU, %):")
             for name, row in ground_truth_gate(clip, args.gate_scenes).items():
                 things = " ".join(f"{c} {row['IoU'][c]:.0f}" for c in toyworld.THING_CLASSES)
-                print(f"  {name:28s} seen {row['seen']:5.1f}  unseen {row['unseen']:5.1f}  hIoU {row['hIoU']:5.1f}  "
+                print(f"  {name:30s} seen {row['seen']:5.1f}  unseen {row['unseen']:5.1f}  hIoU {row['hIoU']:5.1f}  "
                       f"things {row['things']:5.1f}  ({things})")
 
 
