@@ -47,7 +47,7 @@ NACLIP_STD = 5.0
 MPS_NORMS = ("sum", "softmax")
 
 
-def _qkv(block, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def qkv(block, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Queries, keys and values of a ``ResidualAttentionBlock`` for tokens x (B, L, W): each (B, heads, L, W/heads)."""
     attn = block.attn
     batch, length, width = x.shape
@@ -56,7 +56,7 @@ def _qkv(block, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
     return split(q), split(k), split(v)
 
 
-def _finish(block, x: torch.Tensor, mixed: torch.Tensor, residual: bool = True, ffn: bool = True) -> torch.Tensor:
+def finish_block(block, x: torch.Tensor, mixed: torch.Tensor, residual: bool = True, ffn: bool = True) -> torch.Tensor:
     """Output projection, residual, then ``ln_2`` + MLP with residual: mixed (B, heads, L, d) -> (B, L, W).
 
     ``residual=False`` drops the skip connection around attention, ``ffn=False`` the MLP and its skip."""
@@ -90,9 +90,9 @@ def gps_block(block, x: torch.Tensor, alpha: float, residual: bool = True, ffn: 
     output exactly."""
     if alpha == 0 and residual and ffn:
         return block(x)
-    q, k, v = _qkv(block, x)
+    q, k, v = qkv(block, x)
     mixed = alpha * v if alpha == 1 else alpha * v + (1 - alpha) * self_attention(q, k) @ v  # (B, heads, L, d)
-    return _finish(block, x, mixed, residual, ffn)
+    return finish_block(block, x, mixed, residual, ffn)
 
 
 def token_memberships(mask_probs: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -182,14 +182,14 @@ class _Severed:
             elif self.mode == "gps":
                 tokens = gps_block(block, tokens, self.severed[index], self.residual, self.ffn)
             else:
-                q, k, v = _qkv(block, tokens)  # (B, heads, L, d)
+                q, k, v = qkv(block, tokens)  # (B, heads, L, d)
                 if self.mode == "maskclip":
                     mixed = v  # identity attention
                 elif self.mode == "gps_mask":  # identity attention, gain Σ_n σ(M_n) per token (N for CLS)
                     mixed = self._memberships(index).sum(-1)[:, None, :, None] * v
                 else:
                     mixed = self._attention(index, q, k) @ v  # (B, heads, L, d)
-                tokens = _finish(block, tokens, mixed, self.residual, self.ffn)
+                tokens = finish_block(block, tokens, mixed, self.residual, self.ffn)
         return tokens if self.prompts is None else self.prompts.strip(tokens)
 
     def _attention(self, index: int, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -216,7 +216,7 @@ class _Severed:
         index = _check_layers({layer: 0.0}, len(self.blocks)).popitem()[0]
         if index not in self.block_inputs:
             self.run(stop=index + 1)
-        q, k, _ = _qkv(self.blocks[index], self.block_inputs[index])
+        q, k, _ = qkv(self.blocks[index], self.block_inputs[index])
         attn = (self._attention(index, q, k) if index in self.severed else self_attention(q, k)).mean(1)  # (B, L, L)
         first = 1 + self._extra(index)
         return attn[:, first:, first:]  # (B, h*w, h*w)

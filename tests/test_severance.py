@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from deop_lite.clip import embed_image
-from deop_lite.severance import _finish, _qkv, mps_attention, self_attention, severed_dense_features, token_memberships
+from deop_lite.severance import finish_block, mps_attention, qkv, self_attention, severed_dense_features, token_memberships
 
 
 @pytest.fixture(params=["toy", "vit_b16"])
@@ -26,8 +26,8 @@ def test_alpha_zero_is_the_unmodified_clip(clip):
         # ... and the hand-written attention path is the same computation as open_clip's block.
         tokens, _ = embed_image(clip.visual, image)
         block = clip.visual.transformer.resblocks[-1]
-        q, k, v = _qkv(block, tokens)
-        assert torch.allclose(_finish(block, tokens, self_attention(q, k) @ v), block(tokens), atol=1e-4)
+        q, k, v = qkv(block, tokens)
+        assert torch.allclose(finish_block(block, tokens, self_attention(q, k) @ v), block(tokens), atol=1e-4)
 
 
 def test_alpha_one_in_the_last_layer_is_maskclip(clip):
