@@ -109,3 +109,13 @@ def test_stochastic_severance_is_drawn_from_the_step_and_keeps_the_model_clip():
     with torch.no_grad():
         assert torch.allclose(severed_image_embedding(model.visual, image, {}), model.encode_image(image), atol=1e-5)
         assert not torch.allclose(severed_image_embedding(model.visual, image, {0: 1.0}), model.encode_image(image))
+
+
+def test_the_gate_scores_one_pass_and_crops_on_the_same_ground_truth_masks(toy_clip):
+    from deop_lite.toyclip import GATE_SEVERANCE, ground_truth_gate
+    from deop_lite.toyworld import THING_CLASSES
+    rows = ground_truth_gate(toy_clip, scenes=2)
+    assert list(rows) == [f"one pass, {name}" for name in GATE_SEVERANCE] + ["multi-pass crops"]
+    for row in rows.values():
+        assert {"seen", "unseen", "hIoU", "things"} <= set(row) and set(THING_CLASSES) <= set(row["IoU"])
+    assert rows["one pass, stock"]["IoU"] != rows["one pass, GPS α=1, all layers"]["IoU"]
