@@ -371,24 +371,27 @@ def load_or_train_deop(variant: str, proposals: nn.Module | None = None, clip: C
     return load_deop(variant, proposals=proposals, clip=clip)
 
 
-def evaluate_deop(model: nn.Module, scenes: int = 200, image_size: int = 128, batch_size: int = 16,
-                  progress: bool | None = None, masks: str = "model") -> dict:
-    """pAcc, mIoU over seen and unseen classes, hIoU and the things' mIoU on the first ``scenes`` validation scenes.
-
-    Args:
-        model: a DeOP variant, or a ``MultiPass`` classifier.
-        masks: "model" segments with the model's proposals; "ground_truth" gives its classifier one
-            ground-truth mask per class instead, so that the proposals play no part.
-    """
+def evaluate_toy(predict, scenes: int = 200, image_size: int = 128, batch_size: int = 16,
+                 progress: bool | None = None, masks: str = "model") -> dict:
+    """``metrics.evaluate_segmentation`` of ``predict`` on the first ``scenes`` toy-world validation scenes, over all
+    16 classes: pAcc, mIoU over seen and unseen classes, hIoU and the things' mIoU (``masks``: see there)."""
     from .metrics import evaluate_segmentation
     world = DeOPStage(image_size=image_size).world("val", scenes)
+    return evaluate_segmentation(predict, world, toyworld.CLASS_NAMES, toyworld.SEEN_CLASSES, toyworld.UNSEEN_CLASSES,
+                                 batch_size, progress, thing_classes=toyworld.THING_CLASSES, masks=masks)
+
+
+def evaluate_deop(model: nn.Module, scenes: int = 200, image_size: int = 128, batch_size: int = 16,
+                  progress: bool | None = None, masks: str = "model") -> dict:
+    """:func:`evaluate_toy` of a DeOP variant or a ``MultiPass`` classifier. ``masks="model"`` segments with the
+    model's proposals; ``"ground_truth"`` gives its classifier one ground-truth mask per class instead, so that
+    the proposals play no part."""
     names = toyworld.CLASS_NAMES
     if masks == "model":
         predict = lambda images: model.predict(images, names)["label"]
     else:
         predict = lambda images, truth: model.classify_masks(images, truth, names)["label"]
-    return evaluate_segmentation(predict, world, names, toyworld.SEEN_CLASSES, toyworld.UNSEEN_CLASSES, batch_size,
-                                 progress, thing_classes=toyworld.THING_CLASSES, masks=masks)
+    return evaluate_toy(predict, scenes, image_size, batch_size, progress, masks)
 
 
 @torch.no_grad()
@@ -399,27 +402,22 @@ def evaluate_training_free(clip: ClipModel, proposals: nn.Module, mode: str | No
     ``mode`` (one of ``severance.MODES`` that reads no masks, or None for the stock CLIP) changes the last block.
     ``"per_patch"`` labels each pixel with its patch's nearest class (how MaskCLIP, SCLIP, ClearCLIP and NACLIP
     segment); ``"mask_pooling"`` is the one-pass baseline: the same patch features pooled in the proposals.
-    Each value is :func:`~deop_lite.metrics.evaluate_segmentation`'s result on the first ``scenes`` validation
-    scenes, with the things' mIoU.
+    Each value is :func:`evaluate_toy`'s result on the first ``scenes`` validation scenes.
     """
     from .clip import patch_scores
-    from .metrics import evaluate_segmentation
     if mode is not None and (mode not in MODES or mode in MASK_MODES):
         raise checks.InputError(f"mode must be None or one of {tuple(m for m in MODES if m not in MASK_MODES)}, "
                                 f"got {mode!r}")
     layers = {} if mode is None else {-1: 1.0}
-    names = toyworld.CLASS_NAMES
-    world = DeOPStage(image_size=image_size).world("val", scenes)
-    text_emb = clip.text_embeddings(names, ("a photo of a {}.",))  # (C, D)
+    baseline = OnePassBaseline(proposals, clip, severance=layers or None, severance_mode=mode or "gps")
+    text_emb = baseline.text_embeddings(toyworld.CLASS_NAMES)  # (C, D), the baseline's own template
 
     def per_patch(image_raw: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) -> (B, H, W)
-        dense = severed_dense_features(clip.visual, clip.normalize(image_raw), layers, mode or "gps")  # (B, D, h, w)
+        dense = baseline.dense_features(image_raw, None)  # (B, D, h, w)
         return patch_scores(dense, text_emb, image_raw.shape[-2:]).argmax(1)
 
-    baseline = OnePassBaseline(proposals, clip, severance=layers or None, severance_mode=mode or "gps")
-    evaluate = lambda predict: evaluate_segmentation(predict, world, names, toyworld.SEEN_CLASSES, toyworld.UNSEEN_CLASSES,
-                                                     progress=progress, thing_classes=toyworld.THING_CLASSES)
-    return {"per_patch": evaluate(per_patch), "mask_pooling": evaluate(lambda images: baseline.predict(images, names)["label"])}
+    return {"per_patch": evaluate_toy(per_patch, scenes, image_size, progress=progress),
+            "mask_pooling": evaluate_deop(baseline, scenes, image_size, progress=progress)}
 
 
 def train_deop(variant: str, stage: DeOPStage | None = None, run_dir: str | Path | None = None,

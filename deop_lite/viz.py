@@ -312,6 +312,7 @@ class AlphaExplorer:
         self.artists = None
         self.output = None
         self.controls: dict = {}  # the widgets, once widget() has built them
+        self._moving_sliders = False  # True while select_patch() moves the patch sliders
 
     def compute(self) -> dict:
         """Labelling (H, W) and the chosen patch's attention (h, w) for the current state."""
@@ -338,11 +339,13 @@ class AlphaExplorer:
         if not (0 <= x < width and 0 <= y < height):
             raise checks.InputError(f"pixel ({x}, {y}) lies outside the {width} x {height} image")
         row, col = int(y * self.grid[0] / height), int(x * self.grid[1] / width)
-        for key, value in (("row", row), ("col", col)):
-            if key in self.controls:
-                self.controls[key].unobserve(self._on_slider, names="value")
-                self.controls[key].value = value
-                self.controls[key].observe(self._on_slider, names="value")
+        self._moving_sliders = True  # the sliders follow without redrawing twice
+        try:
+            for key, value in (("row", row), ("col", col)):
+                if key in self.controls:
+                    self.controls[key].value = value
+        finally:
+            self._moving_sliders = False
         return self.update(row=row, col=col)
 
     def _on_click(self, event) -> None:
@@ -353,7 +356,9 @@ class AlphaExplorer:
             self.select_patch(min(max(x, 0), self.images_raw.shape[-1] - 1), min(max(y, 0), self.images_raw.shape[-2] - 1))
 
     def _on_slider(self, change) -> None:
-        self.update(**{change["owner"].explorer_key: change["new"]})
+        if not self._moving_sliders:
+            key = next(key for key, control in self.controls.items() if control is change["owner"])
+            self.update(**{key: change["new"]})
 
     def update(self, **changes) -> dict:
         """Apply widget changes (image, mode, alpha_last, alpha_prev, row, col), recompute, redraw."""
@@ -413,8 +418,7 @@ class AlphaExplorer:
             "row": w.IntSlider(value=s["row"], min=0, max=self.grid[0] - 1, description="patch row"),
             "col": w.IntSlider(value=s["col"], min=0, max=self.grid[1] - 1, description="patch col"),
         }
-        for name, control in controls.items():
-            control.explorer_key = name
+        for control in controls.values():
             control.observe(self._on_slider, names="value")
 
         def alpha_applies(mode: str) -> None:  # α is read by GPS only: its sliders are disabled, not ignored, otherwise
