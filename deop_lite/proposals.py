@@ -576,6 +576,8 @@ def training_batch(world: toyworld.ToyWorld, step: int, batch_size: int) -> dict
         scene = world.scene(index)
         image, label = scene.image.astype(np.float32), toyworld.hide_unseen(scene.label)
         rng = np.random.default_rng((7, index))
+        if rng.random() < 0.5:
+            toyworld.paint_stuff_of_no_class(rng, image, label, 18)
         for k in range(rng.integers(NO_CLASS_OBJECTS + 1)):
             toyworld.draw_object_of_no_class(rng, image, label, 16 + k)
         images.append(torch.from_numpy(image).permute(2, 0, 1) / 255.0)

@@ -334,6 +334,23 @@ def draw_object_of_no_class(rng: np.random.Generator, image: np.ndarray, label: 
     label[y0:y1, x0:x1][covered] = segment_id
 
 
+def paint_stuff_of_no_class(rng: np.random.Generator, image: np.ndarray, label: np.ndarray, segment_id: int) -> None:
+    """Turn a random blob of the scene's stuff (never its things) into a random texture of no class, labelled
+    ``segment_id``, in place: a region behind the things, cut into pieces by them as grass and road are."""
+    side = label.shape[0]
+    noise = _crop_tile(rng, _noise_bank()[..., None], side)[..., 0]  # (side, side)
+    blob = noise > np.quantile(noise, rng.uniform(0.5, 0.8))
+    region = blob & np.isin(label, [CLASS_NAMES.index(c) for c in STUFF_CLASSES])  # labelled stuff only
+    palette = np.array(list(COLOURS.values()), np.float32)  # (9, 3)
+    a, b = palette[rng.integers(len(palette), size=2)]
+    y, x = _grid(side)
+    angle, period = rng.uniform(0, np.pi), rng.uniform(3, 12)
+    stripes = 0.5 + 0.5 * np.sin(2 * np.pi * (np.cos(angle) * x + np.sin(angle) * y) / period)  # (side, side)
+    texture = stripes[..., None] * a + (1 - stripes[..., None]) * b + rng.normal(0, 12, size=(side, side, 1))
+    image[region] = np.clip(texture[region], 0, 255)
+    label[region] = segment_id
+
+
 def _pick_colour(rng: np.random.Generator, name: str, behind: np.ndarray) -> tuple[str, np.ndarray]:
     """A body colour of thing ``name`` that stands out from the mean colour ``behind`` (3,), jittered a little."""
     palette = THING_PALETTES[name]
