@@ -310,6 +310,48 @@ def _draw_thing(rng, image, label, name: str, diameter: float, centre, colour) -
     label[y0:y1, x0:x1][covered] = CLASS_NAMES.index(name)
 
 
+def draw_object_of_no_class(rng: np.random.Generator, image: np.ndarray, label: np.ndarray, segment_id: int) -> None:
+    """Paint a random object assembled from parts (a body and 2-5 parts, shapes and colours at random, drawn in the
+    object's own coordinates) with label ``segment_id``, in place. It belongs to no class: for class-agnostic
+    proposal training, so that 'an object' means parts that belong together, not one of the seen things."""
+    size = label.shape[0]
+    diameter = size * np.exp(rng.uniform(np.log(0.2), np.log(0.6)))
+    half = diameter / 2
+    centre = rng.uniform(half, size - half, size=2)
+    y0, y1 = max(int(centre[0] - half), 0), min(int(np.ceil(centre[0] + half)), size)
+    x0, x1 = max(int(centre[1] - half), 0), min(int(np.ceil(centre[1] + half)), size)
+    gy, gx = _grid(size)
+    v, u = (gy[y0:y1, x0:x1] - centre[0]) / half, (gx[y0:y1, x0:x1] - centre[1]) / half  # (h, w) each
+    palette = np.array(list(COLOURS.values()), np.float32)  # (9, 3)
+    colours = palette[rng.integers(len(palette), size=6)]  # (6, 3)
+    a, b = rng.uniform(0.5, 1.0, size=2)
+    body = _ellipse(u, v, 0, 0, a, b) if rng.random() < 0.5 else _box(u, v, -a, a, -b, b)
+    patch, covered = image[y0:y1, x0:x1], body.copy()
+    patch[body] = colours[0]
+    for colour in colours[1:2 + rng.integers(4)]:
+        cu, cv, r = rng.uniform(-0.6, 0.6), rng.uniform(-0.6, 0.6), rng.uniform(0.1, 0.35)
+        part = (_disc(u, v, cu, cv, r) if rng.random() < 0.5 else _box(u, v, cu - r, cu + r, cv - r / 2, cv + r / 2)) & body
+        patch[part] = colour
+    label[y0:y1, x0:x1][covered] = segment_id
+
+
+def paint_stuff_of_no_class(rng: np.random.Generator, image: np.ndarray, label: np.ndarray, segment_id: int) -> None:
+    """Turn a random blob of the scene's stuff (never its things) into a random texture of no class, labelled
+    ``segment_id``, in place: a region behind the things, cut into pieces by them as grass and road are."""
+    side = label.shape[0]
+    noise = _crop_tile(rng, _noise_bank()[..., None], side)[..., 0]  # (side, side)
+    blob = noise > np.quantile(noise, rng.uniform(0.5, 0.8))
+    region = blob & np.isin(label, [CLASS_NAMES.index(c) for c in STUFF_CLASSES])  # labelled stuff only
+    palette = np.array(list(COLOURS.values()), np.float32)  # (9, 3)
+    a, b = palette[rng.integers(len(palette), size=2)]
+    y, x = _grid(side)
+    angle, period = rng.uniform(0, np.pi), rng.uniform(3, 12)
+    stripes = 0.5 + 0.5 * np.sin(2 * np.pi * (np.cos(angle) * x + np.sin(angle) * y) / period)  # (side, side)
+    texture = stripes[..., None] * a + (1 - stripes[..., None]) * b + rng.normal(0, 12, size=(side, side, 1))
+    image[region] = np.clip(texture[region], 0, 255)
+    label[region] = segment_id
+
+
 def _pick_colour(rng: np.random.Generator, name: str, behind: np.ndarray) -> tuple[str, np.ndarray]:
     """A body colour of thing ``name`` that stands out from the mean colour ``behind`` (3,), jittered a little."""
     palette = THING_PALETTES[name]
