@@ -50,5 +50,12 @@ def test_notebook_hygiene(path):
     assert first["cell_type"] == "markdown" and first["source"][0].startswith("# ")
     last = "".join(nb["cells"][-1]["source"])
     assert "Next" in last or "The end" in last
+    for target in re.findall(r"\*\*Next:\*\* \[[^]]*\]\(([^)]+)\)", last):
+        assert (path.parent / target).exists(), f"the Next link {target} does not resolve"
+    if "Next" in last:
+        assert re.search(r"\*\*Next:\*\* \[", last), "write the Next link as [name](file.ipynb)"
+    code = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
+    assert not re.findall(r"\b(?:deop_lite|model_lib|clip_lib|[a-z]+)\.(_[a-z]\w*)\(", code), \
+        "notebooks call no private function of the package"
     assert any("## Summary" in "".join(c["source"]) for c in nb["cells"])
     assert any("## Exercises" in "".join(c["source"]) for c in nb["cells"])
