@@ -39,7 +39,6 @@ class AnchorConfig:
     ffn_dim: int = 256  # 1024 for real CLIP
     dropout: float = 0.0  # 0.1 in the official code
     conv_channels: int = 64  # 512 in the paper
-    mask_in_softmax: bool = False  # query-based: the mask inside the softmax (log M added), see QueryHeatmapDecoder
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -71,12 +70,9 @@ class QueryHeatmapDecoder(nn.Module):
         self.out_norm = nn.LayerNorm(dim)
         self.q_proj, self.k_proj = nn.Linear(dim, dim), nn.Linear(dim, dim)
         self.attn_dropout = nn.Dropout(config.dropout)
-        self.mask_in_softmax = config.mask_in_softmax
         for proj in (self.q_proj, self.k_proj):
             nn.init.xavier_uniform_(proj.weight)
             nn.init.zeros_(proj.bias)
-        if self.mask_in_softmax:  # q = 0: every heatmap starts as its mask, normalised (mask-based pooling)
-            nn.init.zeros_(self.q_proj.weight)
 
     def forward(self, dense: torch.Tensor, mask_probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """dense F_V (B, D, h, w) unit norm; mask_probs σ(M) (B, N, H, W) ->
@@ -97,12 +93,8 @@ class QueryHeatmapDecoder(nn.Module):
         split = lambda t: t.reshape(batch, t.shape[1], self.heads, dim // self.heads).transpose(1, 2)  # (B, heads, L, D/heads)
         q = split(self.q_proj(queries + query_pos))  # (B, heads, N, d)
         k = split(self.k_proj(memory + memory_pos))  # (B, heads, hw, d)
-        logits = q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5  # (B, heads, N, hw)
-        masks = masks_on_grid(mask_probs, (h, w)).flatten(2)[:, None]  # (B, 1, N, hw)
-        if self.mask_in_softmax:  # H = softmax(qKᵀ/√d + log M): a distribution over the mask's patches
-            heatmaps = self.attn_dropout((logits + masks.clamp(min=1e-6).log()).softmax(-1))  # (B, heads, N, hw)
-        else:  # Eq. 3 as the paper and the official code have it: H = softmax(qKᵀ/√d) ⊙ M
-            heatmaps = self.attn_dropout(logits.softmax(-1)) * masks  # (B, heads, N, hw)
+        attn = self.attn_dropout((q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5).softmax(-1))  # (B, heads, N, hw)
+        heatmaps = attn * masks_on_grid(mask_probs, (h, w)).flatten(2)[:, None]  # H: (B, heads, N, hw)
         pooled = heatmaps @ split(memory)  # (B, heads, N, d): raw CLIP features as values
         segment_emb = pooled.transpose(1, 2).reshape(batch, -1, dim)  # (B, N, D)
         return F.normalize(segment_emb, dim=-1, eps=1e-6), heatmaps.mean(1).reshape(batch, -1, h, w)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -291,9 +291,19 @@ def _learned_text(ctx_init: str | None = "a photo of a", severance: dict[int, fl
                       anchors=anchors or AnchorConfig(), void=True)
 
 
+CAL_LR = 0.1
+"""CAL's decoder learns at a tenth of the prompts' rate: the official code's 2e-4 (spec §5.2), where the toy prompts
+use 2e-3. With the prompts' rate and no dropout, the decoder fits the seen classes (notebook 04 §8)."""
+
+
 def _baseline_plus(severance: dict[int, float] | None = None, anchors: AnchorConfig | None = None) -> DeOPStage:
-    """Baseline+ (learned text from the offline init, added visual prompts), optionally with PS and CAL."""
-    return DeOPStage(_learned_text(visual="add", severance=severance, anchors=anchors), init_from="text_offline")
+    """Baseline+ (learned text from the offline init, added visual prompts), optionally with PS and CAL (with
+    the official code's dropout 0.1, at ``CAL_LR`` times the learning rate)."""
+    stage = DeOPStage(_learned_text(visual="add", severance=severance, anchors=anchors), init_from="text_offline")
+    if anchors is not None:
+        stage.model.anchors = replace(anchors, dropout=0.1)
+        stage.train.lr_multipliers = {"anchor_decoder.": CAL_LR}
+    return stage
 
 
 GPS_PAPER = {-1: 1.0}
