@@ -33,7 +33,7 @@ def demo(out: Path, n_scenes: int) -> dict:
     checks.at_least(n_scenes, 1, "--scenes")
     out = checks.output_folder(out)
     from .clip import load_clip, naive_dense_labels
-    from .metrics import evaluate_segmentation
+    from .metrics import evaluate_segmentation, format_table
     from .model import checkpoint_path, load_deop
     from .proposals import load_proposals
     from .toyclip import DEFAULT_CHECKPOINT as TOY_CLIP
@@ -62,16 +62,17 @@ def demo(out: Path, n_scenes: int) -> dict:
     val = toyworld.ToyWorld("val", n_scenes, toyworld.ToyWorldConfig.segmentation())
     print(f"segmentation of {n_scenes} validation scenes, all {len(names)} classes (unseen: "
           f"{', '.join(toyworld.UNSEEN_CLASSES)}):")
-    for name, predict in predictors.items():
-        seg = evaluate_segmentation(predict, val, names, toyworld.SEEN_CLASSES, toyworld.UNSEEN_CLASSES, progress=False)
-        print(f"  {name:20s} pAcc {seg['pAcc']:5.1f} | mIoU seen {seg['seen']:5.1f} | unseen {seg['unseen']:5.1f} "
-              f"| hIoU {seg['hIoU']:5.1f}")
+    results = {name: evaluate_segmentation(predict, val, names, toyworld.SEEN_CLASSES, toyworld.UNSEEN_CLASSES,
+                                           progress=False, thing_classes=toyworld.THING_CLASSES)
+               for name, predict in predictors.items()}
+    print(format_table(results) + "\n(mIoU over the seen and the unseen classes, their harmonic mean hIoU, and the "
+          "things' mIoU)")
     batch = torch.utils.data.default_collate([val[i] for i in range(min(4, n_scenes))])
     columns = {"ground truth": batch["label"], **{n: predictors[n](batch["image_raw"]) for n in ("one-pass baseline", "DeOP")}}
     with checks.atomic_path(out / "segmentation.png") as tmp:
         viz.show_segmentations(batch["image_raw"], columns).savefig(tmp, dpi=100, bbox_inches="tight")
     print(f"wrote {out / 'confusion.png'} and {out / 'segmentation.png'}")
-    return seg
+    return results["DeOP"]
 
 
 MAX_SIDE = {"toy": 512, "real": 1024}
