@@ -38,6 +38,16 @@ def test_ci_mode_is_read_in_one_place():
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "notebooks").glob("*.ipynb")), ids=lambda p: p.name)
+def test_notebook_source_is_its_paired_script(path):
+    jupytext = pytest.importorskip("jupytext")
+    script = ROOT / "notebooks" / "scripts" / f"{path.stem}.py"
+    assert script.exists(), f"pair the notebook with its script: jupytext --sync {path.relative_to(ROOT)}"
+    cells = lambda nb: [(c.cell_type, c.source) for c in nb.cells]
+    assert cells(jupytext.read(script)) == cells(jupytext.read(path)), \
+        f"{script.name} and {path.name} differ: jupytext --sync {path.relative_to(ROOT)}"
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "notebooks").glob("*.ipynb")), ids=lambda p: p.name)
 def test_notebook_hygiene(path):
     assert path.stat().st_size < 2 * 1024 * 1024, "keep notebooks under 2 MB"
     nb = json.loads(path.read_text())
