@@ -306,6 +306,13 @@ def _draw_thing(rng, image, label, name: str, diameter: float, centre, colour) -
     for inside, part_colour in _THINGS[name](u, v, tuple(colour), rng):
         patch[inside] = np.clip(np.asarray(part_colour, np.float32) * shade, 0, 255)[inside]
         covered |= inside
+    inner = covered.copy()  # covered pixels whose 4 neighbours are covered too (outside the box counts as covered)
+    inner[1:] &= covered[:-1]
+    inner[:-1] &= covered[1:]
+    inner[:, 1:] &= covered[:, :-1]
+    inner[:, :-1] &= covered[:, 1:]
+    edge = covered & ~inner  # (h, w) a 1-pixel dark outline, as every object has an occluding contour
+    patch[edge] = 0.3 * patch[edge]
     label[y0:y1, x0:x1][covered] = CLASS_NAMES.index(name)
 
 
