@@ -20,12 +20,16 @@ test: $(STAMP)
 	$(BIN)/ruff check deop_lite tests
 	DEOP_CI=1 MPLBACKEND=Agg $(BIN)/pytest -n logical --dist loadscope
 
-# Re-execute every notebook in full (non-CI) mode and store its outputs, widget state stripped.
+# The notebooks' source is notebooks/scripts/*.py (jupytext percent scripts, paired with the .ipynb files by
+# jupytext.toml): edit either side. This syncs each pair, re-executes every notebook in full (non-CI) mode,
+# stores its outputs with widget state stripped, and syncs the scripts again.
 notebooks: $(STAMP)
+	$(BIN)/jupytext --sync notebooks/*.ipynb
 	for nb in notebooks/*.ipynb; do \
 		$(BIN)/jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=3600 $$nb || exit 1; \
 		$(BIN)/python tools/strip_widget_state.py $$nb; \
 	done
+	$(BIN)/jupytext --sync notebooks/*.ipynb
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

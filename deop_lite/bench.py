@@ -151,7 +151,7 @@ def run_bench(config: BenchConfig, progress: bool | None = None) -> dict:
     """Time and count both methods at every N'. Returns a JSON-ready dict (see :func:`summarize`)."""
     from tqdm.auto import tqdm
     deop, multipass = build_models(config)
-    names = [f"class {i}" for i in range(20)] if config.clip != "toy" else ["sky", "grass", "star", "circle"]
+    names = [f"class {i}" for i in range(20)] if config.clip != "toy" else ["sky", "grass", "ladybird", "clock"]
     image = torch.rand(1, 3, config.short_side, config.short_side, device=config.device)
     autocast = (torch.autocast(device_type=torch.device(config.device).type, dtype=torch.bfloat16) if config.bf16
                 else contextlib.nullcontext())

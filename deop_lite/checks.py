@@ -8,8 +8,8 @@ where they are found: ``datasets.DatasetNotFound`` (a missing or unprepared data
 :func:`command` turns all of them into one line on stderr and exit status 2 for every command line;
 anything else is a bug and keeps its traceback.
 
->>> class_names(" star, Grass ,sky ", vocabulary=("sky", "grass", "star"))
-['star', 'grass', 'sky']
+>>> class_names(" ladybird, Grass ,sky ", vocabulary=("sky", "grass", "ladybird"))
+["ladybird", "grass", "sky"]
 """
 from __future__ import annotations
 
@@ -43,9 +43,9 @@ def class_names(names: str | Sequence[str], vocabulary: Sequence[str] | None = N
     """A clean class list: each name stripped of surrounding spaces, in the given order.
 
     Args:
-        names: a list of names, or one string of comma-separated names ("star, grass, sky").
+        names: a list of names, or one string of comma-separated names ("ladybird, grass, sky").
         vocabulary: the names a model knows (the toy world's 16), or None for any name (real CLIP).
-            With a vocabulary, names are matched to it ignoring case ("Star" -> "star").
+            With a vocabulary, names are matched to it ignoring case ("Ladybird" -> "ladybird").
     Raises:
         InputError: for an empty list, a blank entry, a name given twice (ignoring case and spaces), or a
             name outside the vocabulary.
@@ -56,7 +56,7 @@ def class_names(names: str | Sequence[str], vocabulary: Sequence[str] | None = N
         raise InputError(f"class names must be a list of strings, got {names!r}")
     cleaned = [n.strip() for n in names]
     if not any(cleaned):
-        raise InputError("no class names given: name at least one class, e.g. \"star, grass, sky\"")
+        raise InputError("no class names given: name at least one class, e.g. \"ladybird, grass, sky\"")
     blank = [i + 1 for i, n in enumerate(cleaned) if not n]
     if blank:
         raise InputError(f"class name number {', '.join(map(str, blank))} of {len(cleaned)} is blank: "

@@ -1,7 +1,7 @@
 """The ``deop-lite`` command line.
 
     deop-lite demo [--out outputs/demo] [--scenes 64]
-    deop-lite segment IMAGE --classes "star, grass, sky" [--clip toy | --clip ViT-B-16 --weights PATH]
+    deop-lite segment IMAGE --classes "ladybird, grass, sky" [--clip toy | --clip ViT-B-16 --weights PATH]
     deop-lite bench [--clip ViT-B-16] [--valid 10 30 100] [--device cuda --bf16] [--tiny]
     deop-lite bench toyworld | explorer
 
@@ -33,7 +33,7 @@ def demo(out: Path, n_scenes: int) -> dict:
     checks.at_least(n_scenes, 1, "--scenes")
     out = checks.output_folder(out)
     from .clip import load_clip, naive_dense_labels
-    from .metrics import evaluate_segmentation
+    from .metrics import evaluate_segmentation, format_table
     from .model import checkpoint_path, load_deop
     from .proposals import load_proposals
     from .toyclip import DEFAULT_CHECKPOINT as TOY_CLIP
@@ -62,16 +62,17 @@ def demo(out: Path, n_scenes: int) -> dict:
     val = toyworld.ToyWorld("val", n_scenes, toyworld.ToyWorldConfig.segmentation())
     print(f"segmentation of {n_scenes} validation scenes, all {len(names)} classes (unseen: "
           f"{', '.join(toyworld.UNSEEN_CLASSES)}):")
-    for name, predict in predictors.items():
-        seg = evaluate_segmentation(predict, val, names, toyworld.SEEN_CLASSES, toyworld.UNSEEN_CLASSES, progress=False)
-        print(f"  {name:20s} pAcc {seg['pAcc']:5.1f} | mIoU seen {seg['seen']:5.1f} | unseen {seg['unseen']:5.1f} "
-              f"| hIoU {seg['hIoU']:5.1f}")
+    results = {name: evaluate_segmentation(predict, val, names, toyworld.SEEN_CLASSES, toyworld.UNSEEN_CLASSES,
+                                           progress=False, thing_classes=toyworld.THING_CLASSES)
+               for name, predict in predictors.items()}
+    print(format_table(results) + "\n(mIoU over the seen and the unseen classes, their harmonic mean hIoU, and the "
+          "things' mIoU)")
     batch = torch.utils.data.default_collate([val[i] for i in range(min(4, n_scenes))])
     columns = {"ground truth": batch["label"], **{n: predictors[n](batch["image_raw"]) for n in ("one-pass baseline", "DeOP")}}
     with checks.atomic_path(out / "segmentation.png") as tmp:
         viz.show_segmentations(batch["image_raw"], columns).savefig(tmp, dpi=100, bbox_inches="tight")
     print(f"wrote {out / 'confusion.png'} and {out / 'segmentation.png'}")
-    return seg
+    return results["DeOP"]
 
 
 MAX_SIDE = {"toy": 512, "real": 1024}
@@ -131,7 +132,7 @@ def segment(image_path: Path, class_names: str | Sequence[str], clip_name: str, 
     """Segment one image into ``class_names`` and write ``<stem>_overlay.png`` and ``<stem>_labels.png``.
 
     With the toy CLIP the shipped toy DeOP segments (only toy-world class names are known). With a real
-    CLIP there is no trained real DeOP yet (notebook 05 trains one), so the image is labelled training-free:
+    CLIP there is no trained real DeOP yet (notebook 06 trains one), so the image is labelled training-free:
     patch features with the last layer severed (GPS, α = 1, as MaskCLIP and DeOP's demo), each patch
     classified on its own.
     """
@@ -192,7 +193,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     demo_parser.add_argument("--scenes", type=int, default=16 if runtime.CI else 64, help="validation scenes")
     segment_parser = sub.add_parser("segment", help="segment your own image into the classes you name")
     segment_parser.add_argument("image", type=Path)
-    segment_parser.add_argument("--classes", required=True, help='comma-separated class names, e.g. "star, grass, sky"')
+    segment_parser.add_argument("--classes", required=True, help='comma-separated class names, e.g. "ladybird, grass, sky"')
     segment_parser.add_argument("--clip", default="toy", help="'toy' (the shipped toy DeOP) or an open_clip "
                                 "architecture such as ViT-B-16 (training-free GPS labelling)")
     segment_parser.add_argument("--weights", help="real CLIP weights: a local checkpoint file (default: 'openai')")

@@ -9,7 +9,7 @@ statistics CLIP was trained with. The official DeOP code feeds ImageNet-normalis
 
 >>> clip = load_clip("toy")                                    # doctest: +SKIP
 >>> dense = clip.dense_features(clip.normalize(image_raw))      # (B, D, H/8, W/8), unit norm
->>> text_emb = clip.text_embeddings(["star", "grass"])          # (2, D), unit norm
+>>> text_emb = clip.text_embeddings(["ladybird", "grass"])          # (2, D), unit norm
 """
 from __future__ import annotations
 
@@ -96,7 +96,7 @@ class ClipModel:
         """Text classifier (C, D), unit norm: each class name in every template, embeddings averaged.
 
         Args:
-            class_names: C names, e.g. ["star", "grass"].
+            class_names: C names, e.g. ["ladybird", "grass"].
             templates: format strings with one ``{}``; default ``self.templates``.
         """
         templates = tuple(templates or self.templates)

@@ -79,6 +79,23 @@ def harmonic_mean(seen: float, unseen: float) -> float:
     return 2 * seen * unseen / (seen + unseen) if seen + unseen > 0 else 0.0
 
 
+METRIC_COLUMNS = ("pAcc", "seen", "unseen", "hIoU", "things")
+
+
+def format_table(results: dict[str, dict], columns: Sequence[str] = METRIC_COLUMNS) -> str:
+    """One row per named result, one column per metric that the first result has (percentages, 1 decimal).
+
+    >>> print(format_table({"baseline": {"pAcc": 44.2, "seen": 15.5, "unseen": 17.5, "hIoU": 16.5}}))
+                 pAcc   seen unseen   hIoU
+    baseline     44.2   15.5   17.5   16.5
+    """
+    columns = [c for c in columns if c in next(iter(results.values()))]
+    width = max(len(name) for name in results) + 2
+    lines = [" " * width + "".join(f"{c:>7s}" for c in columns)]
+    lines += [f"{name:{width}s}" + "".join(f"{r[c]:7.1f}" for c in columns) for name, r in results.items()]
+    return "\n".join(lines)
+
+
 def ground_truth_masks(label: torch.Tensor, num_classes: int) -> torch.Tensor:
     """One mask per class from a label map: (B, H, W) ids (``IGNORE_INDEX`` allowed) -> (B, C, H, W) float
     in {0, 1}; classes absent from an image get an empty mask, which every classifier here skips."""

@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import checks, runtime, toyworld
+from . import checks, runtime, toyclip, toyworld
 from .anchors import AnchorConfig, build_anchor_decoder, masks_on_grid
 from .clip import ClipModel, load_clip
 from .losses import deop_segmentation_loss
@@ -291,12 +291,27 @@ def _learned_text(ctx_init: str | None = "a photo of a", severance: dict[int, fl
                       anchors=anchors or AnchorConfig(), void=True)
 
 
+CAL_LR = 0.1
+"""CAL's decoder learns at a tenth of the prompts' rate: the official code's 2e-4 (spec §5.2), where the toy prompts
+use 2e-3. With the prompts' rate and no dropout, the decoder fits the seen classes (notebook 04 §8)."""
+
+
 def _baseline_plus(severance: dict[int, float] | None = None, anchors: AnchorConfig | None = None) -> DeOPStage:
-    """Baseline+ (learned text from the offline init, added visual prompts), optionally with PS and CAL."""
-    return DeOPStage(_learned_text(visual="add", severance=severance, anchors=anchors), init_from="text_offline")
+    """Baseline+ (learned text from the offline init, added visual prompts), optionally with PS and CAL (with
+    the official code's dropout 0.1, at ``CAL_LR`` times the learning rate)."""
+    stage = DeOPStage(_learned_text(visual="add", severance=severance, anchors=anchors), init_from="text_offline")
+    if anchors is not None:
+        stage.model.anchors = replace(anchors, dropout=0.1)
+        stage.train.lr_multipliers = {"anchor_decoder.": CAL_LR}
+    return stage
 
 
-GPS = {-1: 1.0}  # the paper's patch severance in DeOP: the last layer fully severed
+GPS_PAPER = {-1: 1.0}
+"""The paper's patch severance in DeOP (Table 4's best): the last layer fully severed. The real-world preset."""
+GPS_TOY = {layer: 1.0 for layer in range(toyclip.ToyClipConfig.vision_layers)}
+"""The toy DeOP's patch severance: every block of the 4-block toy CLIP fully severed, the setting the gate
+chose (``toyclip.GATE_SEVERANCE``; notebook 00). The toy CLIP was pre-trained with stochastic severance in
+every block, so unlike ViT-B/16 (paper §5.3) its embedding space survives severed shallow layers."""
 
 
 VARIANTS: dict[str, tuple[str, DeOPStage]] = {
@@ -311,17 +326,20 @@ VARIANTS: dict[str, tuple[str, DeOPStage]] = {
                        DeOPStage(_learned_text(visual="prepend"), init_from="text_offline", train_text=False)),
     "baseline_plus": ("baseline+: text prompt (offline init) + added visual prompts, both end-to-end",
                       _baseline_plus()),
-    "ps": ("baseline+ with patch severance (GPS, last layer, α = 1)", _baseline_plus(severance=GPS)),
+    "ps": ("baseline+ with patch severance (GPS, α = 1 in every layer of the toy CLIP)",
+           _baseline_plus(severance=GPS_TOY)),
+    "ps_last_layer": ("baseline+ with the paper's patch severance (GPS, α = 1 in the last layer only)",
+                      _baseline_plus(severance=GPS_PAPER)),
     "cal": ("baseline+ with CAL (query-based heatmap decoder, K = 1)",
             _baseline_plus(anchors=AnchorConfig("query", layers=1))),
     "deop": ("DeOP: baseline+ with PS and CAL (query-based, K = 1, the released setting)",
-             _baseline_plus(severance=GPS, anchors=AnchorConfig("query", layers=1))),
+             _baseline_plus(severance=GPS_TOY, anchors=AnchorConfig("query", layers=1))),
     "deop_conv3": ("DeOP with the conv-based heatmap decoder, K = 3",
-                   _baseline_plus(severance=GPS, anchors=AnchorConfig("conv", layers=3))),
+                   _baseline_plus(severance=GPS_TOY, anchors=AnchorConfig("conv", layers=3))),
     "deop_query3": ("DeOP with the query-based heatmap decoder, K = 3",
-                    _baseline_plus(severance=GPS, anchors=AnchorConfig("query", layers=3))),
+                    _baseline_plus(severance=GPS_TOY, anchors=AnchorConfig("query", layers=3))),
     "deop_query5": ("DeOP with the query-based heatmap decoder, K = 5",
-                    _baseline_plus(severance=GPS, anchors=AnchorConfig("query", layers=5))),
+                    _baseline_plus(severance=GPS_TOY, anchors=AnchorConfig("query", layers=5))),
 }
 """Named variants: (description, stage). "baseline" (nothing learned) needs no checkpoint."""
 

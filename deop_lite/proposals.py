@@ -32,6 +32,7 @@ from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision
@@ -563,10 +564,25 @@ class ProposalStage:
         return toyworld.ToyWorld(split, length, config)
 
 
+NO_CLASS_OBJECTS = 2  # objects of no class pasted into each training scene (toyworld.draw_object_of_no_class)
+
+
 def training_batch(world: toyworld.ToyWorld, step: int, batch_size: int) -> dict:
-    """Batch ``step`` of the training stream: scenes step*B .. step*B+B-1 (a function of the step)."""
-    items = [world[step * batch_size + i] for i in range(batch_size)]
-    return {"image_raw": torch.stack([it["image_raw"] for it in items]), "label": torch.stack([it["label"] for it in items])}
+    """Batch ``step`` of the training stream: scenes step*B .. step*B+B-1 (a function of the step), each with
+    up to ``NO_CLASS_OBJECTS`` objects of no class pasted in, labelled as segments of their own."""
+    images, labels = [], []
+    for i in range(batch_size):
+        index = step * batch_size + i
+        scene = world.scene(index)
+        image, label = scene.image.astype(np.float32), toyworld.hide_unseen(scene.label)
+        rng = np.random.default_rng((7, index))
+        if rng.random() < 0.5:
+            toyworld.paint_stuff_of_no_class(rng, image, label, 18)
+        for k in range(rng.integers(NO_CLASS_OBJECTS + 1)):
+            toyworld.draw_object_of_no_class(rng, image, label, 16 + k)
+        images.append(torch.from_numpy(image).permute(2, 0, 1) / 255.0)
+        labels.append(torch.from_numpy(label.astype(np.int64)))
+    return {"image_raw": torch.stack(images), "label": torch.stack(labels)}
 
 
 def train_proposals(stage: ProposalStage, run_dir: str | Path = "runs/proposals",

@@ -38,7 +38,7 @@ from .clip import ClipModel, load_clip
 from .datasets import IGNORE_INDEX, SegmentationDataset, dataset_info, prepare, training_batch
 from .losses import deop_segmentation_loss, mask_proposal_loss
 from .metrics import SegmentationMeter
-from .model import GPS, DeOP, DeOPConfig, LearnedParts
+from .model import GPS_PAPER, DeOP, DeOPConfig, LearnedParts
 from .prompts import PromptConfig, build_prompts, crop_classification_loss, segment_crop_embeddings
 from .proposals import MaskProposalNetwork, ProposalConfig
 from .train import TrainConfig, fit, load_weights, rank, save_weights, world_size
@@ -74,7 +74,7 @@ class RealConfig:
     eval_max_side: int = 2048
     proposals: ProposalConfig = field(default_factory=ProposalConfig.real)
     model: DeOPConfig = field(default_factory=lambda: DeOPConfig(
-        PromptConfig.real(), severance=dict(GPS), anchors=AnchorConfig("query", 1, 8, 1024, 0.1), void=True))
+        PromptConfig.real(), severance=dict(GPS_PAPER), anchors=AnchorConfig("query", 1, 8, 1024, 0.1), void=True))
     crops_per_class: int = 128  # stage 1 data: SimBaseline's SAMPLE_PER_CLASS (VOC 128, COCO 32)
     ignore_as_void: bool = False  # True: the official loss (unseen pixels supervised as void)
     stages: dict[str, StageConfig] = field(default_factory=dict)

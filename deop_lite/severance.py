@@ -247,6 +247,16 @@ def severed_dense_features(visual, image: torch.Tensor, layers: dict[int, float]
     return project_patches(visual, run.run(), run.grid)
 
 
+def severed_image_embedding(visual, image: torch.Tensor, layers: dict[int, float], mode: str = "gps") -> torch.Tensor:
+    """The image embedding (B, D), not normalised, of a CLIP whose chosen layers are severed: pooled as the
+    model pools (``visual.pool_type``: the mean of the patch tokens, or CLS), then ``ln_post`` and ``proj``
+    in open_clip's order. With no severed layer it equals ``visual(image)``. Differentiable."""
+    tokens = _Severed(visual, image, layers, mode, None, "sum", None, None, None, NACLIP_STD).run()  # (B, 1 + h*w, W)
+    tokens = visual.ln_post(tokens)
+    pooled = tokens[:, 1:].mean(1) if visual.pool_type == "avg" else tokens[:, 0]  # (B, W)
+    return pooled @ visual.proj  # (B, D)
+
+
 @torch.no_grad()
 def severed_features_and_attention(visual, image: torch.Tensor, layers: dict[int, float] | None = None,
                                    mode: str = "gps", mask_probs: torch.Tensor | None = None, mps_norm: str = "sum",

@@ -7,9 +7,10 @@ Re-train it (about 25 minutes on 2 CPU cores, resumable; logs in ``runs/toy_clip
 
     python -m deop_lite.toyclip train
 
-Evaluate zero-shot classification of single-class toy images::
+Evaluate zero-shot classification of single-class toy images, and (``--gate-scenes``) whether one CLIP pass
+classifies the ground-truth masks of segmentation scenes about as well as one pass per crop does::
 
-    python -m deop_lite.toyclip eval
+    python -m deop_lite.toyclip eval [--gate-scenes 200]
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from torchvision.ops import Conv2dNormActivation
 
 from . import checks, runtime, toyworld
 from .checks import InputError
+from .severance import severed_image_embedding
 from .train import TrainConfig, check_stage_args, fit, load_weights, save_weights, ship_log, stage_cli
 
 DEFAULT_CHECKPOINT = runtime.DATA_DIR / "toy_clip.safetensors"
@@ -106,6 +108,9 @@ class ToyClipConfig:
     vision_width: int = 128
     vision_layers: int = 4
     conv_stem: bool = True  # patch embedding by a small conv stack instead of one linear 8x8 conv
+    pool: str = "avg"  # image embedding: "avg", the mean of the patch tokens, or "tok", the CLS token (OpenAI's)
+    severance_drop: float = 0.5  # pre-training: each block's attention is the identity with this probability per step
+    stem_context: int = 2  # 3x3 convs at the token resolution after the stem: each lets a patch token see 2 patches more
     text_width: int = 128
     text_layers: int = 2
     context_length: int = 32
@@ -121,7 +126,7 @@ class ToyClipConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> ToyClipConfig:
-        d = dict(d)
+        d = {"pool": "tok", "severance_drop": 0.0, "stem_context": 0, **d}  # what checkpoints written before these fields did
         d["train"] = TrainConfig(**d.get("train", {}))
         return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
 
@@ -136,21 +141,22 @@ class ConvStem(nn.Sequential):
     a few pixels of its neighbours'.
     """
 
-    def __init__(self, width: int, patch_size: int):
+    def __init__(self, width: int, patch_size: int, context: int = 0):
         channels = [3] + [width // 2 ** i for i in range(int(math.log2(patch_size)) - 1, -1, -1)]
         super().__init__(*[Conv2dNormActivation(c_in, c_out, stride=2) for c_in, c_out in zip(channels, channels[1:])],
+                         *[Conv2dNormActivation(width, width) for _ in range(context)],  # each: 1 patch more each side
                          nn.Conv2d(width, width, 1))
 
 
 def build_toy_clip(config: ToyClipConfig, vocab_size: int) -> open_clip.CLIP:
     """A randomly initialised open_clip ``CLIP`` (QuickGELU, like OpenAI's ViT-B/16) of this config."""
     vision = CLIPVisionCfg(layers=config.vision_layers, width=config.vision_width, head_width=64,
-                           patch_size=config.patch_size, image_size=config.image_size)
+                           patch_size=config.patch_size, image_size=config.image_size, pool_type=config.pool)
     text = CLIPTextCfg(context_length=config.context_length, vocab_size=vocab_size, width=config.text_width,
                        heads=config.text_width // 64, layers=config.text_layers)
     model = open_clip.CLIP(config.embed_dim, vision, text, quick_gelu=True)
     if config.conv_stem:
-        model.visual.conv1 = ConvStem(config.vision_width, config.patch_size)
+        model.visual.conv1 = ConvStem(config.vision_width, config.patch_size, config.stem_context)
     return model
 
 
@@ -179,6 +185,18 @@ def contrastive_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, groups: to
     same = (groups[:, None] == groups[None, :]).float()  # (B, B), 1 on the diagonal
     targets = same / same.sum(1, keepdim=True)  # each row spreads its mass over its group
     return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
+
+
+def stochastic_severance(step: int, layers: int, drop: float) -> dict[int, float]:
+    """The blocks whose attention is the identity (GPS, α = 1) at pre-training step ``step``: each with probability
+    ``drop``, drawn from the step number so that a resumed run draws the same.
+
+    Like stochastic depth, which drops whole blocks at random, this trains every block to work with its
+    tokens cut off from each other as well as mixed: the patch tokens of a web-scale CLIP carry what their
+    patch shows (the premise of one-pass segmentation), and our toy CLIP, pre-trained on a few thousand
+    captions, learns that only when a block sometimes has to do without mixing."""
+    draws = torch.rand(layers, generator=torch.Generator().manual_seed(step))  # (layers,)
+    return {index: 1.0 for index in range(layers) if draws[index] < drop}
 
 
 def caption_batch(step: int, batch_size: int, image_size: int) -> tuple[torch.Tensor, list[str]]:
@@ -216,6 +234,32 @@ def evaluate_zero_shot(clip, n_per_class: int = 50, split: str = "val", batch_si
 
 
 # ----------------------------------------------------------------------------------------------------
+# The gate of toy world 2: can one pass read what a thing is?
+
+GATE_SEVERANCE = {"stock": {}, "GPS α=1, last layer": {-1: 1.0},
+                  "GPS α=1, all layers": {i: 1.0 for i in range(ToyClipConfig.vision_layers)}}
+"""One-pass settings the gate compares ({layer: α}); the chosen one is the last."""
+
+
+@torch.no_grad()
+def ground_truth_gate(clip, scenes: int = 200, severance: dict[str, dict[int, float]] | None = None,
+                      progress: bool | None = None) -> dict[str, dict]:
+    """Classify the ground-truth masks of ``scenes`` validation scenes (so that proposals play no part) with one
+    pass (each ``severance`` setting, training-free) and with multi-pass crops; name -> ``evaluate_deop``'s
+    result (seen, unseen, hIoU, things, per-class IoU). Before anything downstream is trained on a toy world,
+    one pass must read things about as well as crops do (notebook 00)."""
+    from .model import OnePassBaseline, evaluate_deop
+    from .multipass import MultiPass
+    from .proposals import MaskProposalNetwork, ProposalConfig
+    unused = MaskProposalNetwork(ProposalConfig())  # the classifiers are given the masks
+    classifiers = {f"one pass, {name}": OnePassBaseline(unused, clip, severance=layers or None)
+                   for name, layers in (severance or GATE_SEVERANCE).items()}
+    classifiers["multi-pass crops"] = MultiPass(unused, clip)
+    return {name: evaluate_deop(classifier, scenes, masks="ground_truth", progress=progress)
+            for name, classifier in classifiers.items()}
+
+
+# ----------------------------------------------------------------------------------------------------
 # Train, save, load
 
 def train_toy_clip(config: ToyClipConfig, run_dir: str | Path = "runs/toy_clip",
@@ -231,7 +275,8 @@ def train_toy_clip(config: ToyClipConfig, run_dir: str | Path = "runs/toy_clip",
     def step_loss(step: int):
         image_raw, captions = caption_batch(step, config.batch_size, config.image_size)
         tokens = tokenizer(captions)  # (B, L)
-        image_emb = F.normalize(model.encode_image(clip.normalize(image_raw)), dim=-1)  # (B, D)
+        severed = stochastic_severance(step, config.vision_layers, config.severance_drop)
+        image_emb = F.normalize(severed_image_embedding(model.visual, clip.normalize(image_raw), severed), dim=-1)  # (B, D)
         text_emb = F.normalize(model.encode_text(tokens), dim=-1)  # (B, D)
         return contrastive_loss(image_emb, text_emb, caption_groups(captions), model.logit_scale), \
             {"logit_scale": model.logit_scale.exp().item()}
@@ -275,10 +320,14 @@ def load_toy_clip(path: str | Path = DEFAULT_CHECKPOINT) -> tuple[open_clip.CLIP
 def main(argv: Sequence[str] | None = None) -> None:
     parser, _, evaluate = stage_cli("python -m deop_lite.toyclip", __doc__, DEFAULT_CHECKPOINT, "runs/toy_clip")
     evaluate.add_argument("--per-class", type=int, default=50, help="single-class validation images per class")
+    evaluate.add_argument("--gate-scenes", type=int, default=0,
+                          help="also classify the ground-truth masks of this many validation scenes, one pass against "
+                               "multi-pass crops (the gate of notebook 00; 0: skip)")
     args = parser.parse_args(argv)
     check_stage_args(args)
     if args.command == "eval":
         checks.at_least(args.per_class, 1, "--per-class")
+        checks.at_least(args.gate_scenes, 0, "--gate-scenes")
     if args.command == "train":
         config = ToyClipConfig.tiny() if args.tiny else ToyClipConfig()
         if args.steps is not None:
@@ -286,9 +335,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         train_toy_clip(config, args.run_dir, args.out)
     else:
         from .clip import load_clip
-        result = evaluate_zero_shot(load_clip("toy", pretrained=args.checkpoint), n_per_class=args.per_class)
+        clip = load_clip("toy", pretrained=args.checkpoint)
+        result = evaluate_zero_shot(clip, n_per_class=args.per_class)
         print(f"zero-shot top-1 over {len(toyworld.CLASS_NAMES)} classes: {result['top1']:.3f} "
               f"(seen {result['seen_top1']:.3f}, unseen {result['unseen_top1']:.3f})")
+        if args.gate_scenes:
+            print(f"ground-truth masks of {args.gate_scenes} validation scenes (mIoU, %):")
+            for name, row in ground_truth_gate(clip, args.gate_scenes).items():
+                things = " ".join(f"{c} {row['IoU'][c]:.0f}" for c in toyworld.THING_CLASSES)
+                print(f"  {name:30s} seen {row['seen']:5.1f}  unseen {row['unseen']:5.1f}  hIoU {row['hIoU']:5.1f}  "
+                      f"things {row['things']:5.1f}  ({things})")
 
 
 if __name__ == "__main__":

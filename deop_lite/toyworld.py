@@ -26,10 +26,10 @@ from torch.utils.data import Dataset
 from . import checks
 
 STUFF_CLASSES = ("sky", "grass", "water", "sand", "brick", "wood", "snow", "road")
-THING_CLASSES = ("circle", "square", "triangle", "star", "cross", "ring", "diamond", "heart")
+THING_CLASSES = ("ladybird", "flower", "house", "fish", "car", "mushroom", "butterfly", "clock")
 CLASS_NAMES = STUFF_CLASSES + THING_CLASSES
 """All 16 classes; a class's label id is its index here."""
-UNSEEN_CLASSES = ("grass", "road", "star", "heart")
+UNSEEN_CLASSES = ("grass", "road", "fish", "car")
 """Never labelled in segmentation training (12 seen / 4 unseen, both stuff and things among them;
 COCO-Stuff's unseen list also holds grass and road)."""
 SEEN_CLASSES = tuple(c for c in CLASS_NAMES if c not in UNSEEN_CLASSES)
@@ -39,7 +39,7 @@ IGNORE_INDEX = 255
 COLOURS = {  # named colours of things; the names may appear in captions
     "red": (215, 40, 40), "orange": (240, 140, 20), "yellow": (240, 215, 40), "green": (40, 170, 60),
     "blue": (40, 80, 220), "purple": (130, 50, 170), "pink": (240, 120, 180), "white": (245, 245, 245),
-    "black": (25, 25, 25),
+    "black": (25, 25, 25), "brown": (140, 85, 45),
 }
 SPLIT_SEEDS = {"train": 0, "val": 1, "test": 2}
 SCENE_KINDS = ("scene", "stuff", "object")
@@ -151,11 +151,12 @@ def _crop_tile(rng: np.random.Generator, tiles: np.ndarray, size: int) -> np.nda
     return tile[oy:oy + size, ox:ox + size]
 
 
-def _stuff_layout(rng: np.random.Generator, n_regions: int, size: int) -> np.ndarray:
-    """(size, size) int region map with values in [0, n_regions): wavy bands, Voronoi cells or blobs."""
+def _stuff_layout(rng: np.random.Generator, n_regions: int, size: int, window=np.s_[:, :]) -> np.ndarray:
+    """The ``window`` of a (size, size) int region map with values in [0, n_regions): wavy bands, Voronoi cells or
+    blobs laid out on the whole canvas."""
     if n_regions == 1:
-        return np.zeros((size, size), np.int64)
-    y, x = _grid(size)
+        return np.zeros((size, size), np.int64)[window]
+    y, x = (g[window] for g in _grid(size))
     kind = rng.choice(["bands", "cells", "blobs"] if n_regions == 2 else ["bands", "cells"])
     if kind == "bands":
         along, across = (x, y) if rng.random() < 0.6 else (y, x)  # horizontal bands are more common
@@ -170,75 +171,195 @@ def _stuff_layout(rng: np.random.Generator, n_regions: int, size: int) -> np.nda
         dist = (y[None] - seeds[:, 0, None, None]) ** 2 + (x[None] - seeds[:, 1, None, None]) ** 2
         return dist.argmin(0)
     noise = _crop_tile(rng, _noise_bank()[..., None], size)[..., 0]
-    return (noise > np.quantile(noise, rng.uniform(0.4, 0.75))).astype(np.int64)
+    return (noise > np.quantile(noise, rng.uniform(0.4, 0.75))).astype(np.int64)[window]
 
 
 # ----------------------------------------------------------------------------------------------------
-# Things: shapes as implicit functions of rotated, normalised coordinates (u, v) in [-1, 1].
+# Things: objects assembled from parts, each part an implicit function of the thing's own rotated,
+# normalised coordinates (u, v) in [-1, 1] (u to the right, v down). Parts are drawn in the thing's
+# coordinates, so they scale with it, as a car's wheels do: a patch of a ladybird (red with black spots)
+# looks different from a patch of a mushroom cap (red with white dots), whatever the size.
 
-def _convex(u, v, vertices) -> np.ndarray:
-    """Inside test for a convex polygon given counter-clockwise in (u, v) with v pointing down."""
-    inside = np.ones(u.shape, bool)
-    for (u0, v0), (u1, v1) in zip(vertices, vertices[1:] + vertices[:1]):
-        inside &= (u1 - u0) * (v - v0) - (v1 - v0) * (u - u0) <= 0
-    return inside
-
-
-def _shape_mask(name: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    r2 = u * u + v * v
-    if name == "circle":
-        return r2 <= 1.0
-    if name == "square":
-        return np.maximum(np.abs(u), np.abs(v)) <= 0.8
-    if name == "triangle":
-        return _convex(u, v, [(0.0, -0.95), (0.95, 0.7), (-0.95, 0.7)][::-1])
-    if name == "star":  # five spikes: the radius falls linearly from the tips to the inner corners
-        spike = np.abs(2 * ((np.arctan2(u, -v) * 5 / (2 * np.pi)) % 1.0) - 1)
-        return np.sqrt(r2) <= 0.4 + 0.6 * spike
-    if name == "cross":
-        return ((np.abs(u) <= 0.3) & (np.abs(v) <= 0.95)) | ((np.abs(v) <= 0.3) & (np.abs(u) <= 0.95))
-    if name == "ring":
-        return (r2 <= 1.0) & (r2 >= 0.55 ** 2)
-    if name == "diamond":
-        return np.abs(u) / 0.65 + np.abs(v) <= 1.0
-    if name == "heart":
-        hx, hy = 1.2 * u, -1.15 * v + 0.1
-        return (hx * hx + hy * hy - 1) ** 3 - hx * hx * hy ** 3 <= 0
-    raise KeyError(name)
+BLACK, WHITE, GREY = (25, 25, 25), (245, 245, 245), (165, 165, 170)
+GLASS, WOOD, ROOF, CREAM = (150, 205, 245), (115, 75, 40), (150, 55, 40), (235, 225, 200)
 
 
-_MAX_ROTATION = {"circle": 0, "ring": 0, "square": 15, "triangle": 20, "star": 36, "cross": 15,
-                 "diamond": 15, "heart": 20}  # degrees; small enough that square and diamond stay apart
+def _disc(u, v, cu: float, cv: float, r: float) -> np.ndarray:
+    return (u - cu) ** 2 + (v - cv) ** 2 <= r * r
+
+
+def _ellipse(u, v, cu: float, cv: float, ru: float, rv: float) -> np.ndarray:
+    return ((u - cu) / ru) ** 2 + ((v - cv) / rv) ** 2 <= 1.0
+
+
+def _box(u, v, u0: float, u1: float, v0: float, v1: float) -> np.ndarray:
+    return (u >= u0) & (u <= u1) & (v >= v0) & (v <= v1)
+
+
+def _hand(u, v, angle: float, length: float, width: float) -> np.ndarray:
+    """A clock hand from the centre towards ``angle`` (radians, clockwise from 12 o'clock)."""
+    du, dv = np.sin(angle), -np.cos(angle)
+    along, across = u * du + v * dv, np.abs(u * dv - v * du)
+    return (along >= -0.08) & (along <= length) & (across <= width)
+
+
+def _ladybird(u, v, body, rng):
+    shell = _ellipse(u, v, 0, 0.12, 0.8, 0.85)
+    spots = (_disc(u, v, -0.38, -0.2, 0.17) | _disc(u, v, 0.38, -0.2, 0.17) | _disc(u, v, -0.45, 0.3, 0.17)
+             | _disc(u, v, 0.45, 0.3, 0.17) | _disc(u, v, -0.2, 0.68, 0.14) | _disc(u, v, 0.2, 0.68, 0.14))
+    midline = (np.abs(u) <= 0.05) & (v >= -0.55)
+    return [(_disc(u, v, 0, -0.68, 0.36), BLACK), (shell, body), (shell & (spots | midline), BLACK)]
+
+
+def _flower(u, v, body, rng):
+    radius, angle = np.sqrt(u * u + v * v), np.arctan2(v, u)
+    petals = radius <= 0.5 + 0.45 * np.abs(np.cos(3 * angle))  # six lobes
+    veins = petals & (radius > 0.3) & (np.abs(np.sin(3 * angle)) < 0.12)
+    centre = (240, 200, 40) if body[0] < 200 or body[2] > 100 else (230, 120, 20)
+    return [(petals, body), (veins, tuple(0.7 * np.asarray(body))), (radius <= 0.3, centre),
+            (_disc(u, v, 0, 0, 0.1), WOOD)]
+
+
+def _house(u, v, body, rng):
+    roof = (v <= -0.1) & (v >= -0.95 + 0.95 * np.abs(u))
+    tiles = roof & (np.mod(v + 0.95, 0.22) < 0.06)
+    windows = _box(u, v, -0.55, -0.15, 0.05, 0.4) | _box(u, v, 0.15, 0.55, 0.05, 0.4)
+    bars = windows & ((np.abs(np.abs(u) - 0.35) < 0.04) | (np.abs(v - 0.225) < 0.04))
+    return [(_box(u, v, 0.35, 0.6, -0.85, -0.3), ROOF), (roof, ROOF), (tiles, BLACK),
+            (_box(u, v, -0.75, 0.75, -0.1, 0.9), body), (windows, GLASS), (bars, WHITE),
+            (_box(u, v, -0.13, 0.13, 0.5, 0.9), WOOD)]
+
+
+def _fish(u, v, body, rng):
+    u = u if rng.random() < 0.5 else -u  # facing left or right
+    trunk = _ellipse(u, v, -0.12, 0, 0.68, 0.45)
+    tail = (u >= 0.4) & (u <= 0.95) & (np.abs(v) <= 0.9 * (u - 0.4) + 0.05)
+    fin = (v <= -0.3) & (v >= -0.6 + 0.9 * np.abs(u + 0.1)) & (u > -0.45) & (u < 0.25)
+    stripes = trunk & (np.abs(u + 0.12) > 0.1) & (np.cos(np.pi * 3.2 * (u + 0.12)) > 0.7)
+    stripe_colour = BLACK if sum(body) > 500 else WHITE
+    return [(tail | fin, tuple(0.75 * np.asarray(body))), (trunk, body), (stripes, stripe_colour),
+            (_disc(u, v, -0.55, -0.1, 0.13), WHITE), (_disc(u, v, -0.57, -0.1, 0.065), BLACK)]
+
+
+def _car(u, v, body, rng):
+    u = u if rng.random() < 0.5 else -u  # driving left or right
+    cabin = (v >= -0.6) & (v <= -0.05) & (np.abs(u + 0.05) <= 0.4 + 0.5 * (v + 0.6))
+    glass = (v >= -0.5) & (v <= -0.12) & (np.abs(u + 0.05) <= 0.32 + 0.5 * (v + 0.5)) & (np.abs(u + 0.05) > 0.05)
+    wheels = _disc(u, v, -0.55, 0.45, 0.27) | _disc(u, v, 0.55, 0.45, 0.27)
+    hubs = _disc(u, v, -0.55, 0.45, 0.1) | _disc(u, v, 0.55, 0.45, 0.1)
+    return [(cabin | _box(u, v, -0.95, 0.95, -0.1, 0.45), body), (glass, GLASS), (wheels, BLACK), (hubs, GREY),
+            (_box(u, v, 0.82, 0.95, 0.0, 0.14), (250, 220, 60))]
+
+
+def _mushroom(u, v, body, rng):
+    cap = _ellipse(u, v, 0, 0.05, 0.95, 0.85) & (v <= 0.05)
+    dots = (_disc(u, v, 0, -0.55, 0.14) | _disc(u, v, -0.45, -0.3, 0.13) | _disc(u, v, 0.45, -0.3, 0.13)
+            | _disc(u, v, -0.2, -0.15, 0.1) | _disc(u, v, 0.25, -0.1, 0.1) | _disc(u, v, -0.72, -0.02, 0.08)
+            | _disc(u, v, 0.72, -0.02, 0.08))
+    stem = (v >= 0.0) & (v <= 0.95) & (np.abs(u) <= 0.2 + 0.1 * v)
+    return [(stem, CREAM), (cap, body), (cap & dots, WHITE), (_box(u, v, -0.85, 0.85, 0.0, 0.08), (200, 175, 140))]
+
+
+def _butterfly(u, v, body, rng):
+    au = np.abs(u)  # mirror symmetric
+    wings = _ellipse(au, v, 0.48, -0.3, 0.45, 0.38) | _ellipse(au, v, 0.35, 0.35, 0.32, 0.32)
+    inner = _ellipse(au, v, 0.48, -0.3, 0.36, 0.29) | _ellipse(au, v, 0.35, 0.35, 0.24, 0.24)
+    return [(wings, BLACK), (inner, body), (_disc(au, v, 0.52, -0.32, 0.16), BLACK),
+            (_disc(au, v, 0.52, -0.32, 0.07), WHITE), (_disc(au, v, 0.36, 0.38, 0.09), WHITE),
+            (_ellipse(u, v, 0, 0, 0.08, 0.62), BLACK)]
+
+
+def _clock(u, v, body, rng):
+    radius = np.sqrt(u * u + v * v)
+    ticks = (radius >= 0.55) & (radius <= 0.72) & (np.abs(np.sin(6 * np.arctan2(u, -v))) < 0.15)
+    hour, minute = rng.uniform(0, 2 * np.pi, size=2)
+    return [(radius <= 1.0, body), (radius <= 0.8, WHITE), (ticks, BLACK),
+            (_hand(u, v, hour, 0.4, 0.07) | _hand(u, v, minute, 0.62, 0.045), BLACK), (radius <= 0.09, BLACK)]
+
+
+_THINGS = {"ladybird": _ladybird, "flower": _flower, "house": _house, "fish": _fish, "car": _car,
+           "mushroom": _mushroom, "butterfly": _butterfly, "clock": _clock}
+"""Thing class -> its parts: ``parts(u, v, body colour, rng)`` gives [(inside (h, w) bool, colour)], painted
+in order; the label is their union."""
+THING_PALETTES = {
+    "ladybird": ("red", "orange", "yellow"), "flower": ("pink", "purple", "white", "red", "yellow"),
+    "house": ("white", "yellow", "orange", "pink"), "fish": ("orange", "yellow", "blue", "purple"),
+    "car": ("red", "blue", "green", "yellow", "white", "black"), "mushroom": ("red", "orange", "brown"),
+    "butterfly": ("blue", "orange", "yellow", "purple", "pink"), "clock": ("black", "red", "blue", "green")}
+"""The body colours each thing comes in (like a class's real colours: ladybirds are red, orange or yellow)."""
+_MAX_ROTATION = {"ladybird": 180, "flower": 30, "house": 8, "fish": 20, "car": 6, "mushroom": 12,
+                 "butterfly": 25, "clock": 0}  # degrees; a clock's hands turn instead
 
 
 def _draw_thing(rng, image, label, name: str, diameter: float, centre, colour) -> None:
-    """Paint one shape into ``image`` (H, W, 3) float and ``label`` (H, W) uint8, in place."""
+    """Paint one thing into ``image`` (H, W, 3) float and ``label`` (H, W) uint8, in place."""
     size = label.shape[0]
     half = diameter / 2
+    y0, y1, x0, x1 = np.clip([np.floor(centre[0] - half), np.ceil(centre[0] + half),
+                              np.floor(centre[1] - half), np.ceil(centre[1] + half)], 0, size).astype(int)
+    gy, gx = _grid(size)  # a thing may lie partly or wholly outside the image: only what is inside is drawn
+    dy, dx = (gy[y0:y1, x0:x1] - centre[0]) / half, (gx[y0:y1, x0:x1] - centre[1]) / half  # (h, w) each
+    theta = np.deg2rad(rng.uniform(-1, 1) * _MAX_ROTATION[name])
+    u, v = np.cos(theta) * dx + np.sin(theta) * dy, -np.sin(theta) * dx + np.cos(theta) * dy
+    light = rng.uniform(-0.2, 0.2, size=2)
+    shade = (1.0 + light[0] * u - light[1] * v)[..., None]  # (h, w, 1) soft directional lighting
+    patch, covered = image[y0:y1, x0:x1], np.zeros(u.shape, bool)
+    for inside, part_colour in _THINGS[name](u, v, tuple(colour), rng):
+        patch[inside] = np.clip(shade[inside] * np.asarray(part_colour, np.float32), 0, 255)  # (k, 3)
+        covered |= inside
+    label[y0:y1, x0:x1][covered] = CLASS_NAMES.index(name)
+
+
+def draw_object_of_no_class(rng: np.random.Generator, image: np.ndarray, label: np.ndarray, segment_id: int) -> None:
+    """Paint a random object assembled from parts (a body and 2-5 parts, shapes and colours at random, drawn in the
+    object's own coordinates) with label ``segment_id``, in place. It belongs to no class: for class-agnostic
+    proposal training, so that 'an object' means parts that belong together, not one of the seen things."""
+    size = label.shape[0]
+    diameter = size * np.exp(rng.uniform(np.log(0.2), np.log(0.6)))
+    half = diameter / 2
+    centre = rng.uniform(half, size - half, size=2)
     y0, y1 = max(int(centre[0] - half), 0), min(int(np.ceil(centre[0] + half)), size)
     x0, x1 = max(int(centre[1] - half), 0), min(int(np.ceil(centre[1] + half)), size)
     gy, gx = _grid(size)
-    dy, dx = (gy[y0:y1, x0:x1] - centre[0]) / half, (gx[y0:y1, x0:x1] - centre[1]) / half
-    theta = np.deg2rad(rng.uniform(-1, 1) * _MAX_ROTATION[name])
-    u, v = np.cos(theta) * dx + np.sin(theta) * dy, -np.sin(theta) * dx + np.cos(theta) * dy
-    inside = _shape_mask(name, u, v)
-    light = rng.uniform(-0.25, 0.25, size=2)
-    shade = (1.0 + light[0] * u - light[1] * v)[..., None]  # soft directional lighting
-    patch = image[y0:y1, x0:x1]
-    patch[inside] = np.clip(np.asarray(colour) * shade, 0, 255)[inside]
-    label[y0:y1, x0:x1][inside] = CLASS_NAMES.index(name)
+    v, u = (gy[y0:y1, x0:x1] - centre[0]) / half, (gx[y0:y1, x0:x1] - centre[1]) / half  # (h, w) each
+    palette = np.array(list(COLOURS.values()), np.float32)  # (9, 3)
+    colours = palette[rng.integers(len(palette), size=6)]  # (6, 3)
+    a, b = rng.uniform(0.5, 1.0, size=2)
+    body = _ellipse(u, v, 0, 0, a, b) if rng.random() < 0.5 else _box(u, v, -a, a, -b, b)
+    patch, covered = image[y0:y1, x0:x1], body.copy()
+    patch[body] = colours[0]
+    for colour in colours[1:2 + rng.integers(4)]:
+        cu, cv, r = rng.uniform(-0.6, 0.6), rng.uniform(-0.6, 0.6), rng.uniform(0.1, 0.35)
+        part = (_disc(u, v, cu, cv, r) if rng.random() < 0.5 else _box(u, v, cu - r, cu + r, cv - r / 2, cv + r / 2)) & body
+        patch[part] = colour
+    label[y0:y1, x0:x1][covered] = segment_id
 
 
-_COLOUR_NAMES = tuple(COLOURS)
-_COLOUR_VALUES = np.array(list(COLOURS.values()), np.float32)  # (9, 3)
+def paint_stuff_of_no_class(rng: np.random.Generator, image: np.ndarray, label: np.ndarray, segment_id: int) -> None:
+    """Turn a random blob of the scene's stuff (never its things) into a random texture of no class, labelled
+    ``segment_id``, in place: a region behind the things, cut into pieces by them as grass and road are."""
+    side = label.shape[0]
+    noise = _crop_tile(rng, _noise_bank()[..., None], side)[..., 0]  # (side, side)
+    blob = noise > np.quantile(noise, rng.uniform(0.5, 0.8))
+    region = blob & np.isin(label, [CLASS_NAMES.index(c) for c in STUFF_CLASSES])  # labelled stuff only
+    palette = np.array(list(COLOURS.values()), np.float32)  # (9, 3)
+    a, b = palette[rng.integers(len(palette), size=2)]
+    y, x = _grid(side)
+    angle, period = rng.uniform(0, np.pi), rng.uniform(3, 12)
+    stripes = 0.5 + 0.5 * np.sin(2 * np.pi * (np.cos(angle) * x + np.sin(angle) * y) / period)  # (side, side)
+    texture = stripes[..., None] * a + (1 - stripes[..., None]) * b + rng.normal(0, 12, size=(side, side, 1))
+    image[region] = np.clip(texture[region], 0, 255)
+    label[region] = segment_id
 
 
-def _pick_colour(rng: np.random.Generator, behind: np.ndarray) -> tuple[str, np.ndarray]:
-    """A named colour that stands out from the mean colour ``behind`` (3,), with a little jitter."""
-    order = rng.permutation(len(_COLOUR_NAMES))  # (9,)
-    far = order[np.abs(_COLOUR_VALUES[order] - behind).sum(1) > 150]
-    index = far[0] if len(far) else order[0]
-    return _COLOUR_NAMES[index], np.clip(_COLOUR_VALUES[index] + rng.integers(-20, 21, size=3), 0, 255)
+def _pick_colour(rng: np.random.Generator, name: str, behind: np.ndarray) -> tuple[str, np.ndarray]:
+    """A body colour of thing ``name`` that stands out from the mean colour ``behind`` (3,), jittered a little."""
+    palette = THING_PALETTES[name]
+    order = rng.permutation(len(palette))
+    values = np.array([COLOURS[palette[i]] for i in order], np.float32)  # (k, 3)
+    far = np.flatnonzero(np.abs(values - behind).sum(1) > 150)
+    index = order[far[0]] if len(far) else order[0]
+    return palette[index], np.clip(np.asarray(COLOURS[palette[index]]) + rng.integers(-20, 21, size=3), 0, 255)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -286,9 +407,10 @@ class ToyWorldConfig:
     """How scenes are drawn; sizes in pixels. The defaults are the 64 x 64 world the toy CLIP is
     pre-trained on; :meth:`segmentation` gives the 128 x 128 scenes of the segmentation notebooks."""
     image_size: int = 64
-    max_things: int = 3  # things per "scene" (0..max_things), each class at most once
+    canvas: int | None = 128  # draw a "scene" this wide and cut an image_size window out of it (None: no cut)
+    things: tuple[int, int] = (2, 5)  # range of things per "scene" (on the canvas), each class at most once
     max_stuff: int = 3  # stuff regions per "scene" (1..max_stuff)
-    thing_size: tuple[float, float] = (14.0, 30.0)  # diameter range of things in scenes
+    thing_size: tuple[float, float] = (0.2, 0.9)  # diameters of things in scenes, log-uniform, x image side
     min_visible: int = 62  # visible pixels a class needs to be named in the caption (any image size)
     kind_probs: tuple[float, float, float] = (0.45, 0.15, 0.4)  # "scene", "stuff", "object"
     colour_word_prob: float = 0.25  # how often a thing is named with its colour ("a red star")
@@ -297,7 +419,7 @@ class ToyWorldConfig:
     def segmentation(cls) -> ToyWorldConfig:
         """128 x 128 scenes for segmentation: things of the same pixel size as in pre-training, so CLIP
         sees familiar scales on a 16 x 16 patch grid, and more of them per scene."""
-        return cls(image_size=128, max_things=6, kind_probs=(1.0, 0.0, 0.0))
+        return cls(image_size=128, canvas=None, kind_probs=(1.0, 0.0, 0.0))
 
 
 @dataclass
@@ -321,8 +443,8 @@ def make_scene(rng: np.random.Generator, config: ToyWorldConfig = ToyWorldConfig
             "object" (one large thing on a plain, unlabelled background); None draws it.
         classes: force the classes of a "stuff" or "object" scene (exactly one name).
     """
-    size = config.image_size
     kind = kind or SCENE_KINDS[rng.choice(3, p=config.kind_probs)]
+    size = config.canvas if kind == "scene" and config.canvas else config.image_size  # the side laid out
     if kind not in SCENE_KINDS:
         raise ValueError(f"kind must be one of {SCENE_KINDS}, got {kind!r}")
     if classes is not None:
@@ -331,8 +453,13 @@ def make_scene(rng: np.random.Generator, config: ToyWorldConfig = ToyWorldConfig
         if kind == "scene" or len(classes) != 1 or classes[0] not in pool:
             raise ValueError(f"classes can force one {'stuff' if kind == 'stuff' else 'thing'} class "
                              f"of a 'stuff' or 'object' scene, got kind={kind!r}, classes={classes}")
-    image = np.empty((size, size, 3), np.float32)
-    label = np.full((size, size), IGNORE_INDEX, np.uint8)
+    # A "scene" is laid out on the canvas and only the window (oy, ox) + image_size is drawn: things at the pixel
+    # scale of segmentation scenes, at the cost of the window.
+    side = config.image_size
+    oy, ox = rng.integers(0, size - side + 1, size=2) if size > side else (0, 0)
+    window = np.s_[oy:oy + side, ox:ox + side]
+    image = np.empty((side, side, 3), np.float32)
+    label = np.full((side, side), IGNORE_INDEX, np.uint8)
     bank = texture_bank()
     stuff: list[str] = []
     if kind == "object":  # a plain background with a soft gradient
@@ -344,31 +471,31 @@ def make_scene(rng: np.random.Generator, config: ToyWorldConfig = ToyWorldConfig
         n_stuff = 1 if kind == "stuff" else int(rng.integers(1, config.max_stuff + 1))
         stuff = list(classes) if classes and kind == "stuff" else \
             [STUFF_CLASSES[i] for i in rng.choice(len(STUFF_CLASSES), n_stuff, replace=False)]
-        regions = _stuff_layout(rng, n_stuff, size)
+        regions = _stuff_layout(rng, n_stuff, size, window)  # (side, side)
         for i, name in enumerate(stuff):
-            tile = _crop_tile(rng, bank[name], size)  # (S, S, 3) uint8
+            tile = _crop_tile(rng, bank[name], size)[window]  # (side, side, 3) uint8
             brightness = np.float32(rng.uniform(0.85, 1.15))
             if n_stuff == 1:  # the whole canvas
                 np.multiply(tile, brightness, out=image)
                 label[:] = CLASS_NAMES.index(name)
             else:
-                inside = regions == i  # (S, S) bool
+                inside = regions == i  # (side, side) bool
                 np.copyto(image, tile * brightness, where=inside[..., None])
                 np.copyto(label, CLASS_NAMES.index(name), where=inside)
     if kind == "object":
         thing_names = list(classes) if classes else [THING_CLASSES[rng.integers(len(THING_CLASSES))]]
         diameters = [rng.uniform(0.45, 0.8) * size]
     elif kind == "scene":
-        n_things = int(rng.integers(0, config.max_things + 1))
+        n_things = int(rng.integers(config.things[0], config.things[1] + 1))
         thing_names = [THING_CLASSES[i] for i in rng.choice(len(THING_CLASSES), n_things, replace=False)]
-        diameters = list(rng.uniform(*config.thing_size, size=n_things))
+        diameters = list(size * np.exp(rng.uniform(*np.log(config.thing_size), size=n_things)))
     else:
         thing_names, diameters = [], []
     colours = {}
     for name, diameter in zip(thing_names, diameters):
-        centre = rng.uniform(diameter / 2, size - diameter / 2, size=2)
-        cy, cx = int(centre[0]), int(centre[1])
-        colours[name], colour = _pick_colour(rng, image[cy, cx])
+        centre = rng.uniform(diameter / 2, size - diameter / 2, size=2) - (oy, ox)  # in window pixels
+        cy, cx = np.clip(centre.astype(int), 0, side - 1)
+        colours[name], colour = _pick_colour(rng, name, image[cy, cx])
         _draw_thing(rng, image, label, name, diameter, centre, colour)
     counts = np.bincount(label.ravel(), minlength=256)
     visible = counts >= config.min_visible

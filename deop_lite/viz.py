@@ -155,7 +155,7 @@ _ARROWS = [("data", "proposals", ""), ("data", "clip_image", ""), ("names", "cli
 NOTEBOOK_STAGES = {
     "00": ("data", "names", "clip_image", "clip_text"), "01": ("proposals", "classify"),
     "02": ("clip_image", "clip_text"), "03": ("severance",), "04": ("anchors", "classify"),
-    "05": tuple(_BOXES), "06": ("clip_image", "classify"),
+    "05": ("clip_image", "classify"), "06": tuple(_BOXES),
 }
 """Which boxes each notebook builds (its pipeline figure highlights them)."""
 

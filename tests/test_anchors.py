@@ -56,6 +56,6 @@ def test_anchor_errors():
 def test_deop_with_anchors(toy_clip, kind):
     proposals = MaskProposalNetwork(ProposalStage.tiny().model)
     model = DeOP(proposals, toy_clip, DeOPConfig(anchors=AnchorConfig(kind), severance={-1: 1.0}, void=True))
-    out = model.predict(torch.rand(2, 3, 64, 64), ["sky", "star", "grass"])
+    out = model.predict(torch.rand(2, 3, 64, 64), ["sky", "ladybird", "grass"])
     assert out["label"].shape == (2, 64, 64) and out["class_logits"].shape == (2, 8, 4)
     assert out["heatmaps"].shape == (2, 8, 8, 8)

@@ -33,7 +33,7 @@ def test_segment_own_image(tmp_path, capsys, mode):
     import numpy as np
     from PIL import Image
     path = _scene_png(tmp_path / "scene.png", mode)
-    main(["segment", str(path), "--classes", "sky, grass, star, circle", "--out", str(tmp_path / "out")])
+    main(["segment", str(path), "--classes", "sky, grass, ladybird, clock", "--out", str(tmp_path / "out")])
     printed = capsys.readouterr().out
     labels = Image.open(tmp_path / "out" / "scene_labels.png")
     assert labels.mode == "L" and np.asarray(labels).max() < 4 and "pixels: sky" in printed

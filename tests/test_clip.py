@@ -62,19 +62,19 @@ def test_bad_images_get_clear_errors(toy_clip):
 
 def test_text_embeddings(toy_clip, vit_b16):
     for clip in (toy_clip, vit_b16):
-        emb = clip.text_embeddings(["star", "grass", "sky"])
+        emb = clip.text_embeddings(["ladybird", "grass", "sky"])
         assert emb.shape == (3, clip.embed_dim)
         assert torch.allclose(emb.norm(dim=-1), torch.ones(3), atol=1e-5)
     with pytest.raises(ValueError, match="non-empty list"):
-        toy_clip.text_embeddings("star")
+        toy_clip.text_embeddings("ladybird")
 
 
 def test_toy_tokenizer():
     tokenizer = WordTokenizer(toy_vocabulary(), context_length=12)
-    tokens = tokenizer(["a photo of a star.", "grass"])
+    tokens = tokenizer(["a photo of a ladybird.", "grass"])
     assert tokens.shape == (2, 12)
     assert tokens.argmax(-1).tolist() == [7, 2]  # EOT has the largest id: open_clip's argmax pooling finds it
-    assert tokenizer.decode(tokens[0]) == "a photo of a star ."
+    assert tokenizer.decode(tokens[0]) == "a photo of a ladybird ."
     with pytest.raises(ValueError, match="not in the toy CLIP's vocabulary; it knows: , . a an and"):
         tokenizer(["a photo of a giraffe."])
     with pytest.raises(ValueError, match="context length"):

@@ -41,8 +41,8 @@ def _cases(f):
         # deop-lite segment: class lists
         "segment: no classes": (cli.main, ["segment", scene, "--classes", ""], "no class names given"),
         "segment: only separators": (cli.main, ["segment", scene, "--classes", " , ,"], "no class names given"),
-        "segment: blank entry": (cli.main, ["segment", scene, "--classes", "sky,,star"], "is blank"),
-        "segment: duplicate": (cli.main, ["segment", scene, "--classes", "sky, star, Sky "], "named more than once"),
+        "segment: blank entry": (cli.main, ["segment", scene, "--classes", "sky,,ladybird"], "is blank"),
+        "segment: duplicate": (cli.main, ["segment", scene, "--classes", "sky, ladybird, Sky "], "named more than once"),
         "segment: unknown class": (cli.main, ["segment", scene, "--classes", "sky, zebra"], "unknown class name(s) ['zebra']"),
         "segment: real CLIP duplicate": (cli.main, ["segment", scene, "--classes", "cat, cat", "--clip", "ViT-B-16"],
                                          "named more than once"),
@@ -163,7 +163,7 @@ def _image(*shape, scale=1.0, dtype=torch.float32):
 API_CASES = {
     "empty class list": (lambda m: m.predict(_image(1, 3, 64, 64), []), "no class names given"),
     "class list as one blank string": (lambda m: m.predict(_image(1, 3, 64, 64), " "), "no class names given"),
-    "duplicate classes": (lambda m: m.predict(_image(1, 3, 64, 64), ["sky", "star", "sky"]), "named more than once"),
+    "duplicate classes": (lambda m: m.predict(_image(1, 3, 64, 64), ["sky", "ladybird", "sky"]), "named more than once"),
     "image without batch dim": (lambda m: m.predict(_image(3, 64, 64), ["sky"]), "add a batch dimension"),
     "grayscale image": (lambda m: m.predict(_image(1, 1, 64, 64), ["sky"]), "convert grayscale"),
     "uint8 image": (lambda m: m.predict(_image(1, 3, 64, 64, scale=255, dtype=torch.uint8), ["sky"]), "divide uint8"),
@@ -208,10 +208,10 @@ def test_other_api_entry_points_check_their_input(toy_clip, tmp_path):
         severance.severed_dense_features(toy_clip.visual, image, {-1: 1.0}, "mps", torch.rand(2, 4, 64, 64))
     images = torch.rand(2, 3, 64, 64)
     with pytest.raises(InputError, match="does not fit"):
-        viz.AlphaExplorer(toy_clip, images, ["sky", "star"], torch.rand(2, 4, 32, 32))
+        viz.AlphaExplorer(toy_clip, images, ["sky", "ladybird"], torch.rand(2, 4, 32, 32))
     with pytest.raises(InputError, match="named more than once"):
         viz.AlphaExplorer(toy_clip, images, ["sky", "sky"])
-    explorer = viz.AlphaExplorer(toy_clip, images, ["sky", "star"])
+    explorer = viz.AlphaExplorer(toy_clip, images, ["sky", "ladybird"])
     for change, expected in (({"alpha_last": 1.5}, r"alpha_last must lie in \[0, 1\]"), ({"image": 2}, r"image must be an "
                              r"integer in \[0, 1\]"), ({"row": -1}, "row must be"), ({"mode": "MPS"}, "MPS needs proposal"),
                              ({"mode": "gps"}, "mode must be one of")):
@@ -274,7 +274,7 @@ def test_an_interrupted_demo_keeps_its_previous_figures(tmp_path, monkeypatch, c
 
 
 def test_class_names_are_cleaned_not_guessed():
-    assert checks.class_names(" star, Grass ,sky ", vocabulary=("sky", "grass", "star")) == ["star", "grass", "sky"]
+    assert checks.class_names(" ladybird, Grass ,sky ", vocabulary=("sky", "grass", "ladybird")) == ["ladybird", "grass", "sky"]
     assert checks.class_names(["a cat ", "dog"]) == ["a cat", "dog"]
     with pytest.raises(InputError, match="must be a list of strings"):
         checks.class_names([1, 2])

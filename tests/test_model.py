@@ -33,7 +33,7 @@ def test_classify_and_semantic_map():
 def test_one_pass_baseline_shapes(toy_clip):
     proposals = MaskProposalNetwork(ProposalStage.tiny().model)
     model = OnePassBaseline(proposals, toy_clip)
-    out = model(torch.rand(2, 3, 64, 96), ["sky", "star", "grass"])
+    out = model(torch.rand(2, 3, 64, 96), ["sky", "ladybird", "grass"])
     assert out["label"].shape == (2, 64, 96) and out["label"].max() < 3
     assert out["class_probs"].shape == (2, 8, 3) and out["mask_probs"].shape == (2, 8, 64, 96)
     assert torch.allclose(out["class_probs"].sum(-1), torch.ones(2, 8))
@@ -42,9 +42,9 @@ def test_one_pass_baseline_shapes(toy_clip):
 def test_one_pass_baseline_with_severance(toy_clip):
     proposals = MaskProposalNetwork(ProposalStage.tiny().model)
     image = torch.rand(1, 3, 64, 64)
-    plain = OnePassBaseline(proposals, toy_clip)(image, ["sky", "star"])
+    plain = OnePassBaseline(proposals, toy_clip)(image, ["sky", "ladybird"])
     for mode in ("gps", "mps", "gps_mask"):
-        severed = OnePassBaseline(proposals, toy_clip, severance={-1: 1.0}, severance_mode=mode)(image, ["sky", "star"])
+        severed = OnePassBaseline(proposals, toy_clip, severance={-1: 1.0}, severance_mode=mode)(image, ["sky", "ladybird"])
         assert severed["scores"].shape == plain["scores"].shape
         assert not torch.allclose(severed["class_probs"], plain["class_probs"])
 

@@ -38,6 +38,16 @@ def test_ci_mode_is_read_in_one_place():
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "notebooks").glob("*.ipynb")), ids=lambda p: p.name)
+def test_notebook_source_is_its_paired_script(path):
+    jupytext = pytest.importorskip("jupytext")
+    script = ROOT / "notebooks" / "scripts" / f"{path.stem}.py"
+    assert script.exists(), f"pair the notebook with its script: jupytext --sync {path.relative_to(ROOT)}"
+    cells = lambda nb: [(c.cell_type, c.source) for c in nb.cells]
+    assert cells(jupytext.read(script)) == cells(jupytext.read(path)), \
+        f"{script.name} and {path.name} differ: jupytext --sync {path.relative_to(ROOT)}"
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "notebooks").glob("*.ipynb")), ids=lambda p: p.name)
 def test_notebook_hygiene(path):
     assert path.stat().st_size < 2 * 1024 * 1024, "keep notebooks under 2 MB"
     nb = json.loads(path.read_text())
@@ -50,5 +60,12 @@ def test_notebook_hygiene(path):
     assert first["cell_type"] == "markdown" and first["source"][0].startswith("# ")
     last = "".join(nb["cells"][-1]["source"])
     assert "Next" in last or "The end" in last
+    for target in re.findall(r"\*\*Next:\*\* \[[^]]*\]\(([^)]+)\)", last):
+        assert (path.parent / target).exists(), f"the Next link {target} does not resolve"
+    if "Next" in last:
+        assert re.search(r"\*\*Next:\*\* \[", last), "write the Next link as [name](file.ipynb)"
+    code = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
+    assert not re.findall(r"\b(?:deop_lite|model_lib|clip_lib|[a-z]+)\.(_[a-z]\w*)\(", code), \
+        "notebooks call no private function of the package"
     assert any("## Summary" in "".join(c["source"]) for c in nb["cells"])
     assert any("## Exercises" in "".join(c["source"]) for c in nb["cells"])

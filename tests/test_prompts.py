@@ -12,7 +12,7 @@ from deop_lite.severance import severed_dense_features
 def test_text_context_started_from_words_is_the_fixed_template(clip_name, request):
     clip = request.getfixturevalue(clip_name)
     prompts = TextPrompts(clip, n_ctx=4, ctx_init="a photo of a")
-    names = ["star", "grass", "sky"]
+    names = ["ladybird", "grass", "sky"]
     assert torch.allclose(prompts(names), clip.text_embeddings(names, ["a photo of a {}."]), atol=1e-5)
     assert TextPrompts(clip, n_ctx=16)(names).shape == (3, clip.embed_dim)  # random init (official)
 
@@ -21,7 +21,7 @@ def test_text_prompt_errors(toy_clip):
     with pytest.raises(ValueError, match="has 3 tokens but n_ctx = 4"):
         TextPrompts(toy_clip, n_ctx=4, ctx_init="a photo of")
     with pytest.raises(ValueError, match="too long"):
-        TextPrompts(toy_clip, n_ctx=30)(["star"])
+        TextPrompts(toy_clip, n_ctx=30)(["ladybird"])
     with pytest.raises(ValueError, match="not in the toy CLIP's vocabulary"):
         TextPrompts(toy_clip, n_ctx=4)(["zebra"])
 
@@ -60,7 +60,7 @@ def test_only_prompts_train_clip_stays_frozen(toy_clip):
     proposals_before = {k: v.clone() for k, v in model.proposals.state_dict().items()}
     learned_before = {k: v.clone() for k, v in model.learned.state_dict().items()}
     optimizer = torch.optim.AdamW(model.learned.parameters(), lr=1e-2)
-    out = model.train()(torch.rand(2, 3, 64, 64), ["sky", "star", "grass"])
+    out = model.train()(torch.rand(2, 3, 64, 64), ["sky", "ladybird", "grass"])
     (out["class_logits"].logsumexp(-1).mean() + out["scores"].mean()).backward()
     optimizer.step()
     assert all(p.grad is None for p in toy_clip.model.parameters())

@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -95,3 +96,26 @@ def test_lr_schedule():
     assert lr_factor(99, config) < 0.01
     poly = TrainConfig(steps=100, warmup_steps=0, schedule="poly")
     assert math.isclose(lr_factor(50, poly), 0.5 ** 0.9)
+
+
+def test_stochastic_severance_is_drawn_from_the_step_and_keeps_the_model_clip():
+    from deop_lite.severance import severed_image_embedding
+    from deop_lite.toyclip import ToyClipConfig, WordTokenizer, build_toy_clip, stochastic_severance, toy_vocabulary
+    draws = [stochastic_severance(step, 4, 0.5) for step in range(200)]
+    assert draws == [stochastic_severance(step, 4, 0.5) for step in range(200)]  # a resumed run draws the same
+    assert 0.4 < np.mean([len(d) for d in draws]) / 4 < 0.6 and stochastic_severance(3, 4, 0.0) == {}
+    model = build_toy_clip(ToyClipConfig.tiny(), WordTokenizer(toy_vocabulary()).vocab_size).eval()
+    image = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(severed_image_embedding(model.visual, image, {}), model.encode_image(image), atol=1e-5)
+        assert not torch.allclose(severed_image_embedding(model.visual, image, {0: 1.0}), model.encode_image(image))
+
+
+def test_the_gate_scores_one_pass_and_crops_on_the_same_ground_truth_masks(toy_clip):
+    from deop_lite.toyclip import GATE_SEVERANCE, ground_truth_gate
+    from deop_lite.toyworld import THING_CLASSES
+    rows = ground_truth_gate(toy_clip, scenes=2)
+    assert list(rows) == [f"one pass, {name}" for name in GATE_SEVERANCE] + ["multi-pass crops"]
+    for row in rows.values():
+        assert {"seen", "unseen", "hIoU", "things"} <= set(row) and set(THING_CLASSES) <= set(row["IoU"])
+    assert rows["one pass, stock"]["IoU"] != rows["one pass, GPS α=1, all layers"]["IoU"]

@@ -62,7 +62,7 @@ def test_dataset_items():
 
 
 def test_single_class_images():
-    images, targets = tw.single_class_images(2, class_names=["sky", "star"])
+    images, targets = tw.single_class_images(2, class_names=["sky", "ladybird"])
     assert images.shape == (4, 3, 64, 64) and targets.tolist() == [0, 0, 1, 1]
 
 
@@ -71,3 +71,36 @@ def test_unknown_class_names_are_rejected_with_the_vocabulary():
         tw.check_class_names(["sky", "giraffe"])
     with pytest.raises(ValueError, match="kind"):
         tw.make_scene(np.random.default_rng(0), kind="indoor")
+
+
+def test_segmentation_scenes_have_the_statistics_chosen_from_real_data():
+    """About a third of the pixels are things (COCO-Stuff: stuff covers 69 %), 2-5 things a scene (COCO: 3.5
+    categories an image), diameters spread log-uniformly from a fifth to nine tenths of the side."""
+    config = tw.ToyWorldConfig.segmentation()
+    thing_ids = [tw.CLASS_NAMES.index(c) for c in tw.THING_CLASSES]
+    scenes = [tw.make_scene(tw.scene_rng("val", i), config) for i in range(200)]
+    coverage = np.mean([np.isin(s.label, thing_ids).mean() for s in scenes])
+    assert 0.28 < coverage < 0.38, coverage
+    drawn = [len(np.intersect1d(np.unique(s.label), thing_ids)) for s in scenes]  # things still visible
+    assert max(drawn) <= 5 and np.mean(drawn) > 2.5
+
+
+def test_things_are_assembled_from_parts_that_scale_with_them():
+    """A thing is several colours (its parts), and its look at 2x the size is its look at 1x, upscaled."""
+    for name in tw.THING_CLASSES:
+        scene = tw.make_scene(tw.scene_rng("val", 7), tw.ToyWorldConfig(image_size=96), kind="object", classes=(name,))
+        inside = scene.label == tw.CLASS_NAMES.index(name)
+        colours = {tuple(c // 40) for c in scene.image[inside]}
+        assert len(colours) >= 3, name
+    small, large = (np.zeros((s, s, 3), np.float32) for s in (48, 96))
+    for canvas, side in ((small, 48), (large, 96)):
+        tw._draw_thing(np.random.default_rng(0), canvas, np.full((side, side), 255, np.uint8), "ladybird",
+                       0.8 * side, (side / 2, side / 2), (215, 40, 40))
+    assert np.abs(large[::2, ::2] - small).mean() < 25  # the same parts in the same places, up to the pixel grid
+
+
+def test_pre_training_windows_show_things_at_the_segmentation_scale():
+    config = tw.ToyWorldConfig()
+    assert config.canvas == tw.ToyWorldConfig.segmentation().image_size
+    scene = tw.make_scene(tw.scene_rng("train", 3), config, kind="scene")
+    assert scene.image.shape == (config.image_size, config.image_size, 3) and scene.label.shape == (64, 64)

@@ -26,8 +26,8 @@ def test_figures_draw_the_data_they_are_given():
     assert [ax.get_title() for ax in fig.axes[:2]] == ["a", "b"] and not fig.axes[2].images  # the spare panel is empty
     assert (fig.axes[1].images[0].get_array() == viz.to_hwc(image)).all()  # an empty proposal leaves the image as it is
     plt.close(fig)
-    fig = viz.plot_per_class({"sky": 0.5, "star": 0.25}, "IoU")
-    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["sky", "star*"]
+    fig = viz.plot_per_class({"sky": 0.5, "fish": 0.25}, "IoU")
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["sky", "fish*"]
     plt.close(fig)
 
 
