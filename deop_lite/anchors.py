@@ -25,7 +25,7 @@ from torch import nn
 from torchvision.ops import Conv2dNormActivation
 
 from .checks import InputError
-from .proposals import DecoderLayer, sine_position_encoding
+from .transformer import DecoderLayer, sine_position_encoding
 
 KINDS = ("none", "query", "conv")
 

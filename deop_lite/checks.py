@@ -138,6 +138,17 @@ def mask_batch(mask_probs, image_raw: torch.Tensor, name: str = "mask_probs") ->
 # ----------------------------------------------------------------------------------------------------
 # Command-line arguments: counts, files and folders
 
+def known_fields(config_class, values: dict, where: str) -> dict:
+    """``values`` without the keys that ``config_class`` (a dataclass) does not have, with a note naming them:
+    checkpoints written before an option was removed still load, as the configuration that they were trained with."""
+    from dataclasses import fields
+    names = {f.name for f in fields(config_class)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        print(f"note: {where} has settings this version no longer has, ignored: {', '.join(unknown)}", file=sys.stderr)
+    return {k: v for k, v in values.items() if k in names}
+
+
 def at_least(value: int, minimum: int, what: str) -> int:
     """``value`` if it is at least ``minimum``, else an InputError naming ``what`` (e.g. "--scenes")."""
     if value < minimum:

@@ -31,8 +31,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from . import checks, runtime
-
-IGNORE_INDEX = 255
+from .metrics import IGNORE_INDEX
 
 # ----------------------------------------------------------------------------------------------------
 # Class lists and zero-shot splits

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torchvision.ops import sigmoid_focal_loss
 
-from .toyworld import IGNORE_INDEX
+from .metrics import IGNORE_INDEX
 
 
 def semantic_targets(label: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> tuple[torch.Tensor, torch.Tensor]:

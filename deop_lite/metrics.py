@@ -17,6 +17,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+IGNORE_INDEX = 255
+"""The label of pixels that are never scored or trained on (VOC's boundaries, and unseen classes in training labels),
+in the toy and the real world alike."""
+
+
+def seen_label_map(class_names: Sequence[str], seen_classes: Sequence[str]) -> torch.Tensor:
+    """(256,) int64 lookup: label id (an index into ``class_names``) -> index among ``seen_classes``, the training
+    classes; every other id -> ``IGNORE_INDEX``."""
+    label_map = torch.full((256,), IGNORE_INDEX, dtype=torch.long)
+    for i, name in enumerate(seen_classes):
+        label_map[list(class_names).index(name)] = i
+    return label_map
+
 
 class SegmentationMeter:
     """Accumulates a (C, C) confusion matrix over a dataset without keeping predictions.
@@ -27,7 +40,7 @@ class SegmentationMeter:
     50.0
     """
 
-    def __init__(self, class_names: Sequence[str], ignore_index: int = 255):
+    def __init__(self, class_names: Sequence[str], ignore_index: int = IGNORE_INDEX):
         self.class_names = list(class_names)
         self.ignore_index = ignore_index
         self.confusion = torch.zeros(len(self.class_names), len(self.class_names), dtype=torch.int64)

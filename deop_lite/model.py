@@ -26,6 +26,7 @@ from . import checks, runtime, toyclip, toyworld
 from .anchors import AnchorConfig, build_anchor_decoder, masks_on_grid
 from .clip import ClipModel, load_clip
 from .losses import deop_segmentation_loss
+from .metrics import seen_label_map
 from .prompts import PromptConfig, build_prompts, crop_classification_loss, segment_crop_embeddings
 from .proposals import add_refine_argument, proposal_masks
 from .severance import MASK_MODES, MODES, severed_dense_features
@@ -279,10 +280,8 @@ class DeOPStage:
         return cls(**{**d, "model": DeOPConfig.from_dict(d["model"]), "train": TrainConfig(**d["train"])})
 
     def world(self, split: str, length: int) -> toyworld.ToyWorld:
-        """Toy scenes of this stage's size; "train" labels hide the unseen classes (ZS3)."""
-        config = toyworld.ToyWorldConfig.segmentation()
-        config = toyworld.ToyWorldConfig(**{**asdict(config), "image_size": self.image_size})
-        return toyworld.ToyWorld(split, length, config)
+        """Toy segmentation scenes of this stage's size; "train" labels hide the unseen classes (ZS3)."""
+        return toyworld.ToyWorld(split, length, toyworld.ToyWorldConfig.segmentation(self.image_size))
 
 
 def _learned_text(ctx_init: str | None = "a photo of a", severance: dict[int, float] | None = None,
@@ -353,6 +352,12 @@ def variant_stage(name: str) -> DeOPStage:
 
 def checkpoint_path(variant: str) -> Path:
     return CHECKPOINT_DIR / f"{variant}.safetensors"
+
+
+def shipped_history(variant: str) -> list[dict]:
+    """The training log shipped beside a variant's file (``data/deop/<variant>_train.log``), one record per log line."""
+    from .train import read_log
+    return read_log(checkpoint_path(variant).with_name(f"{variant}_train.log"))
 
 
 def train_command(variant: str) -> str:
@@ -438,6 +443,15 @@ def evaluate_training_free(clip: ClipModel, proposals: nn.Module, mode: str | No
             "mask_pooling": evaluate_deop(baseline, scenes, image_size, progress=progress)}
 
 
+def train_briefly(variant: str, steps: int, val_scenes: int = 16) -> DeOP:
+    """A live run of ``steps`` steps of a variant's training, in a temporary folder (the shipped file untouched)."""
+    import tempfile
+    stage = variant_stage(variant)
+    stage.train.steps = stage.train.log_every = stage.train.checkpoint_every = steps
+    with tempfile.TemporaryDirectory() as tmp:
+        return train_deop(variant, stage, run_dir=tmp, out=f"{tmp}/{variant}.safetensors", val_scenes=val_scenes)
+
+
 def train_deop(variant: str, stage: DeOPStage | None = None, run_dir: str | Path | None = None,
                out: str | Path | None = None, val_scenes: int = 200) -> DeOP:
     """Train one variant's learned parts (resumable), evaluate it, and save them as safetensors."""
@@ -454,7 +468,7 @@ def train_deop(variant: str, stage: DeOPStage | None = None, run_dir: str | Path
         model.learned.text_prompts.requires_grad_(False)
     print(f"{variant}: {sum(p.numel() for p in model.learned.parameters() if p.requires_grad):,} trained "
           f"parameters\n{stage}")
-    seen, label_map = list(toyworld.SEEN_CLASSES), toyworld.seen_label_map()
+    seen, label_map = list(toyworld.SEEN_CLASSES), seen_label_map(toyworld.CLASS_NAMES, toyworld.SEEN_CLASSES)
     train_world = stage.world("train", 10 ** 9)
 
     if stage.objective == "crops":

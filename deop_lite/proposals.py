@@ -1,13 +1,11 @@
 """The mask proposal network: a class-agnostic MaskFormer (paper §3.1; spec §3).
 
-    image -> backbone (res1..res5) -> FPN pixel decoder -> mask features E (B, C_m, H/s, W/s), s = 4 or 2
+    image -> backbone (res1..res5) -> FPN pixel decoder -> mask features E (B, C_m, H/4, W/4)
                                    -> transformer decoder over res5, N learned queries -> Q (B, N, d)
-    masks M = MLP(Q) · E  -> (B, N, H/s, W/s) logits
+    masks M = MLP(Q) · E  -> (B, N, H/4, W/4) logits
 
-Options: ``masked_attention`` swaps the decoder for Mask2Former's (each query cross-attends only where its
-current mask is on, over the FPN levels at strides 32, 16, 8 in turn), and ``refine_iterations`` refines the
-masks at inference along the image's colour edges (:func:`refine_masks`, a label-free post-process; on in
-the toy preset).
+``refine_iterations`` refines the masks at inference along the image's colour edges (:func:`refine_masks`, a
+label-free post-process; on in the toy preset).
 
 The paper removes MaskFormer's class head and keeps the mask components. Without any head, a query that
 the Hungarian matching leaves unmatched would get no signal at all, and its (arbitrary) mask would pollute
@@ -42,12 +40,12 @@ from torchvision.ops import Conv2dNormActivation, FrozenBatchNorm2d
 
 from . import checks, runtime, toyworld
 from .losses import mask_proposal_loss, semantic_targets
-from .toyworld import IGNORE_INDEX
+from .metrics import IGNORE_INDEX, seen_label_map
 from .train import TrainConfig, check_stage_args, fit, load_weights, save_weights, ship_log, stage_cli
+from .transformer import DecoderLayer, sine_position_encoding
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-MEMORY_LEVELS = 3  # masked attention cycles over the FPN levels at strides 32, 16 and 8 (Mask2Former)
 IGNORED_PIXEL_MODES = ("excluded", "negative")  # how the mask losses treat IGNORE_INDEX pixels
 RESNET_CHANNELS = {"resnet18": (64, 128, 256, 512), "resnet34": (64, 128, 256, 512),
                    "resnet50": (256, 512, 1024, 2048), "resnet101": (256, 512, 1024, 2048)}
@@ -74,20 +72,13 @@ class ProposalConfig:
     empty_weight: float = 0.1  # unmatched queries -> empty masks (class-agnostic) / no-object CE weight
     loss_stride: int = 2  # losses on every 2nd label pixel (masks upsampled to match): 4x cheaper, same optimum
     deep_supervision: bool = True
-    mask_stride: int = 4  # 4: MaskFormer's mask features at H/4; 2: one more FPN level, from the stem (H/2)
     ignored_pixels: str = "excluded"  # "excluded" from the mask losses, or "negative" (official MaskFormer)
-    input_scale: int = 1  # the network sees the image upscaled this many times: masks at stride s / input_scale
-    masked_attention: bool = False  # Mask2Former's decoder: masked cross-attention over FPN levels 32, 16, 8
     refine_iterations: int = 0  # joint bilateral refinement of the masks at inference (0: off; see refine_masks)
     refine_sigma_colour: float = 0.1  # colour distance (RGB in [0, 1]) at which a neighbour's weight falls to e^-1/2
     refine_sigma_space: float = 3.0  # the same for the distance in pixels
     refine_radius: int = 3  # neighbours within this many pixels (a (2r+1)^2 window)
 
     def __post_init__(self):
-        if self.mask_stride not in (2, 4):
-            raise ValueError(f"mask_stride must be 2 or 4, got {self.mask_stride}")
-        if self.input_scale < 1:
-            raise ValueError(f"input_scale must be a positive integer, got {self.input_scale}")
         if self.refine_iterations < 0 or self.refine_radius < 1 or min(self.refine_sigma_colour, self.refine_sigma_space) <= 0:
             raise ValueError("refine_iterations must be >= 0, refine_radius >= 1 and the refine sigmas > 0, got "
                              f"{self.refine_iterations}, {self.refine_radius}, {self.refine_sigma_colour}, "
@@ -166,7 +157,7 @@ def _group_norm(channels: int) -> nn.GroupNorm:
 
 class PixelDecoder(nn.Module):
     """FPN (MaskFormer's BasePixelDecoder): top-down from res5, lateral 1x1 convs, 3x3 output convs,
-    then mask features at the finest level it is given (stride 4, or 2 with the stem)."""
+    then mask features at the finest level it is given (res2: stride 4)."""
 
     def __init__(self, in_channels: tuple[int, ...], conv_dim: int, mask_dim: int):
         super().__init__()
@@ -176,57 +167,19 @@ class PixelDecoder(nn.Module):
         self.top = conv(in_channels[-1], 3)  # res5
         self.mask_features = nn.Conv2d(conv_dim, mask_dim, 3, padding=1)
 
-    def forward(self, features: list[torch.Tensor], return_levels: bool = False):
-        """Backbone levels, finest first -> mask features at the finest level it was built for, and with
-        ``return_levels`` also the FPN's outputs coarsest first: [(B, conv_dim, H/32, W/32), (.., H/16, ..), ...]."""
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        """Backbone levels, finest first -> mask features (B, mask_dim, H/4, W/4) at the finest level it was built for."""
         features = features[-(len(self.lateral) + 1):]  # the coarsest levels, as many as in_channels
         y = self.top(features[-1])  # (B, conv_dim, H/32, W/32)
-        levels = [y]
         for lateral, output, x in zip(self.lateral[::-1], self.output[::-1], features[-2::-1]):
-            y = output(lateral(x) + F.interpolate(y, size=x.shape[-2:], mode="nearest"))
-            levels.append(y)
-        mask_features = self.mask_features(y)  # (B, mask_dim, H/s, W/s)
-        return (mask_features, levels) if return_levels else mask_features
-
-
-def sine_position_encoding(height: int, width: int, dim: int, device=None) -> torch.Tensor:
-    """DETR's normalised 2-D sine encoding, (height * width, dim): half the channels for y, half for x."""
-    quarter = dim // 4
-    freqs = 10000 ** (-torch.arange(quarter, device=device) / quarter)  # (dim/4,)
-    ys = (torch.arange(height, device=device) + 0.5) / height * 2 * math.pi  # (h,)
-    xs = (torch.arange(width, device=device) + 0.5) / width * 2 * math.pi  # (w,)
-    ey = torch.cat([(ys[:, None] * freqs).sin(), (ys[:, None] * freqs).cos()], 1)  # (h, dim/2)
-    ex = torch.cat([(xs[:, None] * freqs).sin(), (xs[:, None] * freqs).cos()], 1)  # (w, dim/2)
-    return torch.cat([ey[:, None].expand(-1, width, -1), ex[None].expand(height, -1, -1)], -1).flatten(0, 1)
-
-
-class DecoderLayer(nn.Module):
-    """DETR's post-norm decoder layer: self-attention among queries, cross-attention to the image, FFN;
-    query and image positions are added to queries and keys in every layer."""
-
-    def __init__(self, dim: int, heads: int, ffn_dim: int, dropout: float):
-        super().__init__()
-        self.self_attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
-        self.cross_attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
-        self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(ffn_dim, dim))
-        self.norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(3))
-
-    def forward(self, queries, query_pos, memory, memory_pos, blocked=None):
-        """queries, query_pos (B, N, d); memory, memory_pos (B, HW, d); optional ``blocked`` (B * heads, N, HW),
-        True where a query may not look (Mask2Former's masked attention) -> (B, N, d)."""
-        q = queries + query_pos
-        queries = self.norms[0](queries + self.self_attn(q, q, queries, need_weights=False)[0])
-        attended = self.cross_attn(queries + query_pos, memory + memory_pos, memory, attn_mask=blocked,
-                                   need_weights=False)[0]
-        queries = self.norms[1](queries + attended)
-        return self.norms[2](queries + self.ffn(queries))
+            y = output(lateral(x) + F.interpolate(y, size=x.shape[-2:], mode="nearest"))  # (B, conv_dim, h, w)
+        return self.mask_features(y)  # (B, mask_dim, H/4, W/4)
 
 
 class MaskProposalNetwork(nn.Module):
-    """Class-agnostic MaskFormer: (B, 3, H, W) ImageNet-normalised images -> N mask logits at stride s / u
-    (s = ``mask_stride``, u = ``input_scale``: the image is first upscaled u times, bilinearly).
+    """Class-agnostic MaskFormer: (B, 3, H, W) ImageNet-normalised images -> N mask logits at stride 4.
 
-    ``forward`` returns a dict: ``masks`` (B, N, uH/s, uW/s) logits of the last decoder layer, ``aux``
+    ``forward`` returns a dict: ``masks`` (B, N, H/4, W/4) logits of the last decoder layer, ``aux``
     (one dict per earlier layer, for deep supervision) and, when class-aware, ``class_logits`` (B, N, K+1).
     """
 
@@ -235,13 +188,8 @@ class MaskProposalNetwork(nn.Module):
         self.config = config
         self.backbone = ToyBackbone(config.toy_widths) if config.backbone == "toy" else \
             ResNetBackbone(config.backbone, config.pretrained_backbone)
-        first_level = 0 if config.mask_stride == 2 else 1  # the finest backbone level the FPN reaches: res1 or res2
-        self.pixel_decoder = PixelDecoder(self.backbone.channels[first_level:], config.hidden_dim, config.mask_dim)
-        if config.masked_attention:  # memory: FPN levels at strides 32, 16, 8 (already hidden_dim wide), in turn
-            self.level_embed = nn.Embedding(MEMORY_LEVELS, config.hidden_dim)
-            self.query_feat = nn.Embedding(config.num_queries, config.hidden_dim)  # learned first queries
-        else:  # memory: res5
-            self.input_proj = nn.Conv2d(self.backbone.channels[-1], config.hidden_dim, 1)
+        self.pixel_decoder = PixelDecoder(self.backbone.channels[1:], config.hidden_dim, config.mask_dim)  # res2..res5
+        self.input_proj = nn.Conv2d(self.backbone.channels[-1], config.hidden_dim, 1)  # res5 -> the decoder's memory
         self.query_pos = nn.Embedding(config.num_queries, config.hidden_dim)
         self.layers = nn.ModuleList(DecoderLayer(config.hidden_dim, config.nheads, config.dim_feedforward,
                                                  config.dropout) for _ in range(config.dec_layers))
@@ -267,48 +215,22 @@ class MaskProposalNetwork(nn.Module):
 
     def forward(self, image: torch.Tensor) -> dict:
         checks.image_batch(image, "image", min_side=32, multiple_of=32, in_unit_range=False)  # normalised (B, 3, H, W)
-        if self.config.input_scale > 1:  # (B, 3, H, W) -> (B, 3, uH, uW); below, H and W are the upscaled sizes
-            image = F.interpolate(image, scale_factor=self.config.input_scale, mode="bilinear", align_corners=False)
         features = self.backbone(image)  # res1..res5
-        mask_features, levels = self.pixel_decoder(features, return_levels=True)  # (B, C_m, H/s, W/s), FPN levels
-        batch = image.shape[0]
+        mask_features = self.pixel_decoder(features)  # E (B, C_m, H/4, W/4)
+        memory = self.input_proj(features[-1])  # (B, d, h, w), res5
+        batch, dim, h, w = memory.shape
+        memory = memory.flatten(2).transpose(1, 2)  # (B, hw, d)
+        memory_pos = sine_position_encoding(h, w, dim, memory.device)[None]  # (1, hw, d)
         query_pos = self.query_pos.weight[None].expand(batch, -1, -1)  # (B, N, d)
-        if self.config.masked_attention:
-            memories = [self._tokens(level, self.level_embed.weight[i]) for i, level in enumerate(levels[:MEMORY_LEVELS])]
-            queries = self.query_feat.weight[None].expand(batch, -1, -1)  # (B, N, d)
-            predictions = [self._predict(queries, mask_features)]  # masks before the first layer guide its attention
-        else:
-            memories = [self._tokens(self.input_proj(features[-1]))]
-            queries = torch.zeros_like(query_pos)
-            predictions = []
+        queries = torch.zeros_like(query_pos)  # content starts at zero (DETR)
+        predictions = []
         for i, layer in enumerate(self.layers):
-            memory, memory_pos, size = memories[i % len(memories)]
-            blocked = self._blocked(predictions[-1]["masks"], size) if self.config.masked_attention else None
-            queries = layer(queries, query_pos, memory, memory_pos, blocked)
-            if self.training or self.config.masked_attention or i == len(self.layers) - 1:
+            queries = layer(queries, query_pos, memory, memory_pos)  # (B, N, d)
+            if self.training or i == len(self.layers) - 1:  # every layer's masks for deep supervision
                 predictions.append(self._predict(queries, mask_features))
         out = predictions[-1]
         out["aux"] = predictions[:-1] if self.training else []
         return out
-
-    @staticmethod
-    def _tokens(level: torch.Tensor, level_embed: torch.Tensor | None = None):
-        """(B, d, h, w) -> tokens (B, hw, d) (+ the level's embedding), sine positions (1, hw, d), (h, w)."""
-        _, dim, h, w = level.shape
-        tokens = level.flatten(2).transpose(1, 2)  # (B, hw, d)
-        if level_embed is not None:
-            tokens = tokens + level_embed
-        return tokens, sine_position_encoding(h, w, dim, level.device)[None], (h, w)
-
-    def _blocked(self, masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """Mask2Former's attention mask: query n may only look where its current mask is on.
-
-        masks (B, N, H/s, W/s) logits -> (B * heads, N, h * w) bool, True = blocked. A query whose mask is
-        empty at this resolution looks everywhere (an all-blocked row would give NaN)."""
-        small = F.interpolate(masks.detach(), size=size, mode="bilinear", align_corners=False)  # (B, N, h, w)
-        blocked = (small.sigmoid() < 0.5).flatten(2)  # (B, N, hw)
-        blocked[blocked.all(-1)] = False
-        return blocked.repeat_interleave(self.config.nheads, 0)  # (B * heads, N, hw), batch-major as MHA expects
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -552,33 +474,32 @@ class ProposalStage:
 
     @classmethod
     def from_dict(cls, d: dict) -> ProposalStage:
-        model = dict(d["model"])
+        model = checks.known_fields(ProposalConfig, d["model"], "the proposal network's metadata")
         model["toy_widths"] = tuple(model["toy_widths"])
         return cls(model=ProposalConfig(**model), train=TrainConfig(**d["train"]), batch_size=d["batch_size"],
                    image_size=d["image_size"])
 
     def world(self, split: str, length: int) -> toyworld.ToyWorld:
-        """Toy scenes of this stage's size; "train" labels hide the unseen classes (ZS3)."""
-        config = toyworld.ToyWorldConfig.segmentation()
-        config = toyworld.ToyWorldConfig(**{**asdict(config), "image_size": self.image_size})
-        return toyworld.ToyWorld(split, length, config)
+        """Toy segmentation scenes of this stage's size; "train" labels hide the unseen classes (ZS3)."""
+        return toyworld.ToyWorld(split, length, toyworld.ToyWorldConfig.segmentation(self.image_size))
 
 
 NO_CLASS_OBJECTS = 2  # objects of no class pasted into each training scene (toyworld.draw_object_of_no_class)
 
 
-def training_batch(world: toyworld.ToyWorld, step: int, batch_size: int) -> dict:
+def training_batch(world: toyworld.ToyWorld, step: int, batch_size: int, segments_of_no_class: bool = True) -> dict:
     """Batch ``step`` of the training stream: scenes step*B .. step*B+B-1 (a function of the step), each with
-    up to ``NO_CLASS_OBJECTS`` objects of no class pasted in, labelled as segments of their own."""
+    up to ``NO_CLASS_OBJECTS`` objects of no class pasted in and, in half of them, a stuff of no class, labelled
+    as segments of their own (ids 16, 17 and 18); ``segments_of_no_class=False`` leaves the scenes as drawn."""
     images, labels = [], []
     for i in range(batch_size):
         index = step * batch_size + i
         scene = world.scene(index)
         image, label = scene.image.astype(np.float32), toyworld.hide_unseen(scene.label)
         rng = np.random.default_rng((7, index))
-        if rng.random() < 0.5:
+        if segments_of_no_class and rng.random() < 0.5:
             toyworld.paint_stuff_of_no_class(rng, image, label, 18)
-        for k in range(rng.integers(NO_CLASS_OBJECTS + 1)):
+        for k in range(rng.integers(NO_CLASS_OBJECTS + 1) if segments_of_no_class else 0):
             toyworld.draw_object_of_no_class(rng, image, label, 16 + k)
         images.append(torch.from_numpy(image).permute(2, 0, 1) / 255.0)
         labels.append(torch.from_numpy(label.astype(np.int64)))
@@ -593,10 +514,11 @@ def train_proposals(stage: ProposalStage, run_dir: str | Path = "runs/proposals"
     print(f"proposal network: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters\n{stage}")
     train_world = stage.world("train", 10 ** 9)
     val_world = stage.world("val", 48)
-    class_map = toyworld.seen_label_map() if stage.model.class_aware else None
+    class_map = seen_label_map(toyworld.CLASS_NAMES, toyworld.SEEN_CLASSES) if stage.model.class_aware else None
 
     def step_loss(step: int):
-        batch = training_batch(train_world, step, stage.batch_size)
+        # A class head has no class for a segment of no class: the class-aware variant trains on labelled ones only.
+        batch = training_batch(train_world, step, stage.batch_size, segments_of_no_class=not stage.model.class_aware)
         losses = mask_proposal_loss(model(model.normalize(batch["image_raw"])), batch["label"], stage.model, class_map)
         return losses.pop("loss"), losses
 
@@ -638,9 +560,6 @@ def main(argv=None) -> None:
     train.add_argument("--ignored-pixels", choices=IGNORED_PIXEL_MODES, default="excluded",
                        help="ignored (unseen) pixels left out of the mask losses, or background of every matched "
                             "mask as in the official MaskFormer loss")
-    train.add_argument("--input-scale", type=int, default=1, help="the network sees the scene upscaled this many times")
-    train.add_argument("--masked-attention", action="store_true",
-                       help="Mask2Former's decoder: masked cross-attention over the FPN levels at strides 32, 16, 8")
     train.add_argument("--seed", type=int, help="override the training seed (initialisation; the scenes stay fixed)")
     evaluate.add_argument("--scenes", type=int, default=200, help="validation scenes for Recall@30/50")
     evaluate.add_argument("--first-scene", type=int, default=0, help="index of the first validation scene")
@@ -656,8 +575,6 @@ def main(argv=None) -> None:
         stage = ProposalStage.tiny() if args.tiny else ProposalStage()
         stage.model.class_aware = args.class_aware
         stage.model.ignored_pixels = args.ignored_pixels
-        stage.model.input_scale = args.input_scale
-        stage.model.masked_attention = args.masked_attention
         if args.seed is not None:
             stage.train.seed = args.seed
         if args.steps is not None:

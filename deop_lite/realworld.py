@@ -35,9 +35,9 @@ from tqdm.auto import tqdm
 from . import checks, runtime
 from .anchors import AnchorConfig
 from .clip import ClipModel, load_clip
-from .datasets import IGNORE_INDEX, SegmentationDataset, dataset_info, prepare, training_batch
+from .datasets import SegmentationDataset, dataset_info, prepare, training_batch
 from .losses import deop_segmentation_loss, mask_proposal_loss
-from .metrics import SegmentationMeter
+from .metrics import SegmentationMeter, seen_label_map
 from .model import GPS_PAPER, DeOP, DeOPConfig, LearnedParts
 from .prompts import PromptConfig, build_prompts, crop_classification_loss, segment_crop_embeddings
 from .proposals import MaskProposalNetwork, ProposalConfig
@@ -135,7 +135,7 @@ class RealConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> RealConfig:
-        proposals = dict(d["proposals"])
+        proposals = checks.known_fields(ProposalConfig, d["proposals"], "the run's proposal settings")
         proposals["toy_widths"] = tuple(proposals["toy_widths"])
         stages = {k: StageConfig(TrainConfig(**v["train"]), v["batch_size"], v["accumulate"]) for k, v in d["stages"].items()}
         return cls(**{**d, "proposals": ProposalConfig(**proposals), "model": DeOPConfig.from_dict(d["model"]),
@@ -244,14 +244,6 @@ def _clip(config: RealConfig, device: torch.device) -> ClipModel:
     return load_clip(config.clip, pretrained=config.clip_weights, device=device, pixel_norm=config.pixel_norm)
 
 
-def seen_label_map(dataset: SegmentationDataset) -> torch.Tensor:
-    """(256,) int64: dataset label ids -> indices into the seen classes (unseen and ignore -> 255)."""
-    lut = torch.full((256,), IGNORE_INDEX, dtype=torch.int64)
-    for i, name in enumerate(dataset.seen_classes):
-        lut[dataset.class_names.index(name)] = i
-    return lut
-
-
 def _save(module: nn.Module, path: Path, config: RealConfig, stage: str, extra: dict) -> None:
     if rank() == 0:
         save_weights(module, path, {"real_config": asdict(config), "stage": stage, "torch": torch.__version__, **extra})
@@ -295,7 +287,7 @@ def train_proposals(config: RealConfig, data: Path, run_dir: Path, device: torch
     dataset = SegmentationDataset(data, "train")
     runtime.set_seed(config.seed)
     model = MaskProposalNetwork(config.proposals).to(device)
-    class_map = seen_label_map(dataset).to(device) if config.proposals.class_aware else None
+    class_map = seen_label_map(dataset.class_names, dataset.seen_classes).to(device) if config.proposals.class_aware else None
     ddp = distributed(model, device)
 
     def micro_loss(step: int, share: int, shares: int):
@@ -349,7 +341,7 @@ def train_deop(config: RealConfig, data: Path, run_dir: Path, device: torch.devi
     dataset = SegmentationDataset(data, "train")
     runtime.set_seed(config.seed)
     model = build_deop(config, run_dir, device)
-    label_map, seen = seen_label_map(dataset), list(dataset.seen_classes)
+    label_map, seen = seen_label_map(dataset.class_names, dataset.seen_classes), list(dataset.seen_classes)
     ddp = distributed(model, device)
 
     def micro_loss(step: int, share: int, shares: int):

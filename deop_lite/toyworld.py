@@ -24,6 +24,7 @@ from scipy import ndimage
 from torch.utils.data import Dataset
 
 from . import checks
+from .metrics import IGNORE_INDEX
 
 STUFF_CLASSES = ("sky", "grass", "water", "sand", "brick", "wood", "snow", "road")
 THING_CLASSES = ("ladybird", "flower", "house", "fish", "car", "mushroom", "butterfly", "clock")
@@ -33,7 +34,6 @@ UNSEEN_CLASSES = ("grass", "road", "fish", "car")
 """Never labelled in segmentation training (12 seen / 4 unseen, both stuff and things among them;
 COCO-Stuff's unseen list also holds grass and road)."""
 SEEN_CLASSES = tuple(c for c in CLASS_NAMES if c not in UNSEEN_CLASSES)
-IGNORE_INDEX = 255
 """Label of pixels that are not scored (unseen classes in training labels, plain backgrounds)."""
 
 COLOURS = {  # named colours of things; the names may appear in captions
@@ -45,14 +45,6 @@ SPLIT_SEEDS = {"train": 0, "val": 1, "test": 2}
 SCENE_KINDS = ("scene", "stuff", "object")
 _TEXTURE_SIZE = 256  # side of each precomputed texture tile
 _TEXTURE_VARIANTS = 4  # tiles per stuff class
-
-
-def seen_label_map() -> torch.Tensor:
-    """(256,) int64 lookup: label id -> index among ``SEEN_CLASSES`` (the training classes); others -> 255."""
-    label_map = torch.full((256,), IGNORE_INDEX, dtype=torch.long)
-    for i, name in enumerate(SEEN_CLASSES):
-        label_map[CLASS_NAMES.index(name)] = i
-    return label_map
 
 
 def check_class_names(names) -> list[str]:
@@ -416,10 +408,10 @@ class ToyWorldConfig:
     colour_word_prob: float = 0.25  # how often a thing is named with its colour ("a red star")
 
     @classmethod
-    def segmentation(cls) -> ToyWorldConfig:
-        """128 x 128 scenes for segmentation: things of the same pixel size as in pre-training, so CLIP
-        sees familiar scales on a 16 x 16 patch grid, and more of them per scene."""
-        return cls(image_size=128, canvas=None, kind_probs=(1.0, 0.0, 0.0))
+    def segmentation(cls, image_size: int = 128) -> ToyWorldConfig:
+        """Scenes for segmentation (128 x 128 by default): things of the same pixel size as in pre-training, so
+        CLIP sees familiar scales on a 16 x 16 patch grid, and more of them per scene."""
+        return cls(image_size=image_size, canvas=None, kind_probs=(1.0, 0.0, 0.0))
 
 
 @dataclass

@@ -12,7 +12,8 @@ import torch
 from matplotlib.patches import FancyBboxPatch, Patch
 
 from . import checks
-from .toyworld import CLASS_NAMES, IGNORE_INDEX, UNSEEN_CLASSES
+from .metrics import IGNORE_INDEX
+from .toyworld import CLASS_NAMES, UNSEEN_CLASSES
 
 PALETTE = (np.concatenate([
     np.array(sns.color_palette("tab20", 20))[[0, 4, 18, 16, 6, 10, 15, 14, 2, 8, 12, 3, 1, 19, 9, 5]],  # the toy classes
@@ -132,6 +133,20 @@ def plot_history(history: Sequence[dict], keys: Sequence[str] = ("loss",), ax=No
     ax.set_xlabel("step")
     ax.set_title(title)
     ax.legend(frameon=False)
+    ax.grid(alpha=0.3)
+    return ax.figure
+
+
+def plot_runs(histories: dict[str, Sequence[dict]], key: str, ax=None, title: str = ""):
+    """One key of several runs' histories against the step, one curve per named run (records lacking it skipped)."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 3))
+    for name, history in histories.items():
+        points = [(r["step"], r[key]) for r in history if key in r]
+        ax.plot(*zip(*points), marker="o" if len(points) < 20 else None, ms=3, label=name)
+    ax.set_xlabel("step")
+    ax.set_title(title or key)
+    ax.legend(frameon=False, fontsize=8)
     ax.grid(alpha=0.3)
     return ax.figure
 

@@ -4,7 +4,8 @@ import torch.nn.functional as F
 
 from deop_lite.anchors import AnchorConfig, ConvHeatmapDecoder, QueryHeatmapDecoder, masks_on_grid
 from deop_lite.model import DeOP, DeOPConfig
-from deop_lite.proposals import MaskProposalNetwork, ProposalStage, sine_position_encoding
+from deop_lite.proposals import MaskProposalNetwork, ProposalStage
+from deop_lite.transformer import sine_position_encoding
 
 
 def _inputs(batch=2, dim=32, n=3, grid=4):

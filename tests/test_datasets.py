@@ -8,7 +8,8 @@ import torch
 from PIL import Image
 
 from deop_lite import datasets
-from deop_lite.datasets import IGNORE_INDEX, DatasetNotFound, SegmentationDataset, prepare, training_batch
+from deop_lite.datasets import DatasetNotFound, SegmentationDataset, prepare, training_batch
+from deop_lite.metrics import IGNORE_INDEX
 from deop_lite.realworld import FIXTURE
 
 

@@ -1,7 +1,7 @@
 import torch
 
 from deop_lite.losses import deop_segmentation_loss
-from deop_lite.toyworld import IGNORE_INDEX
+from deop_lite.metrics import IGNORE_INDEX
 
 
 def _confident(labels: torch.Tensor, n_classes: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -32,6 +32,15 @@ def test_ci_runs_the_readme_test_command():
     assert "make test" in (ROOT / ".ci" / "run").read_text()
 
 
+def test_every_module_is_in_the_package_map_and_the_readme_layout():
+    import deop_lite
+    readme_layout = (ROOT / "README.md").read_text().split("## Layout", 1)[1].split("\n## ", 1)[0]
+    for path in (ROOT / "deop_lite").glob("*.py"):
+        if path.stem != "__init__":
+            assert f"``{path.stem}``" in deop_lite.__doc__, f"{path.stem} is missing from deop_lite/__init__.py's map"
+            assert f"{path.stem}.py" in readme_layout, f"{path.stem}.py is missing from the README's layout"
+
+
 def test_ci_mode_is_read_in_one_place():
     readers = [p.name for p in (ROOT / "deop_lite").glob("*.py") if "os.environ" in p.read_text()]
     assert readers == ["runtime.py"]

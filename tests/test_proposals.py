@@ -13,6 +13,7 @@ from deop_lite.losses import (
     pairwise_focal_cost,
     semantic_targets,
 )
+from deop_lite.metrics import IGNORE_INDEX
 from deop_lite.proposals import (
     PROPOSAL_CACHE,
     MaskProposalNetwork,
@@ -24,7 +25,6 @@ from deop_lite.proposals import (
     refine_masks,
     sine_position_encoding,
 )
-from deop_lite.toyworld import IGNORE_INDEX
 
 
 def test_semantic_targets_skip_ignore():
@@ -60,27 +60,13 @@ def test_network_shapes_and_bad_input():
     with pytest.raises(ValueError, match="multiples of 32"):
         model(torch.randn(1, 3, 60, 64))
     assert sine_position_encoding(2, 3, 8).shape == (6, 8)
-    fine = MaskProposalNetwork(ProposalConfig(**{**asdict(ProposalStage.tiny().model), "mask_stride": 2}))
-    assert fine(torch.randn(1, 3, 64, 96))["masks"].shape == (1, 8, 32, 48)  # one more FPN level, from the stem
-    with pytest.raises(ValueError, match="mask_stride must be 2 or 4"):
-        ProposalConfig(mask_stride=8)
-    upscaled = MaskProposalNetwork(ProposalConfig(**{**asdict(ProposalStage.tiny().model), "input_scale": 2}))
-    assert upscaled(torch.randn(1, 3, 64, 96))["masks"].shape == (1, 8, 32, 48)  # stride 4 of the 128 x 192 input
-    with pytest.raises(ValueError, match="input_scale"):
-        ProposalConfig(input_scale=0)
 
 
-def test_masked_attention_looks_only_where_each_query_mask_is_on():
-    config = ProposalConfig(**{**asdict(ProposalStage.tiny().model), "masked_attention": True})
-    model = MaskProposalNetwork(config)
-    out = model(torch.randn(2, 3, 64, 96))  # training mode: every layer's masks, and those before layer 1
-    assert out["masks"].shape == (2, 8, 16, 24) and len(out["aux"]) == config.dec_layers
-    masks = torch.full((1, 3, 8, 8), -5.0)  # three queries' mask logits
-    masks[0, 0, :4, :4] = 5.0  # query 0: the top-left quarter
-    masks[0, 1] = 5.0  # query 1: everywhere
-    blocked = model._blocked(masks, (2, 2)).view(1, config.nheads, 3, 4)  # query 2: empty
-    for head in range(config.nheads):
-        assert blocked[0, head].tolist() == [[False, True, True, True], [False] * 4, [False] * 4]  # empty: sees all
+def test_checkpoints_with_removed_settings_still_load(capsys):
+    d = {"model": {**asdict(ProposalStage.tiny().model), "masked_attention": False, "input_scale": 1},
+         "train": asdict(ProposalStage.tiny().train), "batch_size": 2, "image_size": 64}
+    assert ProposalStage.from_dict(d).model == ProposalStage.tiny().model
+    assert "ignored: input_scale, masked_attention" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("class_aware", [False, True])
@@ -150,10 +136,9 @@ def test_real_preset_builds_a_resnet101_with_100_queries():
 def test_tiny_stage_trains_saves_and_loads(tmp_path, capsys):
     from deop_lite.proposals import load_proposals, main
     out = tmp_path / "p.safetensors"
-    main(["train", "--tiny", "--input-scale", "2", "--masked-attention", "--seed", "3", "--run-dir", str(tmp_path / "run"),
-          "--out", str(out)])
+    main(["train", "--tiny", "--class-aware", "--seed", "3", "--run-dir", str(tmp_path / "run"), "--out", str(out)])
     model, meta = load_proposals(out)
-    assert model.config.input_scale == 2 and model.config.masked_attention  # options travel with the metadata
+    assert model.config.class_aware  # options travel with the metadata
     assert meta["stage"]["train"]["seed"] == 3
     assert set(meta["summary"]["recall"]) == {"all", "seen", "unseen", "segments", "per_class"}
     assert meta["summary"]["command"] == "python -m deop_lite.proposals train"

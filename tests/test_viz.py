@@ -105,3 +105,11 @@ def test_alpha_explorer_draws_nothing_until_shown_and_a_click_chooses_the_patch(
     explorer.controls["col"].value = 3  # and the slider still drives the patch
     assert explorer.state["col"] == 3
     plt.close("all")
+
+
+def test_training_curves_one_per_key_or_per_run():
+    history = [{"step": 50, "loss": 1.0}, {"step": 100, "loss": 0.5, "hIoU": 30.0}]
+    fig = viz.plot_history(history, ["loss", "hIoU"])
+    assert [len(line.get_xdata()) for line in fig.axes[0].lines] == [2, 1]  # records lacking a key are skipped
+    fig = viz.plot_runs({"a": history, "b": history[:1]}, "loss")
+    assert [line.get_label() for line in fig.axes[0].lines] == ["a", "b"]

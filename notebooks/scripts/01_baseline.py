@@ -25,7 +25,7 @@ import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
 
-from deop_lite import clip as clip_lib, losses, metrics, model as model_lib, proposals, runtime, toyworld, viz
+from deop_lite import clip as clip_lib, losses, metrics, model as model_lib, proposals, runtime, toyworld, transformer, viz
 from deop_lite.train import read_log
 
 runtime.set_seed(0)
@@ -74,7 +74,7 @@ with torch.no_grad():
     memory = net.input_proj(features[-1])  # (B, d, 4, 4)
     B, d, h, w = memory.shape
     memory = memory.flatten(2).transpose(1, 2)  # (B, 16, d)
-    memory_pos = proposals.sine_position_encoding(h, w, d)[None]  # (1, 16, d)
+    memory_pos = transformer.sine_position_encoding(h, w, d)[None]  # (1, 16, d)
     query_pos = net.query_pos.weight[None].expand(B, -1, -1)  # (B, N, d)
     q = torch.zeros_like(query_pos)
     for layer in net.layers:

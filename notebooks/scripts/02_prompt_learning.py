@@ -21,13 +21,11 @@
 # - **Runtime:** about 4 minutes on a CPU with the shipped prompts (re-training all of them: about 25 minutes).
 
 # %%
-import tempfile
-
 import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
 
-from deop_lite import clip as clip_lib, losses, metrics, model as model_lib, prompts, proposals, runtime, toyworld, train, viz
+from deop_lite import clip as clip_lib, losses, metrics, model as model_lib, prompts, proposals, runtime, toyworld, viz
 from deop_lite.severance import severed_dense_features
 
 runtime.set_seed(0)
@@ -103,7 +101,7 @@ print("hand-built = deop_lite.prompts.TextPrompts = the fixed template's embeddi
 
 # %%
 item = model_lib.DeOPStage().world("train", 1)[0]
-present = [c for c in item["label"].unique().tolist() if c != toyworld.IGNORE_INDEX]
+present = [c for c in item["label"].unique().tolist() if c != metrics.IGNORE_INDEX]
 crops = clip_lib.masked_crops(item["image_raw"], torch.stack([item["label"] == c for c in present]), clip.image_size)
 viz.show_scenes(torch.cat([item["image_raw"][None], F.interpolate(crops, size=128)]), ncols=len(present) + 1,
                 captions=["training scene (unseen: 255)"] + [toyworld.CLASS_NAMES[c] for c in present])
@@ -111,7 +109,7 @@ plt.show()
 
 # %%
 offline = model_lib.load_or_train_deop("text_offline", net, clip)
-history = train.read_log(model_lib.checkpoint_path("text_offline").with_name("text_offline_train.log"))
+history = model_lib.shipped_history("text_offline")
 fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(8, 2.6))
 viz.plot_history(history, ["loss"], ax=ax1, title="offline prompt loss (cross-entropy)")
 viz.plot_history(history, ["crop_acc", "hIoU"], ax=ax2, title="crop accuracy; hIoU on 48 val scenes")
@@ -174,7 +172,7 @@ print("dense features:", tuple(severed_dense_features(v, image, {}, prompts=prep
 
 # %%
 batch = torch.utils.data.default_collate([model_lib.DeOPStage().world("train", 4)[i] for i in range(4)])
-labels = toyworld.seen_label_map()[batch["label"]]  # (4, 128, 128) toy ids -> indices into the 12 seen classes, 255 kept
+labels = metrics.seen_label_map(toyworld.CLASS_NAMES, seen)[batch["label"]]  # (4, 128, 128) toy ids -> indices into the 12 seen classes, 255 kept
 out = model_lib.DeOP(net, clip, model_lib.variant_stage("baseline_plus").model)(batch["image_raw"], seen)
 print("class logits", tuple(out["class_logits"].shape), "(B, N, 12 seen + void); masks", tuple(out["mask_probs"].shape))
 for ignore_as_void in (False, True):
@@ -185,25 +183,16 @@ for ignore_as_void in (False, True):
 # Training one variant is one call (or `python -m deop_lite.model train --variant baseline_plus`); it resumes when interrupted. A short live run, in a temporary folder, so the shipped files are untouched:
 
 # %%
-stage = model_lib.variant_stage("baseline_plus")
-stage.train.steps, stage.train.log_every, stage.train.checkpoint_every = DEMO_STEPS, DEMO_STEPS, DEMO_STEPS
-with tempfile.TemporaryDirectory() as tmp:
-    demo = model_lib.train_deop("baseline_plus", stage, run_dir=tmp, out=f"{tmp}/baseline_plus.safetensors", val_scenes=16)
+demo = model_lib.train_briefly("baseline_plus", DEMO_STEPS)  # train_deop with fewer steps, into a temporary folder
 
 # %% [markdown]
-# The shipped variants were trained for 1,000 steps of 8 scenes each (about 5 minutes apiece on 2 CPU cores). Their logs:
+# The shipped variants were trained for 1,000 steps of 8 scenes each (about 8 minutes apiece on one CPU thread). Their logs:
 
 # %%
+histories = {variant: model_lib.shipped_history(variant) for variant in ("text_e2e", "visual_add", "visual_prepend", "baseline_plus")}
 fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 2.8))
-for variant in ("text_e2e", "visual_add", "visual_prepend", "baseline_plus"):
-    history = train.read_log(model_lib.checkpoint_path(variant).with_name(f"{variant}_train.log"))
-    ax1.plot([r["step"] for r in history], [r["seg_dice"] for r in history], label=variant)
-    evaluated = [r for r in history if "hIoU" in r]
-    ax2.plot([r["step"] for r in evaluated], [r["pAcc"] for r in evaluated], marker="o", label=variant)
-ax1.set_title("dice loss (training batches)"); ax2.set_title("pAcc on 48 validation scenes")
-for ax in (ax1, ax2):
-    ax.set_xlabel("step"); ax.grid(alpha=0.3)
-ax2.legend(frameon=False, fontsize=8)
+viz.plot_runs(histories, "seg_dice", ax=ax1, title="dice loss (training batches)")
+viz.plot_runs(histories, "pAcc", ax=ax2, title="pAcc on 48 validation scenes")
 plt.show()
 
 # %% [markdown]

@@ -21,13 +21,11 @@
 # - **Runtime:** about 6 minutes on a CPU with the shipped models (re-training every variant: about an hour).
 
 # %%
-import tempfile
-
 import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
 
-from deop_lite import anchors, clip as clip_lib, metrics, model as model_lib, proposals, runtime, severance, toyworld, train, viz
+from deop_lite import anchors, clip as clip_lib, metrics, model as model_lib, proposals, runtime, severance, toyworld, transformer, viz
 
 runtime.set_seed(0)
 viz.setup_notebook()
@@ -91,7 +89,7 @@ with torch.no_grad():
     dense = deop.dense_features(images, mask_probs)  # F_V (B, D, 16, 16): prompts + GPS
     B, D, h, w = dense.shape
     memory = dense.flatten(2).transpose(1, 2)  # (B, hw, D)
-    memory_pos = proposals.sine_position_encoding(h, w, D)[None]  # (1, hw, D)
+    memory_pos = transformer.sine_position_encoding(h, w, D)[None]  # (1, hw, D)
     query_pos = decoder.query_pos.weight[None].expand(B, -1, -1)  # (B, N, D): one anchor per proposal
     q = torch.zeros_like(query_pos)
     for layer in decoder.layers:  # K standard decoder layers
@@ -138,25 +136,16 @@ print("conv heatmaps", tuple(conv_H.shape), "each sums to 1 over the 16 x 16 pat
 # DeOP is trained exactly like *baseline+* (notebook 02): proposal network and CLIP frozen, DeOP's segmentation loss, unseen pixels left out. What trains: the text context (started from the offline initialisation), the added visual prompts, the void embedding and the CAL decoder. Patch severance has no parameters: GPS, α = 1 in every block of the toy CLIP (`model.GPS_TOY`, the setting notebooks 00 and 03 chose; the paper's last layer only is `model.GPS_PAPER`, and the official code's default "GPS with mask" is `DeOPConfig(severance_mode="gps_mask")`). The CAL decoder trains with the official code's dropout (0.1) and learning rate (2e-4, a tenth of the toy prompts' 2e-3: `model.CAL_LR`); §8 shows why that matters here. Inference uses no ensemble with the proposal stream (paper §4). A short live run, in a temporary folder:
 
 # %%
-stage = model_lib.variant_stage("deop")
-stage.train.steps, stage.train.log_every, stage.train.checkpoint_every = DEMO_STEPS, DEMO_STEPS, DEMO_STEPS
-with tempfile.TemporaryDirectory() as tmp:
-    demo = model_lib.train_deop("deop", stage, run_dir=tmp, out=f"{tmp}/deop.safetensors", val_scenes=16)
+demo = model_lib.train_briefly("deop", DEMO_STEPS)  # train_deop with fewer steps, into a temporary folder
 
 # %% [markdown]
 # The shipped variants, 1,000 steps of 8 scenes each (`python -m deop_lite.model train --variant NAME`):
 
 # %%
+histories = {variant: model_lib.shipped_history(variant) for variant in ("baseline_plus", "ps", "cal", "deop")}
 fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 2.8))
-for variant in ("baseline_plus", "ps", "cal", "deop"):
-    history = train.read_log(model_lib.checkpoint_path(variant).with_name(f"{variant}_train.log"))
-    ax1.plot([r["step"] for r in history], [r["loss"] for r in history], label=variant)
-    evaluated = [r for r in history if "hIoU" in r]
-    ax2.plot([r["step"] for r in evaluated], [r["hIoU"] for r in evaluated], marker="o", label=variant)
-ax1.set_title("DeOP loss (training batches)"); ax2.set_title("hIoU on 48 validation scenes")
-for ax in (ax1, ax2):
-    ax.set_xlabel("step"); ax.grid(alpha=0.3)
-ax2.legend(frameon=False, fontsize=8)
+viz.plot_runs(histories, "loss", ax=ax1, title="DeOP loss (training batches)")
+viz.plot_runs(histories, "hIoU", ax=ax2, title="hIoU on 48 validation scenes")
 plt.show()
 
 # %% [markdown]
