@@ -61,7 +61,7 @@ image = net.normalize(image_raw)  # (2, 3, 128, 128), ImageNet statistics as tor
 # %%
 with torch.no_grad():
     features = net.backbone(image)  # res1 (the stem) .. res5
-    mask_features = net.pixel_decoder(features)  # (B, C_m, H/4, W/4): from res2 up (res1 too with mask_stride=2)
+    mask_features = net.pixel_decoder(features)  # (B, C_m, H/4, W/4): from res2 up
 for name, f in zip(["res1", "res2", "res3", "res4", "res5"], features):
     print(name, tuple(f.shape))
 print("mask features E", tuple(mask_features.shape))
