@@ -34,13 +34,13 @@ UNSEEN_CLASSES = ("grass", "road", "fish", "car")
 """Never labelled in segmentation training (12 seen / 4 unseen, both stuff and things among them;
 COCO-Stuff's unseen list also holds grass and road)."""
 SEEN_CLASSES = tuple(c for c in CLASS_NAMES if c not in UNSEEN_CLASSES)
-"""Label of pixels that are not scored (unseen classes in training labels, plain backgrounds)."""
 
 COLOURS = {  # named colours of things; the names may appear in captions
     "red": (215, 40, 40), "orange": (240, 140, 20), "yellow": (240, 215, 40), "green": (40, 170, 60),
     "blue": (40, 80, 220), "purple": (130, 50, 170), "pink": (240, 120, 180), "white": (245, 245, 245),
     "black": (25, 25, 25), "brown": (140, 85, 45),
 }
+_COLOUR_TABLE = np.array(list(COLOURS.values()), np.float32)  # (10, 3): the colours of things and stuff of no class
 SPLIT_SEEDS = {"train": 0, "val": 1, "test": 2}
 SCENE_KINDS = ("scene", "stuff", "object")
 _TEXTURE_SIZE = 256  # side of each precomputed texture tile
@@ -283,23 +283,28 @@ _MAX_ROTATION = {"ladybird": 180, "flower": 30, "house": 8, "fish": 20, "car": 6
                  "butterfly": 25, "clock": 0}  # degrees; a clock's hands turn instead
 
 
-def _draw_thing(rng, image, label, name: str, diameter: float, centre, colour) -> None:
-    """Paint one thing into ``image`` (H, W, 3) float and ``label`` (H, W) uint8, in place."""
-    size = label.shape[0]
-    half = diameter / 2
+def _object_frame(size: int, centre, half: float) -> tuple[tuple[slice, slice], np.ndarray, np.ndarray]:
+    """The window of a (size, size) image that an object of radius ``half`` at ``centre`` (y, x) may cover, and its
+    pixels' coordinates in the object's frame, (dy, dx) each (h, w), in units of ``half``. An object may lie
+    partly or wholly outside the image: the window holds only what is inside."""
     y0, y1, x0, x1 = np.clip([np.floor(centre[0] - half), np.ceil(centre[0] + half),
                               np.floor(centre[1] - half), np.ceil(centre[1] + half)], 0, size).astype(int)
-    gy, gx = _grid(size)  # a thing may lie partly or wholly outside the image: only what is inside is drawn
-    dy, dx = (gy[y0:y1, x0:x1] - centre[0]) / half, (gx[y0:y1, x0:x1] - centre[1]) / half  # (h, w) each
+    gy, gx = _grid(size)
+    return np.s_[y0:y1, x0:x1], (gy[y0:y1, x0:x1] - centre[0]) / half, (gx[y0:y1, x0:x1] - centre[1]) / half
+
+
+def _draw_thing(rng, image, label, name: str, diameter: float, centre, colour) -> None:
+    """Paint one thing into ``image`` (H, W, 3) float and ``label`` (H, W) uint8, in place."""
+    window, dy, dx = _object_frame(label.shape[0], centre, diameter / 2)  # (h, w) each
     theta = np.deg2rad(rng.uniform(-1, 1) * _MAX_ROTATION[name])
     u, v = np.cos(theta) * dx + np.sin(theta) * dy, -np.sin(theta) * dx + np.cos(theta) * dy
     light = rng.uniform(-0.2, 0.2, size=2)
     shade = (1.0 + light[0] * u - light[1] * v)[..., None]  # (h, w, 1) soft directional lighting
-    patch, covered = image[y0:y1, x0:x1], np.zeros(u.shape, bool)
+    patch, covered = image[window], np.zeros(u.shape, bool)
     for inside, part_colour in _THINGS[name](u, v, tuple(colour), rng):
         patch[inside] = np.clip(shade[inside] * np.asarray(part_colour, np.float32), 0, 255)  # (k, 3)
         covered |= inside
-    label[y0:y1, x0:x1][covered] = CLASS_NAMES.index(name)
+    label[window][covered] = CLASS_NAMES.index(name)
 
 
 def draw_object_of_no_class(rng: np.random.Generator, image: np.ndarray, label: np.ndarray, segment_id: int) -> None:
@@ -307,24 +312,18 @@ def draw_object_of_no_class(rng: np.random.Generator, image: np.ndarray, label: 
     object's own coordinates) with label ``segment_id``, in place. It belongs to no class: for class-agnostic
     proposal training, so that 'an object' means parts that belong together, not one of the seen things."""
     size = label.shape[0]
-    diameter = size * np.exp(rng.uniform(np.log(0.2), np.log(0.6)))
-    half = diameter / 2
-    centre = rng.uniform(half, size - half, size=2)
-    y0, y1 = max(int(centre[0] - half), 0), min(int(np.ceil(centre[0] + half)), size)
-    x0, x1 = max(int(centre[1] - half), 0), min(int(np.ceil(centre[1] + half)), size)
-    gy, gx = _grid(size)
-    v, u = (gy[y0:y1, x0:x1] - centre[0]) / half, (gx[y0:y1, x0:x1] - centre[1]) / half  # (h, w) each
-    palette = np.array(list(COLOURS.values()), np.float32)  # (9, 3)
-    colours = palette[rng.integers(len(palette), size=6)]  # (6, 3)
+    half = size * np.exp(rng.uniform(np.log(0.2), np.log(0.6))) / 2
+    window, v, u = _object_frame(size, rng.uniform(half, size - half, size=2), half)  # (h, w) each
+    colours = _COLOUR_TABLE[rng.integers(len(_COLOUR_TABLE), size=6)]  # (6, 3)
     a, b = rng.uniform(0.5, 1.0, size=2)
     body = _ellipse(u, v, 0, 0, a, b) if rng.random() < 0.5 else _box(u, v, -a, a, -b, b)
-    patch, covered = image[y0:y1, x0:x1], body.copy()
+    patch, covered = image[window], body.copy()
     patch[body] = colours[0]
     for colour in colours[1:2 + rng.integers(4)]:
         cu, cv, r = rng.uniform(-0.6, 0.6), rng.uniform(-0.6, 0.6), rng.uniform(0.1, 0.35)
         part = (_disc(u, v, cu, cv, r) if rng.random() < 0.5 else _box(u, v, cu - r, cu + r, cv - r / 2, cv + r / 2)) & body
         patch[part] = colour
-    label[y0:y1, x0:x1][covered] = segment_id
+    label[window][covered] = segment_id
 
 
 def paint_stuff_of_no_class(rng: np.random.Generator, image: np.ndarray, label: np.ndarray, segment_id: int) -> None:
@@ -334,8 +333,7 @@ def paint_stuff_of_no_class(rng: np.random.Generator, image: np.ndarray, label: 
     noise = _crop_tile(rng, _noise_bank()[..., None], side)[..., 0]  # (side, side)
     blob = noise > np.quantile(noise, rng.uniform(0.5, 0.8))
     region = blob & np.isin(label, [CLASS_NAMES.index(c) for c in STUFF_CLASSES])  # labelled stuff only
-    palette = np.array(list(COLOURS.values()), np.float32)  # (9, 3)
-    a, b = palette[rng.integers(len(palette), size=2)]
+    a, b = _COLOUR_TABLE[rng.integers(len(_COLOUR_TABLE), size=2)]
     y, x = _grid(side)
     angle, period = rng.uniform(0, np.pi), rng.uniform(3, 12)
     stripes = 0.5 + 0.5 * np.sin(2 * np.pi * (np.cos(angle) * x + np.sin(angle) * y) / period)  # (side, side)

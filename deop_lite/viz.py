@@ -125,28 +125,24 @@ def plot_confusion(confusion, class_names: Sequence[str] = CLASS_NAMES, unseen: 
 
 def plot_history(history: Sequence[dict], keys: Sequence[str] = ("loss",), ax=None, title: str = ""):
     """Training curves: each key of the history records against the step (records lacking it skipped)."""
-    if ax is None:
-        _, ax = plt.subplots(figsize=(5, 3))
-    for key in keys:
-        points = [(r["step"], r[key]) for r in history if key in r]
-        ax.plot(*zip(*points), marker="o" if len(points) < 20 else None, ms=3, label=key)
-    ax.set_xlabel("step")
-    ax.set_title(title)
-    ax.legend(frameon=False)
-    ax.grid(alpha=0.3)
-    return ax.figure
+    return _plot_curves({key: (history, key) for key in keys}, ax, title, legend_size=None)
 
 
 def plot_runs(histories: dict[str, Sequence[dict]], key: str, ax=None, title: str = ""):
     """One key of several runs' histories against the step, one curve per named run (records lacking it skipped)."""
+    return _plot_curves({name: (history, key) for name, history in histories.items()}, ax, title or key, legend_size=8)
+
+
+def _plot_curves(curves: dict[str, tuple[Sequence[dict], str]], ax, title: str, legend_size: int | None):
+    """One curve per label: (history records, key) -> the key's values against the step."""
     if ax is None:
         _, ax = plt.subplots(figsize=(5, 3))
-    for name, history in histories.items():
+    for label, (history, key) in curves.items():
         points = [(r["step"], r[key]) for r in history if key in r]
-        ax.plot(*zip(*points), marker="o" if len(points) < 20 else None, ms=3, label=name)
+        ax.plot(*zip(*points), marker="o" if len(points) < 20 else None, ms=3, label=label)
     ax.set_xlabel("step")
-    ax.set_title(title or key)
-    ax.legend(frameon=False, fontsize=8)
+    ax.set_title(title)
+    ax.legend(frameon=False, fontsize=legend_size)
     ax.grid(alpha=0.3)
     return ax.figure
 
