@@ -3,8 +3,9 @@
 Modules are the boxes of the DeOP diagram, then the plumbing that serves them:
 
 - ``toyworld``: the procedural toy world (stuff textures, things assembled from parts, captions, seen/unseen split)
-- ``clip``: CLIP in both worlds (toy and open_clip), dense patch features, text classifiers
-- ``toyclip``: the toy CLIP's tokenizer, config, contrastive pre-training, checkpoint and the gate
+- ``clip``: CLIP in both worlds: the toy CLIP (word tokenizer, small ViT, checkpoint) and open_clip's; dense patch
+  features, text classifiers
+- ``toyclip``: the toy CLIP's contrastive pre-training on captions, its zero-shot evaluation and the gate
 - ``proposals``: the class-agnostic mask proposal network (MaskFormer), its training, recall and refinement
 - ``transformer``: DETR's decoder layer and sine positions, shared by ``proposals`` and ``anchors``
 - ``losses``: Hungarian matching, focal and dice mask losses (ignore-aware), DeOP's segmentation loss
@@ -17,7 +18,8 @@ Modules are the boxes of the DeOP diagram, then the plumbing that serves them:
 - ``datasets``: PASCAL VOC, COCO-Stuff, Pascal Context, ADE20K: prepare, load, training samples
 - ``realworld``: the paper's presets, the three stages, torchrun / DDP, evaluation to JSON
 - ``bench``: FLOPs and timings of one pass against many, the toy world's speed, the explorer's latency
-- ``train``: the one resumable training loop shared by every stage, and safetensors checkpoints
+- ``train``: the one resumable training loop and the one stage skeleton (train, evaluate, ship) shared by every
+  stage, and safetensors checkpoints
 - ``viz``: every figure (palette, overlays, galleries, confusion matrices, the pipeline, the α explorer)
 - ``cli``: the ``deop-lite`` command
 - ``checks``: what users hand the package (class lists, images, masks, folders) checked before any

@@ -32,11 +32,11 @@ def demo(out: Path, n_scenes: int) -> dict:
     from . import viz
     checks.at_least(n_scenes, 1, "--scenes")
     out = checks.output_folder(out)
+    from .clip import TOY_CLIP_CHECKPOINT as TOY_CLIP
     from .clip import load_clip, naive_dense_labels
     from .metrics import evaluate_segmentation, format_table
     from .model import checkpoint_path, load_deop
     from .proposals import load_proposals
-    from .toyclip import DEFAULT_CHECKPOINT as TOY_CLIP
     from .toyclip import evaluate_zero_shot
     from .train import read_metadata
 

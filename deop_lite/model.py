@@ -13,7 +13,6 @@ stay frozen. Each row of the paper's ablation tables is a named variant in ``VAR
 """
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -22,15 +21,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import checks, runtime, toyclip, toyworld
+from . import checks, runtime, toyworld
 from .anchors import AnchorConfig, build_anchor_decoder, masks_on_grid
-from .clip import ClipModel, load_clip
+from .clip import ClipModel, ToyClipConfig, load_clip
 from .losses import deop_segmentation_loss
 from .metrics import seen_label_map
 from .prompts import PromptConfig, build_prompts, crop_classification_loss, segment_crop_embeddings
 from .proposals import add_refine_argument, proposal_masks
 from .severance import MASK_MODES, MODES, severed_dense_features
-from .train import TrainConfig, check_stage_args, fit, load_weights, save_weights, ship_log, stage_cli
+from .train import TrainConfig, check_stage_args, load_weights, stage_cli, train_stage
 
 
 def mask_pooling(dense_feats: torch.Tensor, mask_probs: torch.Tensor, binary: bool = False) -> torch.Tensor:
@@ -307,7 +306,7 @@ def _baseline_plus(severance: dict[int, float] | None = None, anchors: AnchorCon
 
 GPS_PAPER = {-1: 1.0}
 """The paper's patch severance in DeOP (Table 4's best): the last layer fully severed. The real-world preset."""
-GPS_TOY = {layer: 1.0 for layer in range(toyclip.ToyClipConfig.vision_layers)}
+GPS_TOY = {layer: 1.0 for layer in range(ToyClipConfig.vision_layers)}
 """The toy DeOP's patch severance: every block of the 4-block toy CLIP fully severed, the setting the gate
 chose (``toyclip.GATE_SEVERANCE``; notebook 00). The toy CLIP was pre-trained with stochastic severance in
 every block, so unlike ViT-B/16 (paper §5.3) its embedding space survives severed shallow layers."""
@@ -466,8 +465,6 @@ def train_deop(variant: str, stage: DeOPStage | None = None, run_dir: str | Path
         model.learned.text_prompts.load_state_dict(start.learned.text_prompts.state_dict())
     if not stage.train_text and model.learned.text_prompts is not None:
         model.learned.text_prompts.requires_grad_(False)
-    print(f"{variant}: {sum(p.numel() for p in model.learned.parameters() if p.requires_grad):,} trained "
-          f"parameters\n{stage}")
     seen, label_map = list(toyworld.SEEN_CLASSES), seen_label_map(toyworld.CLASS_NAMES, toyworld.SEEN_CLASSES)
     train_world = stage.world("train", 10 ** 9)
 
@@ -498,15 +495,13 @@ def train_deop(variant: str, stage: DeOPStage | None = None, run_dir: str | Path
         result = evaluate_deop(model, scenes=min(48, val_scenes), image_size=stage.image_size, progress=False)
         return {k: result[k] for k in ("pAcc", "seen", "unseen", "hIoU")}
 
-    tic = time.perf_counter()
-    history = fit(model.learned, step_loss, stage.train, run_dir, evaluate)
-    metrics = evaluate_deop(model, scenes=val_scenes, image_size=stage.image_size)
-    summary = {"metrics": {k: metrics[k] for k in ("pAcc", "mIoU", "seen", "unseen", "hIoU")}, "val_scenes": val_scenes,
-               "train_minutes_this_session": (time.perf_counter() - tic) / 60, "s_per_step": history[-1]["s_per_step"],
-               "command": train_command(variant), "torch": torch.__version__}
-    save_weights(model.learned, out, {"stage": asdict(stage), "variant": variant, "summary": summary})
-    ship_log(run_dir, out)
-    print(f"saved {out}: " + format_metrics(metrics))
+    def final_evaluation() -> dict:
+        metrics = evaluate_deop(model, scenes=val_scenes, image_size=stage.image_size)
+        return {"metrics": {k: metrics[k] for k in ("pAcc", "mIoU", "seen", "unseen", "hIoU")}, "val_scenes": val_scenes}
+
+    train_stage(variant, model.learned, step_loss, stage.train, run_dir, out, evaluate, final_evaluation,
+                report=lambda final: format_metrics(final["metrics"]), metadata={"stage": asdict(stage), "variant": variant},
+                command=train_command(variant), settings=stage)
     return model
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import time
 import weakref
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
@@ -41,7 +40,7 @@ from torchvision.ops import Conv2dNormActivation, FrozenBatchNorm2d
 from . import checks, runtime, toyworld
 from .losses import mask_proposal_loss, semantic_targets
 from .metrics import IGNORE_INDEX, seen_label_map
-from .train import TrainConfig, check_stage_args, fit, load_weights, save_weights, ship_log, stage_cli
+from .train import TrainConfig, check_stage_args, load_weights, stage_cli, train_stage
 from .transformer import DecoderLayer, sine_position_encoding
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -511,7 +510,6 @@ def train_proposals(stage: ProposalStage, run_dir: str | Path = "runs/proposals"
     """Train the proposal network on seen classes only (resumable), measure recall, save safetensors."""
     runtime.set_seed(stage.train.seed)
     model = MaskProposalNetwork(stage.model)
-    print(f"proposal network: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters\n{stage}")
     train_world = stage.world("train", 10 ** 9)
     val_world = stage.world("val", 48)
     class_map = seen_label_map(toyworld.CLASS_NAMES, toyworld.SEEN_CLASSES) if stage.model.class_aware else None
@@ -526,14 +524,11 @@ def train_proposals(stage: ProposalStage, run_dir: str | Path = "runs/proposals"
         recall = proposal_recall(model, val_world)
         return {f"{k}_{m}": v for k in ("seen", "unseen") for m, v in recall[k].items()}
 
-    tic = time.perf_counter()
-    history = fit(model, step_loss, stage.train, run_dir, evaluate)
-    recall = proposal_recall(model, stage.world("val", val_scenes))
-    summary = {"recall": recall, "val_scenes": val_scenes, "train_minutes_this_session": (time.perf_counter() - tic) / 60,
-               "s_per_step": history[-1]["s_per_step"], "command": TRAIN_COMMAND, "torch": torch.__version__}
-    save_weights(model, out, {"stage": asdict(stage), "summary": summary})
-    ship_log(run_dir, out)
-    print(f"saved {out}: " + format_recall(recall))
+    train_stage("proposal network", model, step_loss, stage.train, run_dir, out, evaluate,
+                final_evaluation=lambda: {"recall": proposal_recall(model, stage.world("val", val_scenes)),
+                                          "val_scenes": val_scenes},
+                report=lambda final: format_recall(final["recall"]), metadata={"stage": asdict(stage)},
+                command=TRAIN_COMMAND, settings=stage)
     return model
 
 

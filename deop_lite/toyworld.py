@@ -361,6 +361,8 @@ _SCENE_TEMPLATES = ("a photo of {things} on {stuff}.", "{things} on {stuff}.",
 _STUFF_TEMPLATES = ("a photo of {stuff}.", "{stuff}.", "a picture of {stuff}.", "a view of {stuff}.")
 _OBJECT_TEMPLATES = ("a photo of {things}.", "{things}.", "a picture of {things}.",
                      "an image of {things}.", "there is {things}.")
+CAPTION_TEMPLATES = (*_SCENE_TEMPLATES, *_STUFF_TEMPLATES, *_OBJECT_TEMPLATES)
+"""Every caption template: scenes of things on stuff, stuff alone, things alone ({things}, {stuff}: filled in)."""
 PROMPT_TEMPLATES = ("a photo of a {}.", "a picture of a {}.", "an image of a {}.")
 """Class-name prompts used by the text classifier; some single-class captions use them too, as the
 web captions that CLIP was trained on contain "a photo of a ..." sentences."""

@@ -160,6 +160,30 @@ def fit(model: nn.Module, step_loss: Callable[[int], tuple[torch.Tensor, dict]],
     return history
 
 
+def train_stage(name: str, module: nn.Module, step_loss: Callable[[int], tuple[torch.Tensor, dict]],
+                config: TrainConfig, run_dir: str | Path, out: str | Path, evaluate: Callable[[], dict],
+                final_evaluation: Callable[[], dict], report: Callable[[dict], str], metadata: dict,
+                command: str, settings: object = "") -> dict:
+    """The skeleton every toy-world stage shares (the toy CLIP, the proposal network, the DeOP variants).
+
+    The stage seeds (``runtime.set_seed``) and builds ``module`` first; then: :func:`fit` (resumable from
+    ``run_dir``) -> ``final_evaluation()`` -> a summary (the final evaluation, training time, the command,
+    torch's version) -> ``module``'s weights and ``metadata`` + summary written to the safetensors file ``out``
+    -> the training log copied beside it. ``report(final)`` is the last line printed. Returns the summary.
+    """
+    trained = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    print(f"{name}: {trained:,} trained parameters\n{settings}".rstrip())
+    tic = time.perf_counter()
+    history = fit(module, step_loss, config, run_dir, evaluate)
+    final = final_evaluation()
+    summary = {**final, "steps": config.steps, "train_minutes_this_session": (time.perf_counter() - tic) / 60,
+               "s_per_step": history[-1]["s_per_step"], "command": command, "torch": torch.__version__}
+    save_weights(module, out, {**metadata, "summary": summary})
+    ship_log(run_dir, out)
+    print(f"saved {out}: {report(final)}")
+    return summary
+
+
 def format_record(record: dict, total_steps: int) -> str:
     """One fixed-format log line: ``step   500/2000 | loss 1.2345 | lr 9.1e-04 | ...``."""
     parts = [f"step {record['step']:5d}/{total_steps}"]

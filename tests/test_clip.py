@@ -6,8 +6,16 @@ import torch
 import torch.nn.functional as F
 
 from deop_lite import toyworld
-from deop_lite.clip import ClipWeightsUnavailable, check_image, dense_features, load_clip
-from deop_lite.toyclip import WordTokenizer, load_toy_clip, save_toy_clip, toy_vocabulary
+from deop_lite.clip import (
+    ClipWeightsUnavailable,
+    WordTokenizer,
+    check_image,
+    dense_features,
+    load_clip,
+    load_toy_clip,
+    save_toy_clip,
+    toy_vocabulary,
+)
 
 
 def _open_clip_dense(visual, image):
@@ -82,7 +90,7 @@ def test_toy_tokenizer():
 
 
 def test_toy_clip_round_trips_bit_exactly(toy_clip, tmp_path):
-    from deop_lite.toyclip import ToyClipConfig
+    from deop_lite.clip import ToyClipConfig
     from deop_lite.train import read_metadata
     path = tmp_path / "copy.safetensors"
     config = ToyClipConfig.from_dict(read_metadata("data/toy_clip.safetensors")["config"])

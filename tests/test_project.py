@@ -41,6 +41,28 @@ def test_every_module_is_in_the_package_map_and_the_readme_layout():
             assert f"{path.stem}.py" in readme_layout, f"{path.stem}.py is missing from the README's layout"
 
 
+def _package_imports() -> dict[str, set[str]]:
+    """module -> the package modules it imports, at the top of the file or inside a function."""
+    import ast
+    graph = {}
+    for path in (ROOT / "deop_lite").glob("*.py"):
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                imported.update([node.module] if node.module else [alias.name for alias in node.names])
+        graph[path.stem] = imported - {"__init__"}
+    return graph
+
+
+def test_package_dependencies_run_one_way():
+    """No import circle, not even through an import inside a function: a module can be read before those that use it."""
+    from graphlib import CycleError, TopologicalSorter
+    try:
+        list(TopologicalSorter(_package_imports()).static_order())
+    except CycleError as error:
+        pytest.fail(f"import circle: {' -> '.join(error.args[1])}")
+
+
 def test_ci_mode_is_read_in_one_place():
     readers = [p.name for p in (ROOT / "deop_lite").glob("*.py") if "os.environ" in p.read_text()]
     assert readers == ["runtime.py"]

@@ -5,15 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from deop_lite.toyclip import (
-    ToyClipConfig,
-    WordTokenizer,
-    build_toy_clip,
-    caption_batch,
-    caption_groups,
-    contrastive_loss,
-    toy_vocabulary,
-)
+from deop_lite.clip import ToyClipConfig, WordTokenizer, build_toy_clip, toy_vocabulary
+from deop_lite.toyclip import caption_batch, caption_groups, contrastive_loss
 from deop_lite.train import TrainConfig, fit, lr_factor, read_log
 
 
@@ -100,7 +93,7 @@ def test_lr_schedule():
 
 def test_stochastic_severance_is_drawn_from_the_step_and_keeps_the_model_clip():
     from deop_lite.severance import severed_image_embedding
-    from deop_lite.toyclip import ToyClipConfig, WordTokenizer, build_toy_clip, stochastic_severance, toy_vocabulary
+    from deop_lite.toyclip import stochastic_severance
     draws = [stochastic_severance(step, 4, 0.5) for step in range(200)]
     assert draws == [stochastic_severance(step, 4, 0.5) for step in range(200)]  # a resumed run draws the same
     assert 0.4 < np.mean([len(d) for d in draws]) / 4 < 0.6 and stochastic_severance(3, 4, 0.0) == {}

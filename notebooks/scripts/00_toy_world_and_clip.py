@@ -194,18 +194,18 @@ print(f"loss {ours.item():.4f}")
 # Load-or-train:
 
 # %%
-checkpoint = DATA / "toy_clip.safetensors"
+checkpoint = clip_lib.TOY_CLIP_CHECKPOINT
 if checkpoint.exists():
     print(f"Found checkpoint {checkpoint.relative_to(runtime.PROJECT_ROOT)}, loading")
 else:  # a few steps of a tiny model, so the notebook still runs; the real one: python -m deop_lite.toyclip train
-    print(f"No {checkpoint.name}: training a tiny stand-in (run `{toyclip.TRAIN_COMMAND}` for the real one)")
-    toyclip.train_toy_clip(toyclip.ToyClipConfig.tiny(), run_dir="runs/toy_clip_tiny", out=checkpoint)
+    print(f"No {checkpoint.name}: training a tiny stand-in (run `{clip_lib.TOY_CLIP_TRAIN_COMMAND}` for the real one)")
+    toyclip.train_toy_clip(clip_lib.ToyClipConfig.tiny(), run_dir="runs/toy_clip_tiny", out=checkpoint)
 clip = clip_lib.load_clip("toy")
 meta = read_metadata(checkpoint)
 
 # %%
 # NBVAL_CHECK_OUTPUT
-config = toyclip.ToyClipConfig.from_dict(meta["config"])
+config = clip_lib.ToyClipConfig.from_dict(meta["config"])
 print(config)
 print(f"{sum(p.numel() for p in clip.model.parameters()) / 1e6:.2f} M parameters, vocabulary of {len(clip.tokenizer.vocabulary)} words")
 print("re-train with:", meta["summary"]["command"])
