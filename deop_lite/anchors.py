@@ -74,15 +74,15 @@ class QueryHeatmapDecoder(nn.Module):
             nn.init.xavier_uniform_(proj.weight)
             nn.init.zeros_(proj.bias)
 
-    def forward(self, dense: torch.Tensor, mask_probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """dense F_V (B, D, h, w) unit norm; mask_probs σ(M) (B, N, H, W) ->
+    def forward(self, dense_feats: torch.Tensor, mask_probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """dense_feats F_V (B, D, h, w) unit norm; mask_probs σ(M) (B, N, H, W) ->
         segment embeddings F_I (B, N, D) unit norm, heatmaps H (B, N, h, w) averaged over heads."""
-        batch, dim, h, w = dense.shape
+        batch, dim, h, w = dense_feats.shape
         if mask_probs.shape[1] != self.query_pos.num_embeddings:
             raise InputError(f"{mask_probs.shape[1]} masks but {self.query_pos.num_embeddings} anchor queries: "
                              f"the decoder must be built for the proposal network's number of queries")
-        memory = dense.flatten(2).transpose(1, 2)  # (B, hw, D)
-        memory_pos = sine_position_encoding(h, w, dim, dense.device)[None]  # (1, hw, D)
+        memory = dense_feats.flatten(2).transpose(1, 2)  # (B, hw, D)
+        memory_pos = sine_position_encoding(h, w, dim, dense_feats.device)[None]  # (1, hw, D)
         query_pos = self.query_pos.weight[None].expand(batch, -1, -1)  # (B, N, D)
         queries = torch.zeros_like(query_pos)  # content starts at zero (DETR)
         for layer in self.layers:
@@ -109,13 +109,13 @@ class ConvHeatmapDecoder(nn.Module):
         self.cbr = nn.Sequential(*(Conv2dNormActivation(c_in, c_out, 3) for c_in, c_out in zip(channels, channels[1:])))
         self.to_heatmap = nn.Conv2d(channels[-1], 1, 3, padding=1)
 
-    def forward(self, dense: torch.Tensor, mask_probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        batch, dim, h, w = dense.shape
+    def forward(self, dense_feats: torch.Tensor, mask_probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        batch, dim, h, w = dense_feats.shape
         masks = masks_on_grid(mask_probs, (h, w))  # (B, N, h, w)
-        weighted = torch.einsum("bnhw,bdhw->bndhw", masks, dense).flatten(0, 1)  # F_V * M: (B*N, D, h, w)
+        weighted = torch.einsum("bnhw,bdhw->bndhw", masks, dense_feats).flatten(0, 1)  # F_V * M: (B*N, D, h, w)
         logits = self.to_heatmap(self.cbr(weighted)).reshape(batch, -1, h * w)  # (B, N, hw)
         heatmaps = logits.softmax(-1).reshape(batch, -1, h, w)  # H: (B, N, h, w), each sums to 1
-        segment_emb = torch.einsum("bnhw,bdhw->bnd", heatmaps, dense)  # F_I = H ⊙ F_V pooled: (B, N, D)
+        segment_emb = torch.einsum("bnhw,bdhw->bnd", heatmaps, dense_feats)  # F_I = H ⊙ F_V pooled: (B, N, D)
         return F.normalize(segment_emb, dim=-1, eps=1e-6), heatmaps
 
 

@@ -65,7 +65,7 @@ def build_models(config: BenchConfig) -> tuple[DeOP, MultiPass]:
     random-weight proposal network (ResNet-101 MaskFormer at the paper's scale) and one CLIP."""
     if config.clip == "toy":
         clip = load_clip("toy", device=config.device)
-        proposal_config = ProposalConfig.toy()
+        proposal_config = ProposalConfig()
         prompts = PromptConfig(text="learned", visual="add")
     else:
         clip = load_clip(config.clip, pretrained=None, device=config.device)
@@ -160,8 +160,9 @@ def run_bench(config: BenchConfig, progress: bool | None = None) -> dict:
     time_it = lambda calls: median_seconds(calls, config.warmup, config.repeats, config.device)
     rows = []
     with autocast:
-        proposals_time = time_it({"proposals": lambda: proposal_masks(deop.proposals, image)})["proposals"]
-        proposals_flops = count_flops(lambda: proposal_masks(deop.proposals, image))
+        proposals = lambda: proposal_masks(deop.proposals, image, refinement=None)  # the network, shared by both methods
+        proposals_time = time_it({"proposals": proposals})["proposals"]
+        proposals_flops = count_flops(proposals)
         for valid in tqdm(config.valid, desc="N'", disable=runtime.CI if progress is None else not progress):
             masks = synthetic_masks(config.num_queries, valid, config.short_side, config.device)
             row = {"valid": valid, **measure(deop, multipass, image, masks, names, time_it)}
@@ -181,9 +182,9 @@ def measure(deop: DeOP, multipass: MultiPass, image: torch.Tensor, masks: torch.
     classification stream), and ``pooling_and_rest`` = classify - clip_pass - anchors. Multi-pass: ``crops``,
     ``classify``, and ``clip_passes_and_rest`` = classify - crops (one batched CLIP call on N' crops).
     """
-    dense = deop.dense_features(image, masks)  # (1, D, h, w)
+    dense_feats = deop.dense_features(image, masks)  # (1, D, h, w)
     deop_calls = {"clip_pass": lambda: deop.dense_features(image, masks),
-                  "anchors": lambda: deop.learned.anchor_decoder(dense, masks),
+                  "anchors": lambda: deop.learned.anchor_decoder(dense_feats, masks),
                   "classify": lambda: deop(image, names, masks)}
     multi_calls = {"crops": lambda: multipass.crops(image[0], masks[0]),
                    "classify": lambda: multipass.classify_masks(image, masks, names)}
@@ -272,8 +273,8 @@ def explorer_latency(redraws: int = 10) -> dict:
     clip = load_clip("toy")
     world = toyworld.ToyWorld("val", 2, toyworld.ToyWorldConfig.segmentation())
     images = torch.stack([world[i]["image_raw"] for i in range(2)])  # (2, 3, 128, 128)
-    labels = torch.stack([world[i]["label"] for i in range(2)])  # (2, 128, 128)
-    masks = (labels[:, None] == torch.arange(len(toyworld.CLASS_NAMES))[None, :, None, None]).float()  # (2, C, H, W)
+    label = torch.stack([world[i]["label"] for i in range(2)])  # (2, 128, 128)
+    masks = (label[:, None] == torch.arange(len(toyworld.CLASS_NAMES))[None, :, None, None]).float()  # (2, C, H, W)
     explorer = viz.AlphaExplorer(clip, images, toyworld.CLASS_NAMES, masks)
     explorer.update()  # the first draw builds the figure
     settings = [{"mode": "GPS", "alpha_last": a / redraws} if i % 3 else {"mode": ("MPS", "none")[i % 2]}

@@ -159,8 +159,8 @@ def segment(image_path: Path, class_names: str | Sequence[str], clip_name: str, 
     else:
         clip = load_clip(clip_name, pretrained=weights or "openai")
         with torch.no_grad():
-            dense = severed_dense_features(clip.visual, clip.normalize(image_raw[None]), {-1: 1.0})  # (1, D, h, w)
-            label = patch_scores(dense, clip.text_embeddings(class_names), image_raw.shape[-2:]).argmax(1)[0]
+            dense_feats = severed_dense_features(clip.visual, clip.normalize(image_raw[None]), {-1: 1.0})  # (1, D, h, w)
+            label = patch_scores(dense_feats, clip.text_embeddings(class_names), image_raw.shape[-2:]).argmax(1)[0]
         method = f"{clip_name}, training-free (GPS, α = 1)"
     stem = image_path.stem
     with checks.atomic_path(out / f"{stem}_labels.png") as tmp:

@@ -421,8 +421,8 @@ def naive_dense_labels(clip: ClipModel, image_raw: torch.Tensor, class_names: Se
     into ``class_names``.
     """
     text_emb = clip.text_embeddings(class_names, templates)  # (C, D)
-    dense = clip.dense_features(clip.normalize(image_raw.to(clip.device)))  # (B, D, h, w)
-    return patch_scores(dense, text_emb, image_raw.shape[-2:]).argmax(1).cpu()
+    dense_feats = clip.dense_features(clip.normalize(image_raw.to(clip.device)))  # (B, D, h, w)
+    return patch_scores(dense_feats, text_emb, image_raw.shape[-2:]).argmax(1).cpu()
 
 
 def patch_scores(dense_feats: torch.Tensor, text_emb: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

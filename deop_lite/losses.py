@@ -29,18 +29,22 @@ def semantic_targets(label: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> t
     return classes, (label[None] == classes[:, None, None]).float()
 
 
-def pairwise_focal_cost(logits: torch.Tensor, targets: torch.Tensor, alpha: float = 0.25,
+def pairwise_focal_cost(logits: torch.Tensor, targets: torch.Tensor, positive_weight: float = 0.25,
                         gamma: float = 2.0) -> torch.Tensor:
     """Sigmoid focal loss of every prediction against every target, averaged over pixels.
 
     Args:
         logits: (N, P) mask logits over P (valid) pixels; targets: (T, P) in {0, 1}.
+        positive_weight: the focal loss's α (weight of the positive term; 1 - α weighs the negative one), named
+            apart from the severance α of the glossary.
     Returns:
         (N, T) costs.
     """
     prob = logits.sigmoid()
-    pos = alpha * (1 - prob) ** gamma * F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits), reduction="none")
-    neg = (1 - alpha) * prob ** gamma * F.binary_cross_entropy_with_logits(logits, torch.zeros_like(logits), reduction="none")
+    bce_positive = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits), reduction="none")  # (N, P)
+    bce_negative = F.binary_cross_entropy_with_logits(logits, torch.zeros_like(logits), reduction="none")  # (N, P)
+    pos = positive_weight * (1 - prob) ** gamma * bce_positive
+    neg = (1 - positive_weight) * prob ** gamma * bce_negative
     return (pos @ targets.T + neg @ (1 - targets).T) / logits.shape[1]
 
 
@@ -75,12 +79,12 @@ def hungarian_match(logits: torch.Tensor, targets: torch.Tensor, weight_focal: f
     return torch.as_tensor(rows, dtype=torch.long), torch.as_tensor(cols, dtype=torch.long)
 
 
-def mask_proposal_loss(outputs: dict, labels: torch.Tensor, config, class_map: torch.Tensor | None = None) -> dict:
+def mask_proposal_loss(outputs: dict, label: torch.Tensor, config, class_map: torch.Tensor | None = None) -> dict:
     """MaskFormer's set loss, summed over the last and (with deep supervision) every earlier decoder layer.
 
     Args:
-        outputs: the network's dict: ``masks`` (B, N, h, w) logits, ``aux`` list, optional ``class_logits``.
-        labels: (B, H, W) int64 training labels (unseen already IGNORE_INDEX).
+        outputs: the network's dict: ``masks`` (B, N, h, w) logits, ``aux`` list, optional ``logits``.
+        label: (B, H, W) int64 training labels (unseen already IGNORE_INDEX).
         config: a ``ProposalConfig`` (loss weights, ``empty_weight``, ``class_aware``, ``loss_stride``: the
             losses are computed on every ``loss_stride``-th label pixel, the masks upsampled to that size).
         class_map: (256,) int64 mapping label ids to class-head indices; needed when class-aware.
@@ -88,29 +92,29 @@ def mask_proposal_loss(outputs: dict, labels: torch.Tensor, config, class_map: t
         dict with ``loss`` (scalar to minimise) and detached parts ``focal``, ``dice``, ``empty``/``class``.
     """
     stride = config.loss_stride
-    labels = labels[..., stride // 2::stride, stride // 2::stride]  # (B, H/s, W/s), nearest subsampling
+    label = label[..., stride // 2::stride, stride // 2::stride]  # (B, H/s, W/s), nearest subsampling
     layers = [outputs] + (list(outputs["aux"]) if config.deep_supervision else [])
-    parts = [_layer_loss(layer, labels, config, class_map) for layer in layers]
+    parts = [_layer_loss(layer, label, config, class_map) for layer in layers]
     total = {k: sum(p[k] for p in parts) for k in parts[0]}
     return {"loss": total.pop("loss"), **{k: v.item() / len(parts) for k, v in total.items()}}
 
 
-def _layer_loss(out: dict, labels: torch.Tensor, config, class_map) -> dict:
-    masks = F.interpolate(out["masks"], size=labels.shape[-2:], mode="bilinear", align_corners=False)  # (B, N, H, W)
+def _layer_loss(out: dict, label: torch.Tensor, config, class_map) -> dict:
+    masks = F.interpolate(out["masks"], size=label.shape[-2:], mode="bilinear", align_corners=False)  # (B, N, H, W)
     zero = masks.sum() * 0
     focal, dice, empty, cls = zero, zero, zero, zero
-    n_images = len(labels)
+    n_images = len(label)
     for b in range(n_images):
-        valid = labels[b] != IGNORE_INDEX  # (H, W)
+        valid = label[b] != IGNORE_INDEX  # (H, W)
         if not valid.any():  # every pixel unseen: nothing to learn (DeOP's data code drops such images)
             continue
         scored = valid if config.ignored_pixels == "excluded" else torch.ones_like(valid)  # (H, W)
-        classes, targets = semantic_targets(labels[b])
+        classes, targets = semantic_targets(label[b])
         logits = masks[b][:, scored]  # (N, P): the P pixels the matched masks are scored on
         targets = targets[:, scored].to(logits.dtype)  # (T, P)
         class_cost, log_probs = None, None
         if config.class_aware:
-            log_probs = out["class_logits"][b].log_softmax(-1)  # (N, K+1)
+            log_probs = out["logits"][b].log_softmax(-1)  # (N, K+1)
             class_cost = -config.weight_class * log_probs.exp()[:, class_map[classes]]  # (N, T)
         rows, cols = hungarian_match(logits, targets, config.weight_focal, config.weight_dice, class_cost)
         if len(rows):
@@ -137,7 +141,7 @@ def _layer_loss(out: dict, labels: torch.Tensor, config, class_map) -> dict:
 # ----------------------------------------------------------------------------------------------------
 # DeOP's segmentation loss (spec §5.2): no matching, the classified masks are assembled into a class map
 
-def deop_segmentation_loss(class_logits: torch.Tensor, mask_probs: torch.Tensor, labels: torch.Tensor,
+def deop_segmentation_loss(logits: torch.Tensor, mask_probs: torch.Tensor, label: torch.Tensor,
                            sharpness: float = 3.0, weight_focal: float = 2.0, weight_dice: float = 0.8,
                            ignore_as_void: bool = False) -> dict:
     """Focal BCE + dice on the per-pixel class map that the classified proposals vote for.
@@ -146,21 +150,21 @@ def deop_segmentation_loss(class_logits: torch.Tensor, mask_probs: torch.Tensor,
         P = σ(sharpness · S − sharpness)                      (S = 1 -> P = 0.5)
 
     Args:
-        class_logits: (B, N, C + 1) logits over the C training classes and void (last).
+        logits: (B, N, C + 1) logits over the C training classes and void (last).
         mask_probs: (B, N, h, w) σ(M), resized here to the labels' size.
-        labels: (B, H, W) int64 indices into the C training classes, or IGNORE_INDEX (unseen pixels).
+        label: (B, H, W) int64 indices into the C training classes, or IGNORE_INDEX (unseen pixels).
         ignore_as_void: False (default, the paper's zero-shot idea): ignored pixels are left out of the
             loss, so an unseen object is never taught to be anything. True: the official code's choice,
             ignored pixels are targets of the void channel (spec §5.2).
     Returns:
         dict with ``loss`` and the detached parts ``seg_focal``, ``seg_dice``.
     """
-    n_classes = class_logits.shape[-1] - 1
-    mask_probs = F.interpolate(mask_probs, size=labels.shape[-2:], mode="bilinear", align_corners=False)
-    scores = torch.einsum("bnc,bnhw->bchw", class_logits.softmax(-1), mask_probs)  # (B, C + 1, H, W)
+    n_classes = logits.shape[-1] - 1
+    mask_probs = F.interpolate(mask_probs, size=label.shape[-2:], mode="bilinear", align_corners=False)
+    scores = torch.einsum("bnc,bnhw->bchw", logits.softmax(-1), mask_probs)  # (B, C + 1, H, W)
     probs = torch.sigmoid(sharpness * scores - sharpness).clamp(1e-4, 1 - 1e-4)  # (B, C + 1, H, W)
-    ignored = labels == IGNORE_INDEX  # (B, H, W)
-    target_ids = torch.where(ignored, torch.full_like(labels, n_classes), labels)  # ignored -> void channel
+    ignored = label == IGNORE_INDEX  # (B, H, W)
+    target_ids = torch.where(ignored, torch.full_like(label, n_classes), label)  # ignored -> void channel
     targets = F.one_hot(target_ids, n_classes + 1).permute(0, 3, 1, 2).to(probs.dtype)  # (B, C + 1, H, W)
     counted = torch.ones_like(ignored) if ignore_as_void else ~ignored  # (B, H, W)
     # Focal BCE (α 0.25, γ 2), averaged over all channels and the counted pixels of each image, then over
@@ -168,8 +172,8 @@ def deop_segmentation_loss(class_logits: torch.Tensor, mask_probs: torch.Tensor,
     # (one GPU with B images = two with B/2 each). With ignore_as_void this is the official mean over all.
     bce = F.binary_cross_entropy(probs, targets, reduction="none")
     p_t = probs * targets + (1 - probs) * (1 - targets)
-    alpha_t = 0.25 * targets + 0.75 * (1 - targets)
-    focal = (alpha_t * (1 - p_t) ** 2 * bce).mean(1)  # (B, H, W)
+    weight_t = 0.25 * targets + 0.75 * (1 - targets)  # the focal loss's α_t
+    focal = (weight_t * (1 - p_t) ** 2 * bce).mean(1)  # (B, H, W)
     focal = ((focal * counted).flatten(1).sum(1) / counted.flatten(1).sum(1).clamp(min=1)).mean()
     # Dice over the real channels of each image, void excluded, counted pixels only.
     p, t = (x[:, :n_classes] * counted[:, None] for x in (probs, targets))  # (B, C, H, W)

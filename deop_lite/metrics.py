@@ -95,8 +95,9 @@ def harmonic_mean(seen: float, unseen: float) -> float:
 METRIC_COLUMNS = ("pAcc", "seen", "unseen", "hIoU", "things")
 
 
-def format_table(results: dict[str, dict], columns: Sequence[str] = METRIC_COLUMNS) -> str:
-    """One row per named result, one column per metric that the first result has (percentages, 1 decimal).
+def format_table(results: dict[str, dict], columns: Sequence[str] = METRIC_COLUMNS, decimals: int = 1) -> str:
+    """One row per named result, one column per metric that the first result has (by default percentages with
+    1 decimal; e.g. ``columns=("R@30", "R@50"), decimals=3`` for proposal recall).
 
     >>> print(format_table({"baseline": {"pAcc": 44.2, "seen": 15.5, "unseen": 17.5, "hIoU": 16.5}}))
                  pAcc   seen unseen   hIoU
@@ -104,8 +105,9 @@ def format_table(results: dict[str, dict], columns: Sequence[str] = METRIC_COLUM
     """
     columns = [c for c in columns if c in next(iter(results.values()))]
     width = max(len(name) for name in results) + 2
-    lines = [" " * width + "".join(f"{c:>7s}" for c in columns)]
-    lines += [f"{name:{width}s}" + "".join(f"{r[c]:7.1f}" for c in columns) for name, r in results.items()]
+    cell = max(7, decimals + 5)
+    lines = [" " * width + "".join(f"{c:>{cell}s}" for c in columns)]
+    lines += [f"{name:{width}s}" + "".join(f"{r[c]:{cell}.{decimals}f}" for c in columns) for name, r in results.items()]
     return "\n".join(lines)
 
 
@@ -139,7 +141,7 @@ def evaluate_segmentation(predict, dataset, class_names: Sequence[str], seen_cla
     for start in tqdm(range(0, len(dataset), batch_size), desc="evaluate", leave=False,
                       disable=runtime.CI if progress is None else not progress):
         items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-        images, labels = torch.stack([it["image_raw"] for it in items]), torch.stack([it["label"] for it in items])
-        pred = predict(images) if masks == "model" else predict(images, ground_truth_masks(labels, len(class_names)))
-        meter.update(pred.cpu(), labels)
+        images, label = torch.stack([it["image_raw"] for it in items]), torch.stack([it["label"] for it in items])
+        pred = predict(images) if masks == "model" else predict(images, ground_truth_masks(label, len(class_names)))
+        meter.update(pred.cpu(), label)
     return meter.compute(seen_classes, unseen_classes, thing_classes)

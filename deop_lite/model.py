@@ -27,7 +27,7 @@ from .clip import ClipModel, ToyClipConfig, load_clip
 from .losses import deop_segmentation_loss
 from .metrics import seen_label_map
 from .prompts import PromptConfig, build_prompts, crop_classification_loss, segment_crop_embeddings
-from .proposals import add_refine_argument, proposal_masks
+from .proposals import TOY_REFINEMENT, Refinement, add_refine_argument, proposal_masks, refinement_argument
 from .severance import MASK_MODES, MODES, severed_dense_features
 from .train import TrainConfig, check_stage_args, load_weights, stage_cli, train_stage
 
@@ -165,23 +165,26 @@ class DeOP(nn.Module):
         return self._text_cache[key]
 
     @torch.no_grad()
-    def proposal_masks(self, image_raw: torch.Tensor, refine: bool = True) -> torch.Tensor:
-        """σ(M) (B, N, H, W) at the image's resolution, from the frozen proposal network, refined along
-        colour edges when its config asks for it (``refine=False``: the network's own masks)."""
-        return proposal_masks(self.proposals, image_raw, refine=refine).sigmoid()  # (B, N, H, W)
+    def proposal_mask_probs(self, image_raw: torch.Tensor, refinement: Refinement | None = TOY_REFINEMENT) -> torch.Tensor:
+        """σ(M) (B, N, H, W) at the image's resolution, from the frozen proposal network, post-processed by
+        ``refinement`` (None: the network's own masks)."""
+        return proposal_masks(self.proposals, image_raw, refinement=refinement).sigmoid()  # (B, N, H, W)
 
     def dense_features(self, image_raw: torch.Tensor, mask_probs: torch.Tensor) -> torch.Tensor:
         """F_V (B, D, h, w): the one CLIP pass, with this model's visual prompts and patch severance."""
         return severed_dense_features(self.clip.visual, self.clip.normalize(image_raw), self.config.severance or {},
                                       self.config.severance_mode, mask_probs, prompts=self.learned.visual_prompts)
 
-    def forward(self, image_raw: torch.Tensor, class_names: Sequence[str], mask_probs: torch.Tensor | None = None) -> dict:
+    def forward(self, image_raw: torch.Tensor, class_names: Sequence[str], mask_probs: torch.Tensor | None = None,
+                refinement: Refinement | None = TOY_REFINEMENT) -> dict:
         """Segment ``image_raw`` (B, 3, H, W) in [0, 1] into ``class_names`` (differentiable in the learned parts).
 
         Args:
             mask_probs: optional (B, N, H, W) masks to classify instead of the proposals (e.g. ground truth).
+            refinement: how the proposals are post-processed (``proposals.Refinement``; the toy world's by
+                default, None for the network's own masks); unused when ``mask_probs`` is given.
         Returns a dict: ``label`` (B, H, W) indices into class_names, ``scores`` O (B, C, H, W),
-        ``class_logits`` (B, N, C [+ 1 void]), ``class_probs`` F_C (B, N, C) with void dropped,
+        ``logits`` (B, N, C [+ 1 void]), ``class_probs`` F_C (B, N, C) with void dropped,
         ``mask_probs`` σ(M) (B, N, H, W), ``heatmaps`` (B, N, h, w) the pooling weights on the patch grid
         (CAL's anchor heatmaps H, or the normalised masks).
         """
@@ -189,7 +192,7 @@ class DeOP(nn.Module):
         patch = self.clip.patch_size
         if mask_probs is None:  # the proposal network reads images whose sides are multiples of 32
             checks.image_batch(image_raw, min_side=32, multiple_of=32)
-            mask_probs = self.proposal_masks(image_raw)  # (B, N, H, W)
+            mask_probs = self.proposal_mask_probs(image_raw, refinement)  # (B, N, H, W)
         else:
             checks.image_batch(image_raw, min_side=patch, multiple_of=patch)
             checks.mask_batch(mask_probs, image_raw)
@@ -198,25 +201,26 @@ class DeOP(nn.Module):
                 raise checks.InputError(f"this model's anchor decoder (CAL) classifies exactly {queries} masks per image, "
                                         f"got {mask_probs.shape[1]}; pad with empty masks or use a model without CAL")
         text_emb = self.text_embeddings(class_names)  # (C, D)
-        dense = self.dense_features(image_raw, mask_probs)  # (B, D, h, w)
+        dense_feats = self.dense_features(image_raw, mask_probs)  # (B, D, h, w)
         if self.learned.anchor_decoder is None:  # mask-based pooling; the "heatmap" is the mask itself
-            segment_emb = mask_pooling(dense, mask_probs, self.config.binary_pooling)  # (B, N, D)
-            heatmaps = masks_on_grid(mask_probs, dense.shape[-2:])  # (B, N, h, w)
+            segment_emb = mask_pooling(dense_feats, mask_probs, self.config.binary_pooling)  # (B, N, D)
+            heatmaps = masks_on_grid(mask_probs, dense_feats.shape[-2:])  # (B, N, h, w)
             heatmaps = heatmaps / heatmaps.flatten(2).sum(-1).clamp(min=1e-6)[..., None, None]
         else:  # CAL: heatmap-based pooling
-            segment_emb, heatmaps = self.learned.anchor_decoder(dense, mask_probs)  # (B, N, D), (B, N, h, w)
+            segment_emb, heatmaps = self.learned.anchor_decoder(dense_feats, mask_probs)  # (B, N, D), (B, N, h, w)
         logits = classify_segments(segment_emb, text_emb, self.clip.model.logit_scale.exp(),
                                    self.learned.void_embedding)  # (B, N, C [+ 1])
         class_probs = logits.softmax(-1)[..., :len(text_emb)]  # (B, N, C): void dropped after the softmax
         scores = semantic_map(class_probs, mask_probs)  # (B, C, H, W)
-        return {"label": scores.argmax(1), "scores": scores, "class_logits": logits, "class_probs": class_probs,
+        return {"label": scores.argmax(1), "scores": scores, "logits": logits, "class_probs": class_probs,
                 "mask_probs": mask_probs, "heatmaps": heatmaps}
 
     @torch.no_grad()
-    def predict(self, image_raw: torch.Tensor, class_names: Sequence[str]) -> dict:
+    def predict(self, image_raw: torch.Tensor, class_names: Sequence[str],
+                refinement: Refinement | None = TOY_REFINEMENT) -> dict:
         """Inference (eval mode, no gradients): see :meth:`forward`."""
         self.eval()
-        return self(image_raw, class_names)
+        return self(image_raw, class_names, refinement=refinement)
 
     @torch.no_grad()
     def classify_masks(self, image_raw: torch.Tensor, mask_probs: torch.Tensor, class_names: Sequence[str]) -> dict:
@@ -243,8 +247,10 @@ class OnePassBaseline(DeOP):
         super().__init__(proposals, clip, config)
 
     @torch.no_grad()
-    def forward(self, image_raw: torch.Tensor, class_names: Sequence[str], mask_probs: torch.Tensor | None = None) -> dict:
-        return super().forward(image_raw, class_names, mask_probs)
+    def forward(self, image_raw: torch.Tensor, class_names: Sequence[str], mask_probs: torch.Tensor | None = None,
+                refinement: Refinement | None = TOY_REFINEMENT) -> dict:
+        """As :meth:`DeOP.forward`, without gradients: nothing here is trained."""
+        return super().forward(image_raw, class_names, mask_probs, refinement)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -404,13 +410,14 @@ def evaluate_toy(predict, scenes: int = 200, image_size: int = 128, batch_size: 
 
 
 def evaluate_deop(model: nn.Module, scenes: int = 200, image_size: int = 128, batch_size: int = 16,
-                  progress: bool | None = None, masks: str = "model") -> dict:
+                  progress: bool | None = None, masks: str = "model",
+                  refinement: Refinement | None = TOY_REFINEMENT) -> dict:
     """:func:`evaluate_toy` of a DeOP variant or a ``MultiPass`` classifier. ``masks="model"`` segments with the
-    model's proposals; ``"ground_truth"`` gives its classifier one ground-truth mask per class instead, so that
-    the proposals play no part."""
+    model's proposals, post-processed by ``refinement`` (None: the network's own masks); ``"ground_truth"`` gives
+    its classifier one ground-truth mask per class instead, so that the proposals play no part."""
     names = toyworld.CLASS_NAMES
     if masks == "model":
-        predict = lambda images: model.predict(images, names)["label"]
+        predict = lambda images: model.predict(images, names, refinement)["label"]
     else:
         predict = lambda images, truth: model.classify_masks(images, truth, names)["label"]
     return evaluate_toy(predict, scenes, image_size, batch_size, progress, masks)
@@ -435,8 +442,8 @@ def evaluate_training_free(clip: ClipModel, proposals: nn.Module, mode: str | No
     text_emb = baseline.text_embeddings(toyworld.CLASS_NAMES)  # (C, D), the baseline's own template
 
     def per_patch(image_raw: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) -> (B, H, W)
-        dense = baseline.dense_features(image_raw, None)  # (B, D, h, w)
-        return patch_scores(dense, text_emb, image_raw.shape[-2:]).argmax(1)
+        dense_feats = baseline.dense_features(image_raw, None)  # (B, D, h, w)
+        return patch_scores(dense_feats, text_emb, image_raw.shape[-2:]).argmax(1)
 
     return {"per_patch": evaluate_toy(per_patch, scenes, image_size, progress=progress),
             "mask_pooling": evaluate_deop(baseline, scenes, image_size, progress=progress)}
@@ -481,11 +488,11 @@ def train_deop(variant: str, stage: DeOPStage | None = None, run_dir: str | Path
         def step_loss(step: int):
             items = [train_world[step * stage.batch_size + i] for i in range(stage.batch_size)]
             image_raw = torch.stack([it["image_raw"] for it in items])  # (B, 3, H, W)
-            labels = label_map[torch.stack([it["label"] for it in items])][:, 1::2, 1::2]  # (B, H/2, W/2)
+            label = label_map[torch.stack([it["label"] for it in items])][:, 1::2, 1::2]  # (B, H/2, W/2)
             # The network's own masks, as DeepLab trained without the CRF it applied at test time: the
-            # shipped learned parts were trained before the toy preset refined its proposals.
-            out = model(image_raw, seen, mask_probs=model.proposal_masks(image_raw, refine=False))
-            losses = deop_segmentation_loss(out["class_logits"], out["mask_probs"], labels,
+            # shipped learned parts were trained before the toy world refined its proposals.
+            out = model(image_raw, seen, refinement=None)
+            losses = deop_segmentation_loss(out["logits"], out["mask_probs"], label,
                                             ignore_as_void=stage.ignore_as_void)
             return losses.pop("loss"), losses
     else:
@@ -522,8 +529,7 @@ def main(argv=None) -> None:
     check_stage_args(args)
     if args.command == "eval":
         checks.at_least(args.scenes, 1, "--scenes")
-        if args.refine_iterations is not None:
-            checks.at_least(args.refine_iterations, 0, "--refine-iterations")
+        refinement = refinement_argument(args)
     if args.command == "train":
         stage = variant_stage(args.variant)
         if args.tiny:
@@ -534,9 +540,7 @@ def main(argv=None) -> None:
         train_deop(args.variant, stage, args.run_dir, args.out, val_scenes=8 if args.tiny else 200)
     else:
         model = load_deop(args.variant, args.checkpoint)
-        if args.refine_iterations is not None:
-            model.proposals.config.refine_iterations = args.refine_iterations
-        print(f"{args.variant}: " + format_metrics(evaluate_deop(model, args.scenes)))
+        print(f"{args.variant}: " + format_metrics(evaluate_deop(model, args.scenes, refinement=refinement)))
 
 
 if __name__ == "__main__":

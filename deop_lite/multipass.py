@@ -22,7 +22,7 @@ from torch import nn
 
 from . import checks
 from .clip import ClipModel, masked_crops
-from .proposals import proposal_masks
+from .proposals import TOY_REFINEMENT, Refinement, proposal_masks
 
 
 def ensemble_scores(proposal_probs: torch.Tensor, clip_probs: torch.Tensor, seen: torch.Tensor,
@@ -87,9 +87,12 @@ class MultiPass(nn.Module):
                 "num_crops": torch.tensor(num_crops)}
 
     @torch.no_grad()
-    def forward(self, image_raw: torch.Tensor, class_names: Sequence[str]) -> dict:
-        """Segment images (B, 3, H, W) in [0, 1]: the proposal network, then :meth:`classify_masks`."""
+    def forward(self, image_raw: torch.Tensor, class_names: Sequence[str],
+                refinement: Refinement | None = TOY_REFINEMENT) -> dict:
+        """Segment images (B, 3, H, W) in [0, 1]: the proposal network (its masks post-processed by ``refinement``,
+        as in ``DeOP.forward``), then :meth:`classify_masks`."""
         checks.image_batch(image_raw, min_side=32, multiple_of=32)
-        return self.classify_masks(image_raw, proposal_masks(self.proposals, image_raw).sigmoid(), class_names)
+        mask_probs = proposal_masks(self.proposals, image_raw, refinement=refinement).sigmoid()  # (B, N, H, W)
+        return self.classify_masks(image_raw, mask_probs, class_names)
 
     predict = forward

@@ -4,8 +4,9 @@
                                    -> transformer decoder over res5, N learned queries -> Q (B, N, d)
     masks M = MLP(Q) · E  -> (B, N, H/4, W/4) logits
 
-``refine_iterations`` refines the masks at inference along the image's colour edges (:func:`refine_masks`, a
-label-free post-process; on in the toy preset).
+At inference the masks may be refined along the image's colour edges (:class:`Refinement`, a label-free
+post-process): an argument of every function that yields proposals, ``TOY_REFINEMENT`` by default (the toy world
+is the default world), ``None`` for the network's own masks (the real world, and DeOP's training).
 
 The paper removes MaskFormer's class head and keeps the mask components. Without any head, a query that
 the Hungarian matching leaves unmatched would get no signal at all, and its (arbitrary) mask would pollute
@@ -26,7 +27,7 @@ import hashlib
 import math
 import weakref
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +53,8 @@ RESNET_CHANNELS = {"resnet18": (64, 128, 256, 512), "resnet34": (64, 128, 256, 5
 
 @dataclass
 class ProposalConfig:
-    """Architecture and loss of the mask proposal network."""
+    """Architecture and loss of the mask proposal network; the defaults are the toy world's (1.4 M parameters,
+    16 queries, 128 x 128 scenes)."""
     backbone: str = "toy"  # "toy" (a small conv stack) or a torchvision ResNet: "resnet18", "resnet50", ...
     pretrained_backbone: bool = False  # torchvision's ImageNet weights (real world; must be in torch's cache)
     toy_widths: tuple[int, int, int, int] = (32, 64, 96, 128)  # res2..res5 channels of the toy backbone
@@ -72,24 +74,10 @@ class ProposalConfig:
     loss_stride: int = 2  # losses on every 2nd label pixel (masks upsampled to match): 4x cheaper, same optimum
     deep_supervision: bool = True
     ignored_pixels: str = "excluded"  # "excluded" from the mask losses, or "negative" (official MaskFormer)
-    refine_iterations: int = 0  # joint bilateral refinement of the masks at inference (0: off; see refine_masks)
-    refine_sigma_colour: float = 0.1  # colour distance (RGB in [0, 1]) at which a neighbour's weight falls to e^-1/2
-    refine_sigma_space: float = 3.0  # the same for the distance in pixels
-    refine_radius: int = 3  # neighbours within this many pixels (a (2r+1)^2 window)
 
     def __post_init__(self):
-        if self.refine_iterations < 0 or self.refine_radius < 1 or min(self.refine_sigma_colour, self.refine_sigma_space) <= 0:
-            raise ValueError("refine_iterations must be >= 0, refine_radius >= 1 and the refine sigmas > 0, got "
-                             f"{self.refine_iterations}, {self.refine_radius}, {self.refine_sigma_colour}, "
-                             f"{self.refine_sigma_space}")
         if self.ignored_pixels not in IGNORED_PIXEL_MODES:
             raise ValueError(f"ignored_pixels must be one of {IGNORED_PIXEL_MODES}, got {self.ignored_pixels!r}")
-
-    @classmethod
-    def toy(cls) -> ProposalConfig:
-        """The toy world's proposal network (1.4 M parameters, 16 queries, 128 x 128 scenes), its masks refined
-        along colour edges at inference (20 iterations; notebook 01 §4 measures what that buys)."""
-        return cls(refine_iterations=20)
 
     @classmethod
     def real(cls) -> ProposalConfig:
@@ -179,7 +167,7 @@ class MaskProposalNetwork(nn.Module):
     """Class-agnostic MaskFormer: (B, 3, H, W) ImageNet-normalised images -> N mask logits at stride 4.
 
     ``forward`` returns a dict: ``masks`` (B, N, H/4, W/4) logits of the last decoder layer, ``aux``
-    (one dict per earlier layer, for deep supervision) and, when class-aware, ``class_logits`` (B, N, K+1).
+    (one dict per earlier layer, for deep supervision) and, when class-aware, ``logits`` (B, N, K+1).
     """
 
     def __init__(self, config: ProposalConfig):
@@ -209,7 +197,7 @@ class MaskProposalNetwork(nn.Module):
         masks = torch.einsum("bnc,bchw->bnhw", self.mask_embed(queries), mask_features)  # (B, N, H/s, W/s)
         out = {"masks": masks}
         if self.class_embed is not None:
-            out["class_logits"] = self.class_embed(queries)  # (B, N, K+1)
+            out["logits"] = self.class_embed(queries)  # (B, N, K+1)
         return out
 
     def forward(self, image: torch.Tensor) -> dict:
@@ -281,6 +269,26 @@ def refine_masks(image_raw: torch.Tensor, mask_probs: torch.Tensor, iterations: 
     return mask_probs
 
 
+@dataclass(frozen=True)
+class Refinement:
+    """Joint bilateral refinement of proposals at inference (:func:`refine_masks`): how the consumer of the masks
+    post-processes them, passed to :func:`proposal_masks` and everything that calls it."""
+    iterations: int = 20  # rounds of diffusion
+    sigma_colour: float = 0.1  # colour distance (RGB in [0, 1]) at which a neighbour's weight falls to e^-1/2
+    sigma_space: float = 3.0  # the same for the distance in pixels
+    radius: int = 3  # neighbours within this many pixels (a (2r+1)^2 window)
+
+    def __post_init__(self):
+        if self.iterations < 1 or self.radius < 1 or min(self.sigma_colour, self.sigma_space) <= 0:
+            raise ValueError(f"a Refinement needs iterations >= 1, radius >= 1 and sigmas > 0, got {self}; "
+                             f"for the network's own masks pass refinement=None")
+
+
+TOY_REFINEMENT = Refinement()
+"""The toy world's post-process (notebook 01 §4 measures what it buys). The real world uses none: it has not been
+measured on real images, where colour edges are texture as often as object boundaries."""
+
+
 class ProposalCache:
     """The refined proposals of each image, computed once per process (a bounded LRU memo).
 
@@ -292,7 +300,7 @@ class ProposalCache:
       i.e. after an optimiser step or ``load_state_dict``: a changed network never hits an old entry, and the
       entries of its previous weights are dropped at once),
     - a digest of the image's bytes, shape and dtype,
-    - the refinement settings of the call (so a config changed in place misses too) and the device.
+    - the :class:`Refinement` of the call, and the device.
 
     Least recently used entries go first once ``max_bytes`` is exceeded; ``clear()`` empties it. Only refined
     masks are cached: the network's own masks are cheap, and training asks for them on fresh scenes.
@@ -334,11 +342,11 @@ class ProposalCache:
         self.entries.move_to_end(key)
         return entry
 
-    def put(self, key: tuple, mask_logits: torch.Tensor) -> None:
-        size = mask_logits.numel() * mask_logits.element_size()
+    def put(self, key: tuple, masks: torch.Tensor) -> None:
+        size = masks.numel() * masks.element_size()
         if size > self.max_bytes // 4:  # an image this large (real world) would only push the others out
             return
-        self.entries[key] = mask_logits
+        self.entries[key] = masks
         self.bytes += size
         while self.bytes > self.max_bytes:
             _, old = self.entries.popitem(last=False)
@@ -355,23 +363,21 @@ PROPOSAL_CACHE = ProposalCache()
 
 @torch.no_grad()
 def proposal_masks(model: MaskProposalNetwork, image_raw: torch.Tensor, size: tuple[int, int] | None = None,
-                   refine: bool = True) -> torch.Tensor:
-    """Mask logits (B, N, H, W) at the image's resolution (bilinear), refined along colour edges when the
-    network's config asks for it (``refine_iterations``; ``refine=False`` skips it), then resized to ``size``.
+                   refinement: Refinement | None = TOY_REFINEMENT) -> torch.Tensor:
+    """Mask logits (B, N, H, W) at the image's resolution (bilinear), refined along colour edges by ``refinement``
+    (None: the network's own masks), then resized to ``size``.
 
     Refined masks are computed once per image and process (:data:`PROPOSAL_CACHE`)."""
     model.eval()
-    config = model.config
-    if refine and config.refine_iterations:
-        settings = (config.refine_iterations, config.refine_sigma_colour, config.refine_sigma_space, config.refine_radius)
+    if refinement is not None:
         weights = PROPOSAL_CACHE.weights_digest(model)
-        keys = [(weights, PROPOSAL_CACHE.image_digest(image), settings, str(image.device)) for image in image_raw]
+        keys = [(weights, PROPOSAL_CACHE.image_digest(image), refinement, str(image.device)) for image in image_raw]
         found = [PROPOSAL_CACHE.get(key) for key in keys]
         missing = [i for i, entry in enumerate(found) if entry is None]
         if missing:
-            computed = _refined_masks(model, image_raw[missing], settings)  # (B', N, H, W)
-            for i, mask_logits in zip(missing, computed):
-                found[i] = mask_logits.clone()  # its own storage, not a view of the batch
+            computed = _refined_masks(model, image_raw[missing], refinement)  # (B', N, H, W)
+            for i, image_masks in zip(missing, computed):
+                found[i] = image_masks.clone()  # (N, H, W), its own storage, not a view of the batch
                 PROPOSAL_CACHE.put(keys[i], found[i])
         masks = torch.stack(found)  # (B, N, H, W)
     else:
@@ -379,29 +385,30 @@ def proposal_masks(model: MaskProposalNetwork, image_raw: torch.Tensor, size: tu
     return F.interpolate(masks, size=size or image_raw.shape[-2:], mode="bilinear", align_corners=False)
 
 
-def _refined_masks(model: MaskProposalNetwork, image_raw: torch.Tensor, settings: tuple) -> torch.Tensor:
+def _refined_masks(model: MaskProposalNetwork, image_raw: torch.Tensor, refinement: Refinement) -> torch.Tensor:
     """The network's masks at the image's resolution, refined along its colour edges: (B, N, H, W) logits."""
     masks = model(model.normalize(image_raw))["masks"]  # (B, N, uH/s, uW/s)
     masks = F.interpolate(masks, size=image_raw.shape[-2:], mode="bilinear", align_corners=False)  # (B, N, H, W)
-    probs = refine_masks(image_raw, masks.sigmoid(), *settings)  # (B, N, H, W)
+    probs = refine_masks(image_raw, masks.sigmoid(), refinement.iterations, refinement.sigma_colour,
+                         refinement.sigma_space, refinement.radius)  # (B, N, H, W)
     return torch.logit(probs, eps=1e-6)
 
 
 # ----------------------------------------------------------------------------------------------------
 # Proposal quality: recall of ground-truth segments (paper Table 8)
 
-def best_proposals(mask_logits: torch.Tensor, label: torch.Tensor) -> dict:
+def best_proposals(masks: torch.Tensor, label: torch.Tensor) -> dict:
     """For each ground-truth segment of one image, the proposal (sigmoid > 0.5) with the highest IoU.
 
     Args:
-        mask_logits: (N, H, W); label: (H, W) full labels (all classes). Ignored pixels are not counted.
+        masks: (N, H, W) logits; label: (H, W) full labels (all classes). Ignored pixels are not counted.
     Returns:
         dict of (T,) tensors: ``classes``, ``iou`` (best IoU), ``index`` (that proposal), ``precision``
         (|S ∩ P| / |P|: how much of the proposal lies in the segment) and ``coverage`` (|S ∩ P| / |S|).
     """
     valid = label != IGNORE_INDEX
     classes, targets = semantic_targets(label)
-    proposals = (mask_logits.sigmoid() > 0.5)[:, valid].float()  # (N, P)
+    proposals = (masks.sigmoid() > 0.5)[:, valid].float()  # (N, P)
     targets = targets[:, valid]  # (T, P)
     intersection = targets @ proposals.T  # (T, N)
     areas = proposals.sum(1)  # (N,)
@@ -414,11 +421,11 @@ def best_proposals(mask_logits: torch.Tensor, label: torch.Tensor) -> dict:
 
 @torch.no_grad()
 def proposal_recall(model: MaskProposalNetwork, dataset, thresholds=(0.3, 0.5), batch_size: int = 16,
-                    seen_classes=None, class_names=None, refine: bool = True) -> dict:
+                    seen_classes=None, class_names=None, refinement: Refinement | None = TOY_REFINEMENT) -> dict:
     """Recall@IoU of ground-truth segments (paper Table 8) over a dataset with full labels.
 
     A segment (all pixels of one class in one image) is recalled at threshold t when some proposal
-    reaches IoU >= t with it. ``refine=False`` measures the network's own masks (no refinement).
+    reaches IoU >= t with it. ``refinement=None`` measures the network's own masks.
     Returns {"all"|"seen"|"unseen": {"R@30": ..., "R@50": ...}, "segments": counts,
     "per_class": {class name: {"R@30": ..., "R@50": ..., "segments": n}}}.
     """
@@ -429,9 +436,9 @@ def proposal_recall(model: MaskProposalNetwork, dataset, thresholds=(0.3, 0.5), 
     for start in range(0, len(dataset), batch_size):
         items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
         image_raw = torch.stack([it["image_raw"] for it in items])
-        masks = proposal_masks(model, image_raw.to(next(model.parameters()).device), refine=refine).cpu()  # (B, N, H, W)
-        for mask_logits, item in zip(masks, items):
-            match = best_proposals(mask_logits, item["label"])
+        masks = proposal_masks(model, image_raw.to(next(model.parameters()).device), refinement=refinement).cpu()  # (B, N, H, W)
+        for image_masks, item in zip(masks, items):
+            match = best_proposals(image_masks, item["label"])
             best.append(match["iou"])
             segment_classes.append(match["classes"])
             is_seen.append(torch.tensor([int(c) in seen_ids for c in match["classes"]], dtype=torch.bool))
@@ -456,7 +463,7 @@ TRAIN_COMMAND = "python -m deop_lite.proposals train"
 @dataclass
 class ProposalStage:
     """Everything that defines a proposal-network training run on the toy world."""
-    model: ProposalConfig = field(default_factory=ProposalConfig.toy)
+    model: ProposalConfig = field(default_factory=ProposalConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         steps=3000, lr=4e-4, weight_decay=0.05, warmup_steps=100, schedule="poly", grad_clip=1.0,
         log_every=50, checkpoint_every=500))
@@ -473,7 +480,9 @@ class ProposalStage:
 
     @classmethod
     def from_dict(cls, d: dict) -> ProposalStage:
-        model = checks.known_fields(ProposalConfig, d["model"], "the proposal network's metadata")
+        # refine_*: inference settings that older checkpoints stored here; now the Refinement argument of inference
+        model = checks.known_fields(ProposalConfig, {k: v for k, v in d["model"].items() if not k.startswith("refine_")},
+                                    "the proposal network's metadata")
         model["toy_widths"] = tuple(model["toy_widths"])
         return cls(model=ProposalConfig(**model), train=TrainConfig(**d["train"]), batch_size=d["batch_size"],
                    image_size=d["image_size"])
@@ -490,7 +499,7 @@ def training_batch(world: toyworld.ToyWorld, step: int, batch_size: int, segment
     """Batch ``step`` of the training stream: scenes step*B .. step*B+B-1 (a function of the step), each with
     up to ``NO_CLASS_OBJECTS`` objects of no class pasted in and, in half of them, a stuff of no class, labelled
     as segments of their own (ids 16, 17 and 18); ``segments_of_no_class=False`` leaves the scenes as drawn."""
-    images, labels = [], []
+    images, label_maps = [], []
     for i in range(batch_size):
         index = step * batch_size + i
         scene = world.scene(index)
@@ -501,8 +510,8 @@ def training_batch(world: toyworld.ToyWorld, step: int, batch_size: int, segment
         for k in range(rng.integers(NO_CLASS_OBJECTS + 1) if segments_of_no_class else 0):
             toyworld.draw_object_of_no_class(rng, image, label, 16 + k)
         images.append(torch.from_numpy(image).permute(2, 0, 1) / 255.0)
-        labels.append(torch.from_numpy(label.astype(np.int64)))
-    return {"image_raw": torch.stack(images), "label": torch.stack(labels)}
+        label_maps.append(torch.from_numpy(label.astype(np.int64)))
+    return {"image_raw": torch.stack(images), "label": torch.stack(label_maps)}
 
 
 def train_proposals(stage: ProposalStage, run_dir: str | Path = "runs/proposals",
@@ -543,8 +552,15 @@ def load_proposals(path: str | Path = DEFAULT_CHECKPOINT) -> tuple[MaskProposalN
 
 
 def add_refine_argument(parser) -> None:
-    parser.add_argument("--refine-iterations", type=int, help="refine the proposals along colour edges this many "
-                        "times (proposals.refine_masks; default: the checkpoint's setting)")
+    parser.add_argument("--refine-iterations", type=int, default=TOY_REFINEMENT.iterations,
+                        help="refine the proposals along colour edges this many times (proposals.Refinement; "
+                             "0: the network's own masks; default: %(default)s, the toy world's)")
+
+
+def refinement_argument(args) -> Refinement | None:
+    """The :class:`Refinement` that ``--refine-iterations`` asks for (checked), or None for 0."""
+    checks.at_least(args.refine_iterations, 0, "--refine-iterations")
+    return replace(TOY_REFINEMENT, iterations=args.refine_iterations) if args.refine_iterations else None
 
 
 @checks.command("python -m deop_lite.proposals")
@@ -564,8 +580,7 @@ def main(argv=None) -> None:
     if args.command == "eval":
         checks.at_least(args.scenes, 1, "--scenes")
         checks.at_least(args.first_scene, 0, "--first-scene")
-        if args.refine_iterations is not None:
-            checks.at_least(args.refine_iterations, 0, "--refine-iterations")
+        refinement = refinement_argument(args)
     if args.command == "train":
         stage = ProposalStage.tiny() if args.tiny else ProposalStage()
         stage.model.class_aware = args.class_aware
@@ -577,12 +592,10 @@ def main(argv=None) -> None:
         train_proposals(stage, args.run_dir, args.out)
     else:
         model, meta = load_proposals(args.checkpoint)
-        if args.refine_iterations is not None:
-            model.config.refine_iterations = args.refine_iterations
         stage = ProposalStage.from_dict(meta["stage"])
         scenes = torch.utils.data.Subset(stage.world("val", args.first_scene + args.scenes),
                                          range(args.first_scene, args.first_scene + args.scenes))
-        print(format_recall(proposal_recall(model, scenes)))
+        print(format_recall(proposal_recall(model, scenes, refinement=refinement)))
 
 
 if __name__ == "__main__":

@@ -311,7 +311,7 @@ def _full_precision(outputs: dict) -> dict:
     are computed in full precision)."""
     dtype = torch.get_default_dtype()
     return {"masks": outputs["masks"].to(dtype), "aux": [_full_precision(aux) for aux in outputs.get("aux", [])],
-            **({"class_logits": outputs["class_logits"].to(dtype)} if "class_logits" in outputs else {})}
+            **({"logits": outputs["logits"].to(dtype)} if "logits" in outputs else {})}
 
 
 def build_deop(config: RealConfig, run_dir: Path | None, device: torch.device, proposals_path: Path | None = None,
@@ -346,11 +346,11 @@ def train_deop(config: RealConfig, data: Path, run_dir: Path, device: torch.devi
 
     def micro_loss(step: int, share: int, shares: int):
         batch = _training_batch(dataset, config, "deop", step, share, shares)
-        labels = label_map[batch["label"]][:, 1::2, 1::2].to(device)  # (b, H/2, W/2) seen-class indices
+        label = label_map[batch["label"]][:, 1::2, 1::2].to(device)  # (b, H/2, W/2) seen-class indices
         with _autocast(config, device):
-            outputs = ddp(_to_device(batch["image_raw"], device), seen)
+            outputs = ddp(_to_device(batch["image_raw"], device), seen, refinement=None)  # no refinement in the real world
         dtype = torch.get_default_dtype()
-        losses = deop_segmentation_loss(outputs["class_logits"].to(dtype), outputs["mask_probs"].to(dtype), labels,
+        losses = deop_segmentation_loss(outputs["logits"].to(dtype), outputs["mask_probs"].to(dtype), label,
                                         ignore_as_void=config.ignore_as_void)
         return losses.pop("loss"), losses
 
@@ -415,22 +415,22 @@ def throughput(config: RealConfig, stage: str = "deop", micro_batch: int = 1, st
     if stage == "proposals":
         module = proposals
 
-        def loss_of(images, labels):
+        def loss_of(images, label):
             outputs = module(module.normalize(images))
-            return mask_proposal_loss(_full_precision(outputs), labels, config.proposals)["loss"]
+            return mask_proposal_loss(_full_precision(outputs), label, config.proposals)["loss"]
     elif stage == "deop":
         deop = DeOP(proposals, _clip(config, device), config.model).to(device)
         module = deop.learned
 
-        def loss_of(images, labels):
-            outputs = deop(images, seen)
-            return deop_segmentation_loss(outputs["class_logits"].float(), outputs["mask_probs"].float(),
-                                          labels[:, 1::2, 1::2])["loss"]
+        def loss_of(images, label):
+            outputs = deop(images, seen, refinement=None)  # the real world refines no proposals (proposals.TOY_REFINEMENT)
+            return deop_segmentation_loss(outputs["logits"].float(), outputs["mask_probs"].float(),
+                                          label[:, 1::2, 1::2])["loss"]
     else:
         raise ValueError(f"throughput is measured for the 'proposals' and 'deop' stages, not {stage!r}")
     optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-6)
     images = torch.rand(micro_batch, 3, config.crop, config.crop, device=device)
-    labels = torch.randint(len(seen), (micro_batch, config.crop, config.crop), device=device)
+    label = torch.randint(len(seen), (micro_batch, config.crop, config.crop), device=device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     times = []
@@ -439,7 +439,7 @@ def throughput(config: RealConfig, stage: str = "deop", micro_batch: int = 1, st
             torch.cuda.synchronize(device)
         tic = time.perf_counter()
         with _autocast(config, device):
-            loss = loss_of(images, labels)
+            loss = loss_of(images, label)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -478,7 +478,7 @@ def predict_label(model: DeOP, image_raw: torch.Tensor, class_names, short_side:
     padded input, cropped to the image and resized bilinearly to (H, W) before the argmax. Returns (H, W)."""
     device = next(model.learned.parameters(), next(model.proposals.parameters())).device
     image, (h, w) = eval_input(image_raw, short_side, max_side)
-    scores = model.predict(image.to(device), list(class_names))["scores"][..., :h, :w]  # (1, C, h, w)
+    scores = model.predict(image.to(device), list(class_names), refinement=None)["scores"][..., :h, :w]  # (1, C, h, w)
     scores = torch.nn.functional.interpolate(scores.float(), size=image_raw.shape[-2:], mode="bilinear",
                                              align_corners=False)  # (1, C, H, W)
     return scores.argmax(1)[0].cpu()

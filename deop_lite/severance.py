@@ -265,9 +265,9 @@ def severed_features_and_attention(visual, image: torch.Tensor, layers: dict[int
     """Both :func:`severed_dense_features` and :func:`patch_attention` of ``layer`` from one pass of the ViT."""
     run = _Severed(visual, image, {} if layers is None else layers, mode, mask_probs, mps_norm, prompts, residual, ffn,
                    naclip_std)
-    dense = project_patches(visual, run.run(), run.grid)  # (B, D, h, w)
+    dense_feats = project_patches(visual, run.run(), run.grid)  # (B, D, h, w)
     attn = run.patch_attention(layer)  # (B, h*w, h*w): block inputs are cached, no second pass
-    return dense, attn.reshape(attn.shape[0], *run.grid, *run.grid)
+    return dense_feats, attn.reshape(attn.shape[0], *run.grid, *run.grid)
 
 
 @torch.no_grad()

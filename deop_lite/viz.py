@@ -46,11 +46,11 @@ def colorize(label) -> np.ndarray:
     return out
 
 
-def overlay(image_raw, label, alpha: float = 0.55) -> np.ndarray:
+def overlay(image_raw, label, opacity: float = 0.55) -> np.ndarray:
     """Blend the palette colours of ``label`` (H, W) over the image; ignored pixels show the image."""
     image = to_hwc(image_raw)
     label_np = np.asarray(label.cpu() if isinstance(label, torch.Tensor) else label)
-    blend = (1 - alpha) * image + alpha * colorize(label_np) / 255
+    blend = (1 - opacity) * image + opacity * colorize(label_np) / 255
     return np.where((label_np == IGNORE_INDEX)[..., None], image, blend)
 
 
@@ -67,7 +67,7 @@ def class_legend(ax, class_names: Sequence[str] = CLASS_NAMES, unseen: Sequence[
     ax.legend(handles=handles, ncol=ncol, frameon=False, fontsize=8, **kwargs)
 
 
-def show_scenes(images, labels=None, captions: Sequence[str] | None = None, ncols: int = 6,
+def show_scenes(images, label=None, captions: Sequence[str] | None = None, ncols: int = 6,
                 size: float = 2.0):
     """A gallery: each image with its label overlay (if given) and caption as title. Returns the figure."""
     n = len(images)
@@ -77,12 +77,12 @@ def show_scenes(images, labels=None, captions: Sequence[str] | None = None, ncol
         ax.axis("off")
         if i >= n:
             continue
-        ax.imshow(overlay(images[i], labels[i]) if labels is not None else to_hwc(images[i]))
+        ax.imshow(overlay(images[i], label[i]) if label is not None else to_hwc(images[i]))
         if captions is not None:
             ax.set_title("\n".join(textwrap.wrap(captions[i], 26)), fontsize=7)
-    if labels is not None:
+    if label is not None:
         class_legend(fig, loc="lower center")
-    fig.tight_layout(rect=(0, 0.06 if labels is not None else 0, 1, 1))
+    fig.tight_layout(rect=(0, 0.06 if label is not None else 0, 1, 1))
     return fig
 
 
@@ -95,8 +95,8 @@ def show_segmentations(image_raw, columns: dict, size: float = 2.0, class_names:
                              squeeze=False)
     for row in range(n):
         axes[row, 0].imshow(to_hwc(image_raw[row]))
-        for col, (title, labels) in enumerate(columns.items(), start=1):
-            axes[row, col].imshow(overlay(image_raw[row], labels[row], alpha=0.75))
+        for col, (title, label) in enumerate(columns.items(), start=1):
+            axes[row, col].imshow(overlay(image_raw[row], label[row], opacity=0.75))
             if row == 0:
                 axes[row, col].set_title(title, fontsize=9)
     axes[0, 0].set_title("image", fontsize=9)
@@ -337,11 +337,11 @@ class AlphaExplorer:
             {-1: 1.0}
         mode = "gps" if s["mode"] in ("none", "GPS") else s["mode"].lower()
         with torch.no_grad():
-            dense, attention = severed_features_and_attention(self.clip.visual, image, layers, mode, masks)
+            dense_feats, attention = severed_features_and_attention(self.clip.visual, image, layers, mode, masks)
             if masks is None:
-                scores = patch_scores(dense, self.text_emb, image.shape[-2:])  # (1, C, H, W)
+                scores = patch_scores(dense_feats, self.text_emb, image.shape[-2:])  # (1, C, H, W)
             else:
-                _, scores = classify_masks_with(dense, masks, self.text_emb, self.clip.model.logit_scale.exp().item())
+                _, scores = classify_masks_with(dense_feats, masks, self.text_emb, self.clip.model.logit_scale.exp().item())
         return {"label": scores.argmax(1)[0], "attention": attention[0, s["row"], s["col"]]}
 
     def select_patch(self, x: float, y: float) -> dict:
@@ -389,7 +389,7 @@ class AlphaExplorer:
         self.state.update(changes)
         result = self.compute()
         image = to_hwc(self.images_raw[self.state["image"]])
-        label_rgb = overlay(image, self.palette_ids[result["label"]], alpha=0.8)  # colours as in the legend
+        label_rgb = overlay(image, self.palette_ids[result["label"]], opacity=0.8)  # colours as in the legend
         attention = result["attention"].numpy()
         ph, pw = image.shape[0] / self.grid[0], image.shape[1] / self.grid[1]
         if self.artists is None:

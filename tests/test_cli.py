@@ -35,8 +35,8 @@ def test_segment_own_image(tmp_path, capsys, mode):
     path = _scene_png(tmp_path / "scene.png", mode)
     main(["segment", str(path), "--classes", "sky, grass, ladybird, clock", "--out", str(tmp_path / "out")])
     printed = capsys.readouterr().out
-    labels = Image.open(tmp_path / "out" / "scene_labels.png")
-    assert labels.mode == "L" and np.asarray(labels).max() < 4 and "pixels: sky" in printed
+    label = Image.open(tmp_path / "out" / "scene_labels.png")
+    assert label.mode == "L" and np.asarray(label).max() < 4 and "pixels: sky" in printed
     assert (tmp_path / "out" / "scene_overlay.png").stat().st_size > 10_000
     if mode == "large":
         assert "resized from 2000x1500" in printed

@@ -8,16 +8,17 @@ from deop_lite.proposals import MaskProposalNetwork, ProposalStage
 
 def test_mask_pooling_averages_the_covered_patches():
     torch.manual_seed(0)
-    dense = F.normalize(torch.randn(1, 4, 2, 2), dim=1)  # (B, D, h, w)
+    dense_feats = F.normalize(torch.randn(1, 4, 2, 2), dim=1)  # (B, D, h, w)
     mask = torch.zeros(1, 1, 8, 8)  # (B, N, H, W): 4x4 pixels per patch
     mask[..., :4, :] = 1  # the top row of patches
     mask[..., 4:6, :4] = 1  # half of the bottom-left patch
-    expected = F.normalize(dense[0, :, 0, 0] + dense[0, :, 0, 1] + 0.5 * dense[0, :, 1, 0], dim=0)
-    assert torch.allclose(mask_pooling(dense, mask)[0, 0], expected, atol=1e-6)
+    expected = F.normalize(dense_feats[0, :, 0, 0] + dense_feats[0, :, 0, 1] + 0.5 * dense_feats[0, :, 1, 0], dim=0)
+    assert torch.allclose(mask_pooling(dense_feats, mask)[0, 0], expected, atol=1e-6)
     # The official binary variant: nearest-resized binary mask, the half-covered patch counts fully or not at all.
-    binary = mask_pooling(dense, mask, binary=True)[0, 0]
-    assert torch.allclose(binary, F.normalize(dense[0, :, 0, 0] + dense[0, :, 0, 1] + dense[0, :, 1, 0], dim=0),
-                          atol=1e-6) or torch.allclose(binary, F.normalize(dense[0, :, 0, 0] + dense[0, :, 0, 1], dim=0))
+    binary = mask_pooling(dense_feats, mask, binary=True)[0, 0]
+    top_row = dense_feats[0, :, 0, 0] + dense_feats[0, :, 0, 1]  # (D,)
+    assert torch.allclose(binary, F.normalize(top_row + dense_feats[0, :, 1, 0], dim=0), atol=1e-6) or \
+        torch.allclose(binary, F.normalize(top_row, dim=0))
 
 
 def test_classify_and_semantic_map():
@@ -77,17 +78,20 @@ def test_missing_variant_checkpoint_says_how_to_train_it(tmp_path):
         load_deop("deop", path=tmp_path / "nothing.safetensors")
 
 
-def test_deop_proposals_follow_the_network_config(toy_clip):
-    """The toy preset refines at inference; ``refine=False`` (DeOP's training) gives the network's own masks."""
-    from dataclasses import replace
-
+def test_refinement_is_an_argument_of_inference(toy_clip):
+    """DeOP refines its proposals as the toy world does unless told otherwise (``refinement=None``: the network's
+    own masks, as DeOP's training and the real world use them); the network's config holds no inference setting."""
     from deop_lite.model import DeOP
-    from deop_lite.proposals import proposal_masks
-    assert ProposalStage().model.refine_iterations == 20  # the toy preset
-    model = DeOP(MaskProposalNetwork(replace(ProposalStage.tiny().model, refine_iterations=2)), toy_clip)
+    from deop_lite.proposals import TOY_REFINEMENT, Refinement, proposal_masks
+    model = DeOP(MaskProposalNetwork(ProposalStage.tiny().model), toy_clip)
     image = torch.rand(1, 3, 64, 64)
-    refined = proposal_masks(model.proposals, image).sigmoid()  # (1, N, H, W)
-    raw = proposal_masks(model.proposals, image, refine=False).sigmoid()
+    refined = proposal_masks(model.proposals, image).sigmoid()  # (1, N, H, W), TOY_REFINEMENT
+    raw = proposal_masks(model.proposals, image, refinement=None).sigmoid()
     assert not torch.allclose(refined, raw)
-    assert torch.equal(model.train().proposal_masks(image), refined)
-    assert torch.equal(model.proposal_masks(image, refine=False), raw)
+    assert torch.equal(model.train().proposal_mask_probs(image), refined)
+    assert torch.equal(model.proposal_mask_probs(image, refinement=None), raw)
+    assert torch.equal(model.predict(image, ["sky", "grass"], refinement=None)["mask_probs"], raw)
+    other = Refinement(iterations=2)
+    assert torch.equal(model.predict(image, ["sky", "grass"], refinement=other)["mask_probs"],
+                       proposal_masks(model.proposals, image, refinement=other).sigmoid())
+    assert TOY_REFINEMENT == Refinement() and not any("refine" in name for name in vars(model.proposals.config))

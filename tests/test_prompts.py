@@ -46,8 +46,8 @@ def test_prepended_prompts_are_dropped_and_combine_with_severance(toy_clip):
     assert [prompts.num_prepended(i) for i in range(4)] == [0, 3, 3, 3]
     masks = torch.rand(2, 5, 64, 64)
     for mode in ("gps", "mps", "gps_mask"):
-        dense = severed_dense_features(toy_clip.visual, image, {-1: 0.5}, mode, masks, prompts=prompts)
-        assert dense.shape == (2, toy_clip.embed_dim, 8, 8)
+        dense_feats = severed_dense_features(toy_clip.visual, image, {-1: 0.5}, mode, masks, prompts=prompts)
+        assert dense_feats.shape == (2, toy_clip.embed_dim, 8, 8)
     with pytest.raises(ValueError, match="layers must be in 0..3"):
         VisualPrompts(toy_clip.visual, "prepend", (4,))
 
@@ -61,7 +61,7 @@ def test_only_prompts_train_clip_stays_frozen(toy_clip):
     learned_before = {k: v.clone() for k, v in model.learned.state_dict().items()}
     optimizer = torch.optim.AdamW(model.learned.parameters(), lr=1e-2)
     out = model.train()(torch.rand(2, 3, 64, 64), ["sky", "ladybird", "grass"])
-    (out["class_logits"].logsumexp(-1).mean() + out["scores"].mean()).backward()
+    (out["logits"].logsumexp(-1).mean() + out["scores"].mean()).backward()
     optimizer.step()
     assert all(p.grad is None for p in toy_clip.model.parameters())
     assert all(torch.equal(v, clip_before[k]) for k, v in toy_clip.model.state_dict().items())

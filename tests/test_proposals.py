@@ -1,4 +1,4 @@
-from dataclasses import asdict, replace
+from dataclasses import asdict
 
 import pytest
 import torch
@@ -19,6 +19,7 @@ from deop_lite.proposals import (
     MaskProposalNetwork,
     ProposalConfig,
     ProposalStage,
+    Refinement,
     best_proposals,
     bilateral_weights,
     proposal_masks,
@@ -78,7 +79,7 @@ def test_ignored_pixels_send_no_gradient(class_aware):
     stage.model.loss_stride = 1
     torch.manual_seed(0)
     masks = torch.randn(1, 8, 16, 16, requires_grad=True)  # stride 4 of a 64 x 64 image
-    out = {"masks": masks, "aux": [], "class_logits": torch.randn(1, 8, 13)}
+    out = {"masks": masks, "aux": [], "logits": torch.randn(1, 8, 13)}
     label = torch.zeros(1, 64, 64, dtype=torch.long)
     label[:, 40:60, 40:60] = 5
     label[:, :32, :32] = IGNORE_INDEX
@@ -174,44 +175,39 @@ def test_refinement_snaps_a_spilling_mask_to_the_colour_edge():
     assert (refined[..., :16] > 0.5).all() and (refined[..., 16:] < 0.5).all()
 
 
-def test_proposal_masks_refine_only_when_the_config_asks():
+def test_proposal_masks_are_refined_as_the_argument_says():
     torch.manual_seed(0)
-    config = ProposalStage.tiny().model
     image_raw = torch.rand(1, 3, 64, 64)
-    plain = MaskProposalNetwork(config)
-    refined = MaskProposalNetwork(ProposalConfig(**{**asdict(config), "refine_iterations": 3}))
-    refined.load_state_dict(plain.state_dict())
-    raw = proposal_masks(plain, image_raw)  # (1, 8, 64, 64)
-    assert torch.equal(proposal_masks(refined, image_raw, refine=False), raw)
-    expected = refine_masks(image_raw, raw.sigmoid(), 3, config.refine_sigma_colour, config.refine_sigma_space,
-                            config.refine_radius)
-    assert torch.allclose(proposal_masks(refined, image_raw).sigmoid(), expected, atol=1e-5)
-    with pytest.raises(ValueError, match="refine_iterations"):
-        ProposalConfig(refine_iterations=-1)
+    net = MaskProposalNetwork(ProposalStage.tiny().model)
+    raw = proposal_masks(net, image_raw, refinement=None)  # (1, 8, 64, 64): the network's own masks
+    refinement = Refinement(iterations=3, sigma_colour=0.2, sigma_space=2.0, radius=2)
+    expected = refine_masks(image_raw, raw.sigmoid(), 3, sigma_colour=0.2, sigma_space=2.0, radius=2)
+    assert torch.allclose(proposal_masks(net, image_raw, refinement=refinement).sigmoid(), expected, atol=1e-5)
+    with pytest.raises(ValueError, match="refinement=None"):
+        Refinement(iterations=0)
 
 
 def test_refined_proposals_are_computed_once_per_image_and_weights():
     """The cache returns exactly what a fresh computation gives, per image whatever the batch, and misses
     whenever the weights, the image or the refinement settings change."""
     torch.manual_seed(0)
-    net = MaskProposalNetwork(replace(ProposalStage.tiny().model, refine_iterations=2))
+    net = MaskProposalNetwork(ProposalStage.tiny().model)
+    two = Refinement(iterations=2)
     images = torch.rand(3, 3, 64, 64)
     PROPOSAL_CACHE.clear()
-    first = proposal_masks(net, images)  # (3, 8, 64, 64): three misses
+    first = proposal_masks(net, images, refinement=two)  # (3, 8, 64, 64): three misses
     assert (PROPOSAL_CACHE.hits, PROPOSAL_CACHE.misses, len(PROPOSAL_CACHE.entries)) == (0, 3, 3)
-    again = proposal_masks(net, images[[2, 0]], size=(32, 32))  # other batch, other output size: two hits
+    again = proposal_masks(net, images[[2, 0]], size=(32, 32), refinement=two)  # other batch, other size: two hits
     assert PROPOSAL_CACHE.hits == 2 and torch.equal(again, F.interpolate(first[[2, 0]], size=(32, 32), mode="bilinear"))
     again[:] = 0  # callers get copies: the cache cannot be changed from outside
-    assert torch.equal(proposal_masks(net, images), first)
+    assert torch.equal(proposal_masks(net, images, refinement=two), first)
 
-    net.config.refine_iterations = 3  # settings changed in place: recomputed
-    assert not torch.equal(proposal_masks(net, images[:1]), first[:1])
-    net.config.refine_iterations = 2
+    assert not torch.equal(proposal_masks(net, images[:1], refinement=Refinement(iterations=3)), first[:1])  # recomputed
     with torch.no_grad():
         net.mask_embed[0].weight.add_(0.1)  # new weights (as after an optimiser step): recomputed, and different
     misses = PROPOSAL_CACHE.misses
-    assert not torch.equal(proposal_masks(net, images[:1]), first[:1]) and PROPOSAL_CACHE.misses == misses + 1
+    assert not torch.equal(proposal_masks(net, images[:1], refinement=two), first[:1]) and PROPOSAL_CACHE.misses == misses + 1
     assert len(PROPOSAL_CACHE.entries) == 1  # the old weights' entries were dropped with them
     PROPOSAL_CACHE.clear()
-    fresh = proposal_masks(net, images[:1])
-    assert PROPOSAL_CACHE.misses == 1 and torch.equal(proposal_masks(net, images[:1]), fresh)
+    fresh = proposal_masks(net, images[:1], refinement=two)
+    assert PROPOSAL_CACHE.misses == 1 and torch.equal(proposal_masks(net, images[:1], refinement=two), fresh)

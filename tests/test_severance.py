@@ -111,9 +111,9 @@ def test_features_and_attention_in_one_pass_equal_the_separate_calls(toy_clip):
     from deop_lite.severance import patch_attention, severed_features_and_attention
     image = _image(toy_clip)
     for layers in ({}, {-1: 0.5}, {-2: 0.5, -1: 1.0}):
-        dense, attention = severed_features_and_attention(toy_clip.visual, image, layers)
+        dense_feats, attention = severed_features_and_attention(toy_clip.visual, image, layers)
         with torch.no_grad():
-            assert torch.equal(dense, severed_dense_features(toy_clip.visual, image, layers or {-1: 0.0}))
+            assert torch.equal(dense_feats, severed_dense_features(toy_clip.visual, image, layers or {-1: 0.0}))
         assert torch.equal(attention, patch_attention(toy_clip.visual, image, layers=layers))
 
 

@@ -38,8 +38,8 @@ def test_alpha_explorer_redraws_what_it_computes(toy_clip):
     from deop_lite.toyworld import CLASS_NAMES, ToyWorld, ToyWorldConfig
     world = ToyWorld("val", 2, ToyWorldConfig.segmentation())
     images = torch.stack([world[i]["image_raw"] for i in range(2)])  # (2, 3, 128, 128)
-    labels = torch.stack([world[i]["label"] for i in range(2)])
-    masks = (labels[:, None] == torch.arange(len(CLASS_NAMES))[None, :, None, None]).float()  # ground-truth masks
+    label = torch.stack([world[i]["label"] for i in range(2)])
+    masks = (label[:, None] == torch.arange(len(CLASS_NAMES))[None, :, None, None]).float()  # ground-truth masks
     explorer = viz.AlphaExplorer(toy_clip, images, CLASS_NAMES, masks)
     stock = explorer.update(mode="none", row=3, col=4)
     drawn_stock = np.array(explorer.artists["attention"].get_array())
@@ -47,7 +47,7 @@ def test_alpha_explorer_redraws_what_it_computes(toy_clip):
     drawn = np.array(explorer.artists["attention"].get_array())
     assert np.allclose(drawn, severed["attention"].numpy()) and not np.allclose(drawn, drawn_stock)
     assert drawn[3, 4] == 1 and drawn.sum() == 1  # α = 1: the patch attends to itself only
-    assert np.allclose(explorer.artists["label"].get_array(), viz.overlay(images[0], severed["label"], alpha=0.8))
+    assert np.allclose(explorer.artists["label"].get_array(), viz.overlay(images[0], severed["label"], opacity=0.8))
     assert stock["label"].shape == (128, 128)
     panel = explorer.widget()  # sliders drive the same update
     panel.children[1].children[0].value = 0.25
@@ -100,7 +100,7 @@ def test_alpha_explorer_draws_nothing_until_shown_and_a_click_chooses_the_patch(
     for i, name in enumerate(names):
         where = (result["label"] == i).numpy()
         if where.any():
-            expected = viz.overlay(images[0], torch.full((128, 128), CLASS_NAMES.index(name)), alpha=0.8)
+            expected = viz.overlay(images[0], torch.full((128, 128), CLASS_NAMES.index(name)), opacity=0.8)
             assert np.allclose(label_rgb[where], expected[where])
     explorer.controls["col"].value = 3  # and the slider still drives the patch
     assert explorer.state["col"] == 3

@@ -334,8 +334,8 @@ except clip_lib.ClipWeightsUnavailable as error:
 # NBVAL_CHECK_OUTPUT
 real = clip_lib.load_clip("ViT-B-16", pretrained=REAL_CLIP_WEIGHTS)  # None: random init, asked for explicitly
 with torch.no_grad():
-    dense = real.dense_features(torch.randn(1, 3, 512, 512))  # one pass at 512 x 512: a 32 x 32 grid
-print("patch size", real.patch_size, "| native size", real.image_size, "| F_V", tuple(dense.shape))
+    dense_feats = real.dense_features(torch.randn(1, 3, 512, 512))  # one pass at 512 x 512: a 32 x 32 grid
+print("patch size", real.patch_size, "| native size", real.image_size, "| F_V", tuple(dense_feats.shape))
 
 # %% [markdown]
 # With random weights the features mean nothing, but the shapes, the one-pass computation and the equality with open_clip's own token output (tested in `tests/test_clip.py`) are real. With OpenAI's weights, `naive_dense_labels(real, image_raw, ["cat", "grass", "sky"])` runs as above.

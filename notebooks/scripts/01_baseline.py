@@ -140,13 +140,13 @@ plt.show()
 # %% [markdown]
 # ## 4. Do the proposals generalise to unseen classes?
 #
-# The proposal network never saw a fish, a car, grass or road labelled. First the network's own masks (`refine=False`: the toy preset refines them at inference, which comes at the end of this section). Its proposals on a scene with unseen objects:
+# The proposal network never saw a fish, a car, grass or road labelled. First the network's own masks (`refinement=None`: by default the toy world refines them at inference, which comes at the end of this section). Its proposals on a scene with unseen objects:
 
 # %%
 val = stage.world("val", N_VAL)
 index = next(i for i in range(N_VAL) if {"fish", "car"} & set(val.scene(i).classes))
 scene = val.scene(index)
-mask_probs = proposals.proposal_masks(net, val[index]["image_raw"][None], refine=False)[0].sigmoid()  # (N, H, W)
+mask_probs = proposals.proposal_masks(net, val[index]["image_raw"][None], refinement=None)[0].sigmoid()  # (N, H, W)
 print("classes in the scene:", scene.classes)
 viz.show_proposals(val[index]["image_raw"], mask_probs, [f"query {n}" for n in range(len(mask_probs))]);
 plt.show()
@@ -158,11 +158,9 @@ plt.show()
 
 # %%
 # NBVAL_CHECK_OUTPUT
-recall = proposals.proposal_recall(net, val, refine=False)  # the network's own masks
-print(f"{'':8s}{'R@30':>7s}{'R@50':>7s}   segments")
-for split in ("all", "seen", "unseen"):
-    count = sum(recall["segments"].values()) if split == "all" else recall["segments"][split]
-    print(f"{split:8s}{recall[split]['R@30']:7.3f}{recall[split]['R@50']:7.3f}   {count}")
+recall = proposals.proposal_recall(net, val, refinement=None)  # the network's own masks
+print(metrics.format_table({split: recall[split] for split in ("all", "seen", "unseen")}, ("R@30", "R@50"), decimals=3))
+print("segments:", recall["segments"])
 
 # %% [markdown]
 # Which segments are missed? Recall@50 per class:
@@ -179,7 +177,7 @@ plt.show()
 misses = []  # one dict per ground-truth segment that no proposal matches at IoU 0.5
 for i in range(N_VAL):
     item = val[i]
-    logits = proposals.proposal_masks(net, item["image_raw"][None], refine=False)[0]  # (N, H, W)
+    logits = proposals.proposal_masks(net, item["image_raw"][None], refinement=None)[0]  # (N, H, W)
     match = proposals.best_proposals(logits, item["label"])  # per segment: best IoU, its proposal, precision, coverage
     for t in torch.nonzero(match["iou"] < 0.5).flatten().tolist():
         misses.append({"scene": i, "class": toyworld.CLASS_NAMES[match["classes"][t]],
@@ -220,7 +218,7 @@ plt.show()
 # %%
 r, sigma_c, sigma_s, T = 3, 0.1, 3.0, 20  # window radius, colour and space scales (RGB in [0, 1], pixels), rounds
 image1 = val[misses[0]["scene"]]["image_raw"][None]  # (1, 3, H, W)
-probs = proposals.proposal_masks(net, image1, refine=False).sigmoid()  # (1, N, H, W): the network's own masks
+probs = proposals.proposal_masks(net, image1, refinement=None).sigmoid()  # (1, N, H, W): the network's own masks
 H, W = image1.shape[-2:]
 offsets = [(dy, dx) for dy in range(-r, r + 1) for dx in range(-r, r + 1)]  # K = 49 neighbours
 
@@ -239,12 +237,11 @@ print("refined masks", tuple(refined.shape))
 
 # %%
 # NBVAL_CHECK_OUTPUT
-c = net.config  # the toy preset refines at inference, with the settings above
-assert (c.refine_iterations, c.refine_radius, c.refine_sigma_colour, c.refine_sigma_space) == (T, r, sigma_c, sigma_s)
-recall_refined = proposals.proposal_recall(net, val)  # proposal_masks refines by default
-print(f"{'':8s}{'R@30':>15s}{'R@50':>15s}   (unrefined -> refined)")
-for split in ("all", "seen", "unseen"):
-    print(f"{split:8s}" + "".join(f"{recall[split][m]:8.3f} {recall_refined[split][m]:.3f}" for m in ("R@30", "R@50")))
+assert proposals.TOY_REFINEMENT == proposals.Refinement(T, sigma_c, sigma_s, r)  # the toy world's, the default
+recall_refined = proposals.proposal_recall(net, val)  # refinement=TOY_REFINEMENT
+print(metrics.format_table({f"{split}, {name}": result[split] for split in ("all", "seen", "unseen")
+                            for name, result in (("own masks", recall), ("refined", recall_refined))},
+                           ("R@30", "R@50"), decimals=3))
 print("R@50 of the unseen classes:", ", ".join(
     f"{c} {recall['per_class'][c]['R@50']:.2f} -> {recall_refined['per_class'][c]['R@50']:.2f}" for c in toyworld.UNSEEN_CLASSES))
 
@@ -252,7 +249,7 @@ print("R@50 of the unseen classes:", ", ".join(
 refined_matches = []  # the twelve misses shown above, with their best refined proposal
 for m in shown:
     item = val[m["scene"]]
-    logits = proposals.proposal_masks(net, item["image_raw"][None])[0]  # (N, H, W), refined (the default)
+    logits = proposals.proposal_masks(net, item["image_raw"][None])[0]  # (N, H, W), refined (TOY_REFINEMENT)
     match = proposals.best_proposals(logits, item["label"])
     t = match["classes"].tolist().index(toyworld.CLASS_NAMES.index(m["class"]))
     refined_matches.append((logits[match["index"][t]] > 0, match["iou"][t].item()))
@@ -273,15 +270,15 @@ plt.show()
 # %%
 HELD_OUT = 40 if runtime.CI else 1000  # validation scenes 400 .. 1,399: never used to choose anything
 held_out = torch.utils.data.Subset(stage.world("val", 400 + HELD_OUT), range(400, 400 + HELD_OUT))
-for name, refine in (("the network's own masks", False), ("refined (the toy preset)", True)):
-    r = proposals.proposal_recall(net, held_out, refine=refine)
+for name, refinement in (("the network's own masks", None), ("refined (TOY_REFINEMENT)", proposals.TOY_REFINEMENT)):
+    r = proposals.proposal_recall(net, held_out, refinement=refinement)
     print(f"{name:25s} Recall@50 seen {r['seen']['R@50']:.3f} | unseen {r['unseen']['R@50']:.3f} "
           f"({r['segments']['seen']} seen, {r['segments']['unseen']} unseen segments)")
 
 # %% [markdown]
 # On those 1,350 unseen segments the network's own masks reach Recall@50 **0.555** and the refined ones 0.636 (seen: 0.812 and 0.852). The refinement settings ($T$ = 20 rounds, $\sigma_c$ = 0.1, $r$ = 3, $\sigma_s$ = 3) were chosen on toy world 1 by seen Recall@50 on validation scenes 200 to 399, and kept.
 #
-# **The toy preset refines.** `ProposalConfig.toy()` sets `refine_iterations=20`, so every consumer of `proposals.proposal_masks` gets refined masks at inference: the baseline below, DeOP and its ablations in notebooks 02 to 04, the multi-pass rival in notebook 05, `deop-lite demo`. `refine=False` gives the network's own masks. DeOP's learned parts train on the network's own masks (`model.train_deop` asks for `refine=False`), as DeepLab trained its network without the CRF it applied at test time. The real-world preset (`ProposalConfig.real()`) leaves refinement off: it has not been measured on real images, where colour edges are texture as often as object boundaries. Notebook 04 §8 measures what refinement is worth to DeOP's segmentation.
+# **The toy world refines.** Refinement is an argument of inference, not part of the network: `proposals.proposal_masks`, `DeOP.predict`, `MultiPass.predict` and `model.evaluate_deop` take `refinement=`, and its default, `proposals.TOY_REFINEMENT` (the settings above), is what the baseline below, DeOP and its ablations in notebooks 02 to 04, the multi-pass rival in notebook 05 and `deop-lite demo` use. `refinement=None` gives the network's own masks. DeOP's learned parts train on the network's own masks (`model.train_deop` passes `refinement=None`), as DeepLab trained its network without the CRF it applied at test time. The real world passes `refinement=None` too: refinement has not been measured on real images, where colour edges are texture as often as object boundaries. Notebook 04 §8 measures what refinement is worth to DeOP's segmentation.
 
 # %% [markdown]
 # ## 5. Mask pooling: one segment embedding per proposal
@@ -296,12 +293,12 @@ for name, refine in (("the network's own masks", False), ("refined (the toy pres
 clip = clip_lib.load_clip("toy")
 image_raw = torch.stack([val[i]["image_raw"] for i in range(4)])  # (4, 3, 128, 128)
 with torch.no_grad():
-    dense = clip.dense_features(clip.normalize(image_raw))  # (4, D, 16, 16)
+    dense_feats = clip.dense_features(clip.normalize(image_raw))  # (4, D, 16, 16)
     mask_probs = proposals.proposal_masks(net, image_raw).sigmoid()  # (4, N, 128, 128)
-weights = F.interpolate(mask_probs, size=dense.shape[-2:], mode="area")  # (4, N, 16, 16)
-segment_emb = F.normalize(torch.einsum("bnhw,bdhw->bnd", weights, dense), dim=-1)  # (4, N, D)
-assert torch.allclose(segment_emb, model_lib.mask_pooling(dense, mask_probs), atol=1e-6)
-print(tuple(dense.shape), "->", tuple(segment_emb.shape))
+weights = F.interpolate(mask_probs, size=dense_feats.shape[-2:], mode="area")  # (4, N, 16, 16)
+segment_emb = F.normalize(torch.einsum("bnhw,bdhw->bnd", weights, dense_feats), dim=-1)  # (4, N, D)
+assert torch.allclose(segment_emb, model_lib.mask_pooling(dense_feats, mask_probs), atol=1e-6)
+print(tuple(dense_feats.shape), "->", tuple(segment_emb.shape))
 
 # %% [markdown]
 # ## 6. Classify every segment, assemble the map
@@ -356,7 +353,7 @@ print(metrics.format_table(results))
 #
 # ## Summary
 # - A class-agnostic MaskFormer (1.4 M parameters, 16 queries), trained on seen classes only with unmatched queries pushed to empty masks, unseen pixels ignored, and objects and stuff of no class pasted into its training scenes, reaches Recall@50 0.81 on seen and 0.61 on unseen segments (Recall@30 0.90 / 0.82) on 200 validation scenes, and 0.81 / 0.56 on 1,000 others.
-# - Unseen things are split along their parts (car 0.46) and the unseen road along its markings (0.40); grass, an unseen texture without parts, is recalled like seen stuff (0.94). Refining the masks along colour edges at test time (a label-free, DeepLab-style post-process) lifts unseen Recall@50 to 0.68 here and 0.64 on the 1,000 other scenes; the toy preset refines, and DeOP's learned parts train on the network's own masks.
+# - Unseen things are split along their parts (car 0.46) and the unseen road along its markings (0.40); grass, an unseen texture without parts, is recalled like seen stuff (0.94). Refining the masks along colour edges at test time (a label-free, DeepLab-style post-process) lifts unseen Recall@50 to 0.68 here and 0.64 on the 1,000 other scenes; the toy world refines (`proposals.TOY_REFINEMENT`), and DeOP's learned parts train on the network's own masks.
 # - The one-pass baseline (mask pooling + "a photo of a {}.") scores hIoU 19.0, below naive per-patch labelling (23.9), and ground-truth masks lift it only to 23.4: the bottleneck is segment classification, as the paper argues in §3.3.
 #
 # ## Exercises

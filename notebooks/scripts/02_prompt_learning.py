@@ -172,11 +172,11 @@ print("dense features:", tuple(severed_dense_features(v, image, {}, prompts=prep
 
 # %%
 batch = torch.utils.data.default_collate([model_lib.DeOPStage().world("train", 4)[i] for i in range(4)])
-labels = metrics.seen_label_map(toyworld.CLASS_NAMES, seen)[batch["label"]]  # (4, 128, 128) toy ids -> indices into the 12 seen classes, 255 kept
+label = metrics.seen_label_map(toyworld.CLASS_NAMES, seen)[batch["label"]]  # (4, 128, 128) toy ids -> indices into the 12 seen classes, 255 kept
 out = model_lib.DeOP(net, clip, model_lib.variant_stage("baseline_plus").model)(batch["image_raw"], seen)
-print("class logits", tuple(out["class_logits"].shape), "(B, N, 12 seen + void); masks", tuple(out["mask_probs"].shape))
+print("class logits", tuple(out["logits"].shape), "(B, N, 12 seen + void); masks", tuple(out["mask_probs"].shape))
 for ignore_as_void in (False, True):
-    loss = losses.deop_segmentation_loss(out["class_logits"], out["mask_probs"], labels, ignore_as_void=ignore_as_void)
+    loss = losses.deop_segmentation_loss(out["logits"], out["mask_probs"], label, ignore_as_void=ignore_as_void)
     print(f"ignore_as_void={ignore_as_void}: loss {loss['loss']:.3f} (focal {loss['seg_focal']:.4f}, dice {loss['seg_dice']:.3f})")
 
 # %% [markdown]

@@ -214,10 +214,8 @@ N_MODES = 100  # validation scenes per row (fixed, so CI checks the same numbers
 modes = {"stock CLIP": None, "GPS α=1": "gps", "MaskCLIP": "maskclip", "SCLIP": "sclip",
          "ClearCLIP": "clearclip", "NACLIP": "naclip"}
 after = {name: model_lib.evaluate_training_free(clip, net, mode, scenes=N_MODES) for name, mode in modes.items()}
-print(f"{'':16s} {'per patch: seen  unseen  hIoU  things':40s} {'mask pooling: seen  unseen  hIoU  things'}")
-for name, row in after.items():
-    cells = [f"{row[way][k]:6.1f}" for way in ("per_patch", "mask_pooling") for k in ("seen", "unseen", "hIoU", "things")]
-    print(f"{name:16s} {' '.join(cells[:4]):40s} {' '.join(cells[4:])}")
+print(metrics.format_table({f"{name}, {way.replace('_', ' ')}": row[way] for way in ("per_patch", "mask_pooling")
+                            for name, row in after.items()}, ("seen", "unseen", "hIoU", "things")))
 
 # %% [markdown]
 # The same methods on real images, as their authors report them (ViT-B/16, mIoU %, no background class; training-free):

@@ -54,8 +54,8 @@ print(deop.config)
 # NBVAL_CHECK_OUTPUT
 batch = torch.utils.data.default_collate([val[i] for i in range(50)])
 with torch.no_grad():
-    dense = severance.severed_dense_features(clip.visual, clip.normalize(batch["image_raw"]), model_lib.GPS_TOY)  # (50, D, 16, 16)
-    patch_class = torch.einsum("bdhw,cd->bchw", dense, clip.text_embeddings(names)).argmax(1)  # (50, 16, 16)
+    dense_feats = severance.severed_dense_features(clip.visual, clip.normalize(batch["image_raw"]), model_lib.GPS_TOY)  # (50, D, 16, 16)
+    patch_class = torch.einsum("bdhw,cd->bchw", dense_feats, clip.text_embeddings(names)).argmax(1)  # (50, 16, 16)
 truth = batch["label"][:, 4::8, 4::8]  # (50, 16, 16): the class at each patch centre
 neighbours = F.unfold(truth[:, None].float(), 3, padding=1).view(50, 9, 16, 16)  # (50, 9, 16, 16), zero-padded
 interior = (neighbours == truth[:, None]).all(1)  # (50, 16, 16), border of the image counts as border
@@ -85,10 +85,10 @@ print(f"per-patch zero-shot accuracy, border patches  : {100 * correct[~interior
 decoder = deop.learned.anchor_decoder
 images = batch["image_raw"][:4]
 with torch.no_grad():
-    mask_probs = deop.proposal_masks(images)  # (B, N, 128, 128)
-    dense = deop.dense_features(images, mask_probs)  # F_V (B, D, 16, 16): prompts + GPS
-    B, D, h, w = dense.shape
-    memory = dense.flatten(2).transpose(1, 2)  # (B, hw, D)
+    mask_probs = deop.proposal_mask_probs(images)  # (B, N, 128, 128), refined (TOY_REFINEMENT)
+    dense_feats = deop.dense_features(images, mask_probs)  # F_V (B, D, 16, 16): prompts + GPS
+    B, D, h, w = dense_feats.shape
+    memory = dense_feats.flatten(2).transpose(1, 2)  # (B, hw, D)
     memory_pos = transformer.sine_position_encoding(h, w, D)[None]  # (1, hw, D)
     query_pos = decoder.query_pos.weight[None].expand(B, -1, -1)  # (B, N, D): one anchor per proposal
     q = torch.zeros_like(query_pos)
@@ -102,7 +102,7 @@ with torch.no_grad():
     H = (Q @ K.transpose(-1, -2) / (D // heads) ** 0.5).softmax(-1) * M  # Eq. 3: (B, heads, N, hw)
     F_I = F.normalize((H @ split(memory)).transpose(1, 2).flatten(2), dim=-1)  # (B, N, D)
 
-    package_F_I, package_H = decoder(dense, mask_probs)
+    package_F_I, package_H = decoder(dense_feats, mask_probs)
 assert torch.allclose(F_I, package_F_I, atol=1e-5) and torch.allclose(H.mean(1).view(B, -1, h, w), package_H, atol=1e-6)
 print("hand-built Eq. 3 = deop_lite.anchors.QueryHeatmapDecoder:", tuple(F_I.shape), tuple(package_H.shape))
 
@@ -111,7 +111,7 @@ print("hand-built Eq. 3 = deop_lite.anchors.QueryHeatmapDecoder:", tuple(F_I.sha
 
 # %%
 uniform = M[:, 0] / M[:, 0].sum(-1, keepdim=True).clamp(min=1e-6)  # (B, N, hw): the mask as a heatmap
-assert torch.allclose(F.normalize(uniform @ memory, dim=-1), model_lib.mask_pooling(dense, mask_probs), atol=1e-5)
+assert torch.allclose(F.normalize(uniform @ memory, dim=-1), model_lib.mask_pooling(dense_feats, mask_probs), atol=1e-5)
 print("heatmap pooling with H = M / ΣM is exactly mask-based pooling")
 
 # %% [markdown]
@@ -241,13 +241,10 @@ figure5("fish")
 
 # %%
 # NBVAL_CHECK_OUTPUT
-own_masks, _ = proposals.load_proposals()  # a second copy of the network, set to give its own masks
-own_masks.config.refine_iterations = 0
 training_free = model_lib.OnePassBaseline(net, clip, severance=model_lib.GPS_TOY)
 print(metrics.format_table({
-    "DeOP, refined proposals (toy preset)": evaluated["deop"],
-    "DeOP, the network's own masks": model_lib.evaluate_deop(
-        model_lib.load_deop("deop", proposals=own_masks, clip=clip), N_VAL, progress=False),
+    "DeOP, refined proposals (TOY_REFINEMENT)": evaluated["deop"],
+    "DeOP, the network's own masks": model_lib.evaluate_deop(deop, N_VAL, progress=False, refinement=None),
     "DeOP, ground-truth masks": model_lib.evaluate_deop(deop, N_VAL, progress=False, masks="ground_truth"),
     "training-free GPS, ground-truth masks": model_lib.evaluate_deop(training_free, N_VAL, progress=False,
                                                                      masks="ground_truth")}))
@@ -257,9 +254,9 @@ import time
 
 images32 = torch.stack([val[i]["image_raw"] for i in range(32)])  # (32, 3, 128, 128)
 proposals.PROPOSAL_CACHE.clear()  # time the refinement itself, not a cache hit
-for name, refine in (("the network's own masks", False), ("refined along colour edges", True)):
+for name, refinement in (("the network's own masks", None), ("refined along colour edges", proposals.TOY_REFINEMENT)):
     start = time.perf_counter()
-    proposals.proposal_masks(net, images32, refine=refine)  # (32, N, 128, 128)
+    proposals.proposal_masks(net, images32, refinement=refinement)  # (32, N, 128, 128)
     print(f"{name:27s} {1000 * (time.perf_counter() - start) / 32:5.1f} ms per scene on this machine")
 
 # %% [markdown]

@@ -75,18 +75,18 @@ print(f"{len(valid)} valid proposals of {len(masks)}: {len(valid)} CLIP passes f
 # %% [markdown]
 # ## 3. Quality side by side (toy world)
 #
-# Same proposals (refined along colour edges, the toy preset of notebook 01 §4), same frozen toy CLIP, same 200 validation scenes. Multi-pass here is CLIP-only (our class-agnostic proposal network gives no class scores to ensemble with; SimBaseline's λ-ensemble is `multipass.ensemble_scores`).
+# Same proposals (refined along colour edges, `proposals.TOY_REFINEMENT` of notebook 01 §4), same frozen toy CLIP, same 200 validation scenes. Multi-pass here is CLIP-only (our class-agnostic proposal network gives no class scores to ensemble with; SimBaseline's λ-ensemble is `multipass.ensemble_scores`).
 
 # %%
 # NBVAL_CHECK_OUTPUT
-own_masks, _ = proposals.load_proposals()  # a second copy of the network, set to give its own masks
-own_masks.config.refine_iterations = 0
-rows = {"multi-pass (fixed template)": multi,
-        "multi-pass, the network's own masks": multipass.MultiPass(own_masks, clip),
-        "one-pass baseline (fixed template)": model_lib.load_deop("baseline", proposals=net, clip=clip),
-        "one-pass + GPS, every layer (training-free)": model_lib.OnePassBaseline(net, clip, severance=model_lib.GPS_TOY),
-        "DeOP (trained)": model_lib.load_deop("deop", proposals=net, clip=clip)}
-quality = {title: model_lib.evaluate_deop(m, N_VAL, progress=False) for title, m in rows.items()}
+rows = {"multi-pass (fixed template)": (multi, proposals.TOY_REFINEMENT),
+        "multi-pass, the network's own masks": (multi, None),
+        "one-pass baseline (fixed template)": (model_lib.load_deop("baseline", proposals=net, clip=clip), proposals.TOY_REFINEMENT),
+        "one-pass + GPS, every layer (training-free)": (model_lib.OnePassBaseline(net, clip, severance=model_lib.GPS_TOY),
+                                                        proposals.TOY_REFINEMENT),
+        "DeOP (trained)": (model_lib.load_deop("deop", proposals=net, clip=clip), proposals.TOY_REFINEMENT)}
+quality = {title: model_lib.evaluate_deop(m, N_VAL, progress=False, refinement=refinement)
+           for title, (m, refinement) in rows.items()}
 print(metrics.format_table(quality))
 
 # %% [markdown]

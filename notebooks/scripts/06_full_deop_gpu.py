@@ -154,7 +154,7 @@ pos = clip.visual.positional_embedding.detach()  # (1 + 14 * 14, 768)
 pos_512 = resize_pos_embed(pos, (32, 32))  # (1 + 32 * 32, 768)
 print(f"positional embedding at 224 px: {tuple(pos.shape)}; at 512 px: {tuple(pos_512.shape)}")
 with torch.no_grad():
-    dense = clip.dense_features(clip.normalize(torch.rand(1, 3, 512, 512)))
+    dense_feats = clip.dense_features(clip.normalize(torch.rand(1, 3, 512, 512)))
 print(f"dense CLIP features of a 512 x 512 image, one pass: {tuple(dense.shape)}")
 
 
