@@ -27,7 +27,7 @@ from .clip import ClipModel, ToyClipConfig, load_clip
 from .losses import deop_segmentation_loss
 from .metrics import seen_label_map
 from .prompts import PromptConfig, build_prompts, crop_classification_loss, segment_crop_embeddings
-from .proposals import TOY_REFINEMENT, Refinement, add_refine_argument, proposal_masks, refinement_argument
+from .proposals import TOY_REFINEMENT, Refinement, add_evaluation_arguments, evaluation_arguments, proposal_masks
 from .severance import MASK_MODES, MODES, severed_dense_features
 from .train import TrainConfig, check_stage_args, load_weights, stage_cli, train_stage
 
@@ -523,13 +523,11 @@ def main(argv=None) -> None:
                                         None, None)
     train.add_argument("--variant", required=True, choices=list(VARIANTS))
     evaluate.add_argument("--variant", required=True, choices=["baseline", *VARIANTS])
-    evaluate.add_argument("--scenes", type=int, default=200, help="validation scenes")
-    add_refine_argument(evaluate)
+    add_evaluation_arguments(evaluate, "mIoU")
     args = parser.parse_args(argv)
     check_stage_args(args)
     if args.command == "eval":
-        checks.at_least(args.scenes, 1, "--scenes")
-        refinement = refinement_argument(args)
+        refinement = evaluation_arguments(args)
     if args.command == "train":
         stage = variant_stage(args.variant)
         if args.tiny:

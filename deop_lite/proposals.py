@@ -551,14 +551,17 @@ def load_proposals(path: str | Path = DEFAULT_CHECKPOINT) -> tuple[MaskProposalN
                         TRAIN_COMMAND)
 
 
-def add_refine_argument(parser) -> None:
+def add_evaluation_arguments(parser, what: str) -> None:
+    """``--scenes N`` (validation scenes for ``what``) and ``--refine-iterations T`` of a toy stage's ``eval``."""
+    parser.add_argument("--scenes", type=int, default=200, help=f"validation scenes for {what}")
     parser.add_argument("--refine-iterations", type=int, default=TOY_REFINEMENT.iterations,
                         help="refine the proposals along colour edges this many times (proposals.Refinement; "
                              "0: the network's own masks; default: %(default)s, the toy world's)")
 
 
-def refinement_argument(args) -> Refinement | None:
-    """The :class:`Refinement` that ``--refine-iterations`` asks for (checked), or None for 0."""
+def evaluation_arguments(args) -> Refinement | None:
+    """Check what :func:`add_evaluation_arguments` parsed; the :class:`Refinement` asked for, or None for 0."""
+    checks.at_least(args.scenes, 1, "--scenes")
     checks.at_least(args.refine_iterations, 0, "--refine-iterations")
     return replace(TOY_REFINEMENT, iterations=args.refine_iterations) if args.refine_iterations else None
 
@@ -572,15 +575,13 @@ def main(argv=None) -> None:
                        help="ignored (unseen) pixels left out of the mask losses, or background of every matched "
                             "mask as in the official MaskFormer loss")
     train.add_argument("--seed", type=int, help="override the training seed (initialisation; the scenes stay fixed)")
-    evaluate.add_argument("--scenes", type=int, default=200, help="validation scenes for Recall@30/50")
+    add_evaluation_arguments(evaluate, "Recall@30/50")
     evaluate.add_argument("--first-scene", type=int, default=0, help="index of the first validation scene")
-    add_refine_argument(evaluate)
     args = parser.parse_args(argv)
     check_stage_args(args)
     if args.command == "eval":
-        checks.at_least(args.scenes, 1, "--scenes")
+        refinement = evaluation_arguments(args)
         checks.at_least(args.first_scene, 0, "--first-scene")
-        refinement = refinement_argument(args)
     if args.command == "train":
         stage = ProposalStage.tiny() if args.tiny else ProposalStage()
         stage.model.class_aware = args.class_aware
