@@ -25,7 +25,7 @@ from . import checks, runtime, toyworld
 from .anchors import AnchorConfig, build_anchor_decoder, masks_on_grid
 from .clip import ClipModel, ToyClipConfig, load_clip
 from .losses import deop_segmentation_loss
-from .metrics import seen_label_map
+from .metrics import format_table, seen_label_map
 from .prompts import PromptConfig, build_prompts, crop_classification_loss, segment_crop_embeddings
 from .proposals import TOY_REFINEMENT, Refinement, add_evaluation_arguments, evaluation_arguments, proposal_masks
 from .severance import MASK_MODES, MODES, severed_dense_features
@@ -507,13 +507,9 @@ def train_deop(variant: str, stage: DeOPStage | None = None, run_dir: str | Path
         return {"metrics": {k: metrics[k] for k in ("pAcc", "mIoU", "seen", "unseen", "hIoU")}, "val_scenes": val_scenes}
 
     train_stage(variant, model.learned, step_loss, stage.train, run_dir, out, evaluate, final_evaluation,
-                report=lambda final: format_metrics(final["metrics"]), metadata={"stage": asdict(stage), "variant": variant},
-                command=train_command(variant), settings=stage)
+                report=lambda final: "\n" + format_table({variant: final["metrics"]}),
+                metadata={"stage": asdict(stage), "variant": variant}, command=train_command(variant), settings=stage)
     return model
-
-
-def format_metrics(metrics: dict) -> str:
-    return " | ".join(f"{k} {metrics[k]:.1f}" for k in ("pAcc", "seen", "unseen", "hIoU"))
 
 
 @checks.command("python -m deop_lite.model")
@@ -538,7 +534,7 @@ def main(argv=None) -> None:
         train_deop(args.variant, stage, args.run_dir, args.out, val_scenes=8 if args.tiny else 200)
     else:
         model = load_deop(args.variant, args.checkpoint)
-        print(f"{args.variant}: " + format_metrics(evaluate_deop(model, args.scenes, refinement=refinement)))
+        print(format_table({args.variant: evaluate_deop(model, args.scenes, refinement=refinement)}))
 
 
 if __name__ == "__main__":

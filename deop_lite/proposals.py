@@ -40,7 +40,7 @@ from torchvision.ops import Conv2dNormActivation, FrozenBatchNorm2d
 
 from . import checks, runtime, toyworld
 from .losses import mask_proposal_loss, semantic_targets
-from .metrics import IGNORE_INDEX, seen_label_map
+from .metrics import IGNORE_INDEX, format_table, seen_label_map
 from .train import TrainConfig, check_stage_args, load_weights, stage_cli, train_stage
 from .transformer import DecoderLayer, sine_position_encoding
 
@@ -536,13 +536,14 @@ def train_proposals(stage: ProposalStage, run_dir: str | Path = "runs/proposals"
     train_stage("proposal network", model, step_loss, stage.train, run_dir, out, evaluate,
                 final_evaluation=lambda: {"recall": proposal_recall(model, stage.world("val", val_scenes)),
                                           "val_scenes": val_scenes},
-                report=lambda final: format_recall(final["recall"]), metadata={"stage": asdict(stage)},
+                report=lambda final: "\n" + format_recall(final["recall"]), metadata={"stage": asdict(stage)},
                 command=TRAIN_COMMAND, settings=stage)
     return model
 
 
 def format_recall(recall: dict) -> str:
-    return " | ".join(f"{k}: " + ", ".join(f"{m} {v:.3f}" for m, v in recall[k].items()) for k in ("all", "seen", "unseen"))
+    """:func:`proposal_recall`'s result as a table: all / seen / unseen segments by Recall@30 and Recall@50."""
+    return format_table({split: recall[split] for split in ("all", "seen", "unseen")}, ("R@30", "R@50"), decimals=3)
 
 
 def load_proposals(path: str | Path = DEFAULT_CHECKPOINT) -> tuple[MaskProposalNetwork, dict]:

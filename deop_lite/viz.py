@@ -133,6 +133,14 @@ def plot_runs(histories: dict[str, Sequence[dict]], key: str, ax=None, title: st
     return _plot_curves({name: (history, key) for name, history in histories.items()}, ax, title or key, legend_size=8)
 
 
+def plot_run_panels(histories: dict[str, Sequence[dict]], panels: dict[str, str], size: tuple[float, float] = (9, 2.8)):
+    """Side by side, one panel per logged key (key -> panel title), each with one curve per named run. Returns the figure."""
+    fig, axes = plt.subplots(1, len(panels), figsize=size, squeeze=False)
+    for ax, (key, title) in zip(axes[0], panels.items()):
+        plot_runs(histories, key, ax=ax, title=title)
+    return fig
+
+
 def _plot_curves(curves: dict[str, tuple[Sequence[dict], str]], ax, title: str, legend_size: int | None):
     """One curve per label: (history records, key) -> the key's values against the step."""
     if ax is None:

@@ -113,3 +113,7 @@ def test_training_curves_one_per_key_or_per_run():
     assert [len(line.get_xdata()) for line in fig.axes[0].lines] == [2, 1]  # records lacking a key are skipped
     fig = viz.plot_runs({"a": history, "b": history[:1]}, "loss")
     assert [line.get_label() for line in fig.axes[0].lines] == ["a", "b"]
+    fig = viz.plot_run_panels({"a": history, "b": history}, {"loss": "training loss", "hIoU": "validation hIoU"})
+    assert [ax.get_title() for ax in fig.axes] == ["training loss", "validation hIoU"]
+    assert [len(ax.lines) for ax in fig.axes] == [2, 2]
+    plt.close("all")
