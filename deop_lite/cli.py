@@ -59,7 +59,7 @@ def demo(out: Path, n_scenes: int) -> dict:
                   **{title: (lambda x, m=m: m.predict(x, names)["label"]) for title, m in models.items()}}
     print(f"toy DeOP: {checkpoint_path('deop').relative_to(runtime.PROJECT_ROOT)} "
           f"(re-train: {models['DeOP'].metadata['summary']['command']})")
-    val = toyworld.ToyWorld("val", n_scenes, toyworld.ToyWorldConfig.segmentation())
+    val = toyworld.segmentation_world("val", n_scenes)
     print(f"segmentation of {n_scenes} validation scenes, all {len(names)} classes (unseen: "
           f"{', '.join(toyworld.UNSEEN_CLASSES)}):")
     results = {name: evaluate_segmentation(predict, val, names, toyworld.SEEN_CLASSES, toyworld.UNSEEN_CLASSES,

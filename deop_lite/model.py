@@ -284,10 +284,6 @@ class DeOPStage:
     def from_dict(cls, d: dict) -> DeOPStage:
         return cls(**{**d, "model": DeOPConfig.from_dict(d["model"]), "train": TrainConfig(**d["train"])})
 
-    def world(self, split: str, length: int) -> toyworld.ToyWorld:
-        """Toy segmentation scenes of this stage's size; "train" labels hide the unseen classes (ZS3)."""
-        return toyworld.ToyWorld(split, length, toyworld.ToyWorldConfig.segmentation(self.image_size))
-
 
 def _learned_text(ctx_init: str | None = "a photo of a", severance: dict[int, float] | None = None,
                   anchors: AnchorConfig | None = None, **visual) -> DeOPConfig:
@@ -404,7 +400,7 @@ def evaluate_toy(predict, scenes: int = 200, image_size: int = 128, batch_size: 
     """``metrics.evaluate_segmentation`` of ``predict`` on the first ``scenes`` toy-world validation scenes, over all
     16 classes: pAcc, mIoU over seen and unseen classes, hIoU and the things' mIoU (``masks``: see there)."""
     from .metrics import evaluate_segmentation
-    world = DeOPStage(image_size=image_size).world("val", scenes)
+    world = toyworld.segmentation_world("val", scenes, image_size)
     return evaluate_segmentation(predict, world, toyworld.CLASS_NAMES, toyworld.SEEN_CLASSES, toyworld.UNSEEN_CLASSES,
                                  batch_size, progress, thing_classes=toyworld.THING_CLASSES, masks=masks)
 
@@ -473,7 +469,7 @@ def train_deop(variant: str, stage: DeOPStage | None = None, run_dir: str | Path
     if not stage.train_text and model.learned.text_prompts is not None:
         model.learned.text_prompts.requires_grad_(False)
     seen, label_map = list(toyworld.SEEN_CLASSES), seen_label_map(toyworld.CLASS_NAMES, toyworld.SEEN_CLASSES)
-    train_world = stage.world("train", 10 ** 9)
+    train_world = toyworld.segmentation_world("train", 10 ** 9, stage.image_size)
 
     if stage.objective == "crops":
         embeddings, targets = segment_crop_embeddings(model.clip, train_world, seen, stage.crops_per_class)
@@ -507,7 +503,7 @@ def train_deop(variant: str, stage: DeOPStage | None = None, run_dir: str | Path
         return {"metrics": {k: metrics[k] for k in ("pAcc", "mIoU", "seen", "unseen", "hIoU")}, "val_scenes": val_scenes}
 
     train_stage(variant, model.learned, step_loss, stage.train, run_dir, out, evaluate, final_evaluation,
-                report=lambda final: "\n" + format_table({variant: final["metrics"]}),
+                report=lambda final: format_table({variant: final["metrics"]}),
                 metadata={"stage": asdict(stage), "variant": variant}, command=train_command(variant), settings=stage)
     return model
 

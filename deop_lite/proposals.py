@@ -487,10 +487,6 @@ class ProposalStage:
         return cls(model=ProposalConfig(**model), train=TrainConfig(**d["train"]), batch_size=d["batch_size"],
                    image_size=d["image_size"])
 
-    def world(self, split: str, length: int) -> toyworld.ToyWorld:
-        """Toy segmentation scenes of this stage's size; "train" labels hide the unseen classes (ZS3)."""
-        return toyworld.ToyWorld(split, length, toyworld.ToyWorldConfig.segmentation(self.image_size))
-
 
 NO_CLASS_OBJECTS = 2  # objects of no class pasted into each training scene (toyworld.draw_object_of_no_class)
 
@@ -519,8 +515,8 @@ def train_proposals(stage: ProposalStage, run_dir: str | Path = "runs/proposals"
     """Train the proposal network on seen classes only (resumable), measure recall, save safetensors."""
     runtime.set_seed(stage.train.seed)
     model = MaskProposalNetwork(stage.model)
-    train_world = stage.world("train", 10 ** 9)
-    val_world = stage.world("val", 48)
+    train_world = toyworld.segmentation_world("train", 10 ** 9, stage.image_size)
+    val_world = toyworld.segmentation_world("val", 48, stage.image_size)
     class_map = seen_label_map(toyworld.CLASS_NAMES, toyworld.SEEN_CLASSES) if stage.model.class_aware else None
 
     def step_loss(step: int):
@@ -533,10 +529,10 @@ def train_proposals(stage: ProposalStage, run_dir: str | Path = "runs/proposals"
         recall = proposal_recall(model, val_world)
         return {f"{k}_{m}": v for k in ("seen", "unseen") for m, v in recall[k].items()}
 
+    final_world = toyworld.segmentation_world("val", val_scenes, stage.image_size)
     train_stage("proposal network", model, step_loss, stage.train, run_dir, out, evaluate,
-                final_evaluation=lambda: {"recall": proposal_recall(model, stage.world("val", val_scenes)),
-                                          "val_scenes": val_scenes},
-                report=lambda final: "\n" + format_recall(final["recall"]), metadata={"stage": asdict(stage)},
+                final_evaluation=lambda: {"recall": proposal_recall(model, final_world), "val_scenes": val_scenes},
+                report=lambda final: format_recall(final["recall"]), metadata={"stage": asdict(stage)},
                 command=TRAIN_COMMAND, settings=stage)
     return model
 
@@ -595,8 +591,8 @@ def main(argv=None) -> None:
     else:
         model, meta = load_proposals(args.checkpoint)
         stage = ProposalStage.from_dict(meta["stage"])
-        scenes = torch.utils.data.Subset(stage.world("val", args.first_scene + args.scenes),
-                                         range(args.first_scene, args.first_scene + args.scenes))
+        world = toyworld.segmentation_world("val", args.first_scene + args.scenes, stage.image_size)
+        scenes = torch.utils.data.Subset(world, range(args.first_scene, args.first_scene + args.scenes))
         print(format_recall(proposal_recall(model, scenes, refinement=refinement)))
 
 

@@ -556,6 +556,12 @@ class ToyWorld(Dataset):
                 "caption": scene.caption, "index": index}
 
 
+def segmentation_world(split: str, length: int, image_size: int = 128) -> ToyWorld:
+    """The scenes every segmentation stage trains and evaluates on (:meth:`ToyWorldConfig.segmentation`, this
+    size); "train" labels hide the unseen classes (ZS3)."""
+    return ToyWorld(split, length, ToyWorldConfig.segmentation(image_size))
+
+
 def single_class_images(n_per_class: int, split: str = "val", config: ToyWorldConfig = ToyWorldConfig(),
                         class_names=CLASS_NAMES) -> tuple[torch.Tensor, torch.Tensor]:
     """A zero-shot classification set: one class per image (a stuff texture, or one thing on a plain

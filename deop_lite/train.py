@@ -169,7 +169,7 @@ def train_stage(name: str, module: nn.Module, step_loss: Callable[[int], tuple[t
     The stage seeds (``runtime.set_seed``) and builds ``module`` first; then: :func:`fit` (resumable from
     ``run_dir``) -> ``final_evaluation()`` -> a summary (the final evaluation, training time, the command,
     torch's version) -> ``module``'s weights and ``metadata`` + summary written to the safetensors file ``out``
-    -> the training log copied beside it. ``report(final)`` is the last line printed. Returns the summary.
+    -> the training log copied beside it. ``report(final)`` is printed last. Returns the summary.
     """
     trained = sum(p.numel() for p in module.parameters() if p.requires_grad)
     print(f"{name}: {trained:,} trained parameters\n{settings}".rstrip())
@@ -180,7 +180,7 @@ def train_stage(name: str, module: nn.Module, step_loss: Callable[[int], tuple[t
                "s_per_step": history[-1]["s_per_step"], "command": command, "torch": torch.__version__}
     save_weights(module, out, {**metadata, "summary": summary})
     ship_log(run_dir, out)
-    print(f"saved {out}: {report(final)}")
+    print(f"saved {out}\n{report(final)}")
     return summary
 
 

@@ -15,8 +15,8 @@ def _scene_png(path, mode):
     import numpy as np
     from PIL import Image
 
-    from deop_lite.toyworld import ToyWorld, ToyWorldConfig
-    rgb = (ToyWorld("val", 1, ToyWorldConfig.segmentation())[0]["image_raw"].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+    from deop_lite.toyworld import segmentation_world
+    rgb = (segmentation_world("val", 1)[0]["image_raw"].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
     image = Image.fromarray(rgb)
     if mode == "I;16":
         image = Image.fromarray(np.asarray(image.convert("L")).astype(np.uint16) * 257)  # 16-bit grayscale

@@ -2,7 +2,7 @@ import torch
 
 from deop_lite.multipass import MultiPass, ensemble_scores
 from deop_lite.proposals import MaskProposalNetwork, ProposalStage
-from deop_lite.toyworld import CLASS_NAMES, ToyWorld, ToyWorldConfig
+from deop_lite.toyworld import CLASS_NAMES, segmentation_world
 
 
 def test_ensemble_is_geometric_and_reversed_for_unseen():
@@ -14,7 +14,7 @@ def test_ensemble_is_geometric_and_reversed_for_unseen():
 
 def test_multipass_crops_only_valid_masks(toy_clip):
     model = MultiPass(MaskProposalNetwork(ProposalStage.tiny().model), toy_clip)
-    item = ToyWorld("val", 1, ToyWorldConfig.segmentation())[0]
+    item = segmentation_world("val", 1)[0]
     classes = item["label"].unique()
     masks = torch.cat([(item["label"][None] == classes[:, None, None]).float(), torch.zeros(2, 128, 128)])  # 2 empty
     out = model.classify_masks(item["image_raw"][None], masks[None], CLASS_NAMES)

@@ -35,8 +35,8 @@ def test_alpha_explorer_redraws_what_it_computes(toy_clip):
     import numpy as np
     import pytest
 
-    from deop_lite.toyworld import CLASS_NAMES, ToyWorld, ToyWorldConfig
-    world = ToyWorld("val", 2, ToyWorldConfig.segmentation())
+    from deop_lite.toyworld import CLASS_NAMES, segmentation_world
+    world = segmentation_world("val", 2)
     images = torch.stack([world[i]["image_raw"] for i in range(2)])  # (2, 3, 128, 128)
     label = torch.stack([world[i]["label"] for i in range(2)])
     masks = (label[:, None] == torch.arange(len(CLASS_NAMES))[None, :, None, None]).float()  # ground-truth masks
@@ -63,8 +63,8 @@ def test_alpha_explorer_offers_every_mode_and_disables_what_does_not_apply(toy_c
     import numpy as np
 
     from deop_lite.severance import patch_attention
-    from deop_lite.toyworld import CLASS_NAMES, ToyWorld, ToyWorldConfig
-    images = torch.stack([ToyWorld("val", 1, ToyWorldConfig.segmentation())[0]["image_raw"]])  # (1, 3, 128, 128)
+    from deop_lite.toyworld import CLASS_NAMES, segmentation_world
+    images = torch.stack([segmentation_world("val", 1)[0]["image_raw"]])  # (1, 3, 128, 128)
     explorer = viz.AlphaExplorer(toy_clip, images, CLASS_NAMES)
     explorer.widget()
     mode, alphas = explorer.controls["mode"], (explorer.controls["alpha_last"], explorer.controls["alpha_prev"])
@@ -83,8 +83,8 @@ def test_alpha_explorer_offers_every_mode_and_disables_what_does_not_apply(toy_c
 def test_alpha_explorer_draws_nothing_until_shown_and_a_click_chooses_the_patch(toy_clip):
     import numpy as np
 
-    from deop_lite.toyworld import CLASS_NAMES, ToyWorld, ToyWorldConfig
-    images = torch.stack([ToyWorld("val", 1, ToyWorldConfig.segmentation())[0]["image_raw"]])  # (1, 3, 128, 128)
+    from deop_lite.toyworld import CLASS_NAMES, segmentation_world
+    images = torch.stack([segmentation_world("val", 1)[0]["image_raw"]])  # (1, 3, 128, 128)
     names = [CLASS_NAMES[3], CLASS_NAMES[0], CLASS_NAMES[12]]  # a subset, out of order
     figures = plt.get_fignums()
     explorer = viz.AlphaExplorer(toy_clip, images, names)

@@ -55,7 +55,7 @@ N_VAL = 200  # validation scenes for every number this notebook checks (fixed: C
 stage = proposals.ProposalStage()  # the toy world's settings
 print(stage.model)
 net = proposals.MaskProposalNetwork(stage.model).eval()
-image_raw = torch.stack([toyworld.ToyWorld("val", 2, toyworld.ToyWorldConfig.segmentation())[i]["image_raw"] for i in range(2)])
+image_raw = torch.stack([toyworld.segmentation_world("val", 2)[i]["image_raw"] for i in range(2)])
 image = net.normalize(image_raw)  # (2, 3, 128, 128), ImageNet statistics as torchvision backbones expect
 
 # %%
@@ -113,7 +113,7 @@ assert [r.tolist() for r in losses.hungarian_match(logits, targets, 20, 1)] == [
 # The loop is `deop_lite.train.fit`: AdamW, poly schedule, gradient clipping, periodic recall evaluation, atomic checkpoints that resume to the same weights as an uninterrupted run. Load-or-train:
 
 # %%
-batch = proposals.training_batch(stage.world("train", 4), step=0, batch_size=4)  # image_raw (4, 3, H, W), label (4, H, W)
+batch = proposals.training_batch(toyworld.segmentation_world("train", 4, stage.image_size), step=0, batch_size=4)  # image_raw (4, 3, H, W), label (4, H, W)
 extra = ("object of no class 1", "object of no class 2", "stuff of no class")  # segment ids 16, 17, 18
 viz.show_segmentations(batch["image_raw"], {"training segments (unseen* ignored)": batch["label"]}, size=2.2,
                        class_names=toyworld.CLASS_NAMES + extra)
@@ -143,7 +143,7 @@ plt.show()
 # The proposal network never saw a fish, a car, grass or road labelled. First the network's own masks (`refinement=None`: by default the toy world refines them at inference, which comes at the end of this section). Its proposals on a scene with unseen objects:
 
 # %%
-val = stage.world("val", N_VAL)
+val = toyworld.segmentation_world("val", N_VAL, stage.image_size)
 index = next(i for i in range(N_VAL) if {"fish", "car"} & set(val.scene(i).classes))
 scene = val.scene(index)
 mask_probs = proposals.proposal_masks(net, val[index]["image_raw"][None], refinement=None)[0].sigmoid()  # (N, H, W)
@@ -269,7 +269,7 @@ plt.show()
 
 # %%
 HELD_OUT = 40 if runtime.CI else 1000  # validation scenes 400 .. 1,399: never used to choose anything
-held_out = torch.utils.data.Subset(stage.world("val", 400 + HELD_OUT), range(400, 400 + HELD_OUT))
+held_out = torch.utils.data.Subset(toyworld.segmentation_world("val", 400 + HELD_OUT, stage.image_size), range(400, 400 + HELD_OUT))
 for name, refinement in (("the network's own masks", None), ("refined (TOY_REFINEMENT)", proposals.TOY_REFINEMENT)):
     r = proposals.proposal_recall(net, held_out, refinement=refinement)
     print(f"{name:25s} Recall@50 seen {r['seen']['R@50']:.3f} | unseen {r['unseen']['R@50']:.3f} "

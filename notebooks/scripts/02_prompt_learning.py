@@ -41,7 +41,7 @@ DEMO_STEPS = 5 if runtime.CI else 100  # a live end-to-end run in section 5 (the
 # %%
 clip = clip_lib.load_clip("toy")
 net, _ = proposals.load_proposals()
-val = model_lib.DeOPStage().world("val", N_VAL)
+val = toyworld.segmentation_world("val", N_VAL)
 seen, unseen = list(toyworld.SEEN_CLASSES), list(toyworld.UNSEEN_CLASSES)
 print(f"{len(val)} validation scenes; training sees {len(seen)} seen classes, never {unseen}")
 
@@ -100,7 +100,7 @@ print("hand-built = deop_lite.prompts.TextPrompts = the fixed template's embeddi
 # Since the image side is frozen, the crops' embeddings are computed once; each step only runs the text encoder.
 
 # %%
-item = model_lib.DeOPStage().world("train", 1)[0]
+item = toyworld.segmentation_world("train", 1)[0]
 present = [c for c in item["label"].unique().tolist() if c != metrics.IGNORE_INDEX]
 crops = clip_lib.masked_crops(item["image_raw"], torch.stack([item["label"] == c for c in present]), clip.image_size)
 viz.show_scenes(torch.cat([item["image_raw"][None], F.interpolate(crops, size=128)]), ncols=len(present) + 1,
@@ -171,7 +171,7 @@ print("dense features:", tuple(severed_dense_features(v, image, {}, prompts=prep
 # Unseen pixels are labelled 255 in the training labels. The paper's idea is that they must not be taught as anything, so we leave them out of the loss; the official code makes them targets of the void channel (`deop_segmentation_loss(..., ignore_as_void=True)`). Every variant in this notebook uses the paper's choice.
 
 # %%
-batch = torch.utils.data.default_collate([model_lib.DeOPStage().world("train", 4)[i] for i in range(4)])
+batch = torch.utils.data.default_collate([toyworld.segmentation_world("train", 4)[i] for i in range(4)])
 label = metrics.seen_label_map(toyworld.CLASS_NAMES, seen)[batch["label"]]  # (4, 128, 128) toy ids -> indices into the 12 seen classes, 255 kept
 out = model_lib.DeOP(net, clip, model_lib.variant_stage("baseline_plus").model)(batch["image_raw"], seen)
 print("class logits", tuple(out["logits"].shape), "(B, N, 12 seen + void); masks", tuple(out["mask_probs"].shape))
@@ -190,9 +190,7 @@ demo = model_lib.train_briefly("baseline_plus", DEMO_STEPS)  # train_deop with f
 
 # %%
 histories = {variant: model_lib.shipped_history(variant) for variant in ("text_e2e", "visual_add", "visual_prepend", "baseline_plus")}
-fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 2.8))
-viz.plot_runs(histories, "seg_dice", ax=ax1, title="dice loss (training batches)")
-viz.plot_runs(histories, "pAcc", ax=ax2, title="pAcc on 48 validation scenes")
+viz.plot_run_panels(histories, {"seg_dice": "dice loss (training batches)", "pAcc": "pAcc on 48 validation scenes"})
 plt.show()
 
 # %% [markdown]

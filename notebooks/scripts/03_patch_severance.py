@@ -40,8 +40,8 @@ N_SWEEP = 30 if runtime.CI else 100  # scenes per point of the α sweep (a plot,
 
 # %%
 clip = clip_lib.load_clip("toy")
-net, meta = proposals.load_proposals()
-val = proposals.ProposalStage.from_dict(meta["stage"]).world("val", N_VAL)
+net, _ = proposals.load_proposals()
+val = toyworld.segmentation_world("val", N_VAL)
 split = (toyworld.CLASS_NAMES, toyworld.SEEN_CLASSES, toyworld.UNSEEN_CLASSES)
 print(f"toy CLIP: {len(clip.visual.transformer.resblocks)} blocks, {clip.patch_size}x{clip.patch_size} patches; "
       f"{len(val)} validation scenes of {val.config.image_size}x{val.config.image_size}")

@@ -40,7 +40,7 @@ DEMO_STEPS = 5 if runtime.CI else 100  # a live DeOP training run in section 4 (
 # %%
 clip = clip_lib.load_clip("toy")
 net, _ = proposals.load_proposals()
-val = model_lib.DeOPStage().world("val", N_VAL)
+val = toyworld.segmentation_world("val", N_VAL)
 names = toyworld.CLASS_NAMES
 deop = model_lib.load_or_train_deop("deop", net, clip)
 print(deop.config)
@@ -143,9 +143,7 @@ demo = model_lib.train_briefly("deop", DEMO_STEPS)  # train_deop with fewer step
 
 # %%
 histories = {variant: model_lib.shipped_history(variant) for variant in ("baseline_plus", "ps", "cal", "deop")}
-fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 2.8))
-viz.plot_runs(histories, "loss", ax=ax1, title="DeOP loss (training batches)")
-viz.plot_runs(histories, "hIoU", ax=ax2, title="hIoU on 48 validation scenes")
+viz.plot_run_panels(histories, {"loss": "DeOP loss (training batches)", "hIoU": "hIoU on 48 validation scenes"})
 plt.show()
 
 # %% [markdown]

@@ -155,7 +155,7 @@ pos_512 = resize_pos_embed(pos, (32, 32))  # (1 + 32 * 32, 768)
 print(f"positional embedding at 224 px: {tuple(pos.shape)}; at 512 px: {tuple(pos_512.shape)}")
 with torch.no_grad():
     dense_feats = clip.dense_features(clip.normalize(torch.rand(1, 3, 512, 512)))
-print(f"dense CLIP features of a 512 x 512 image, one pass: {tuple(dense.shape)}")
+print(f"dense CLIP features of a 512 x 512 image, one pass: {tuple(dense_feats.shape)}")
 
 
 # %%
