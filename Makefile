@@ -17,7 +17,7 @@ demo: $(STAMP)
 	$(BIN)/deop-lite demo
 
 test: $(STAMP)
-	$(BIN)/ruff check deop_lite tests
+	$(BIN)/ruff check deop_lite tests conftest.py
 	DEOP_CI=1 MPLBACKEND=Agg $(BIN)/pytest -n logical --dist loadscope
 
 # The notebooks' source is notebooks/scripts/*.py (jupytext percent scripts, paired with the .ipynb files by
