@@ -5,6 +5,8 @@ Every check raises :class:`InputError` (a ``ValueError``) before any computation
 what was wrong and what to do. The other mistakes a user can make are named subclasses of it, raised
 where they are found: ``datasets.DatasetNotFound`` (a missing or unprepared data folder),
 ``clip.ClipWeightsUnavailable`` and :class:`CheckpointError` (missing, corrupt or mismatched weights).
+One condition is not a mistake but has a fix that only the user can make: :class:`DiskFull`, raised by
+:func:`atomic_path` when the disk fills while a file is written (what was saved before stays intact).
 :func:`command` turns all of them into one line on stderr and exit status 2 for every command line;
 anything else is a bug and keeps its traceback.
 
@@ -14,6 +16,7 @@ anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import os
 import sys
@@ -34,6 +37,10 @@ class CheckpointError(InputError, RuntimeError):
 
 class CheckpointMissing(CheckpointError, FileNotFoundError):
     """No weights file where one was expected."""
+
+
+class DiskFull(InputError, OSError):
+    """The disk filled while a file was written; nothing half-written was left in its place."""
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -180,22 +187,50 @@ def input_folder(path: str | Path, what: str) -> Path:
     return path
 
 
+_DISK_FULL_SIGNS = ("no space left", "storagefull", "unexpected pos", "file write failed", "disk quota")
+"""How a full disk shows in the errors of ``torch.save`` (its C++ writer: "unexpected pos", "file write
+failed"), safetensors ("StorageFull") and the OS (errno ENOSPC, EDQUOT)."""
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """True when ``error`` says the disk (or the user's quota) is full."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return any(sign in str(error).lower() for sign in _DISK_FULL_SIGNS)
+
+
+def disk_full_message(path: str | Path, saved: str = "nothing was left half-written") -> str:
+    """The one line for a full disk: what was being written, what is intact, what to do."""
+    return f"no space left on device while writing {path}; {saved}: free space and run the same command again"
+
+
 @contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
+def atomic_path(path: str | Path, saved: str = "nothing was left half-written") -> Iterator[Path]:
     """Write a file through a temporary name beside it, renamed over ``path`` only when the block succeeds:
-    an interrupt never leaves a half-written file in place of a good one.
+    an interrupt or a full disk never leaves a half-written file in place of a good one.
+
+    A full disk raises :class:`DiskFull`, whose message names ``path`` and says ``saved`` (what is intact).
 
     >>> with atomic_path("out.png") as tmp:       # doctest: +SKIP
     ...     fig.savefig(tmp)
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    try:
+        handle, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    except OSError as error:
+        if is_disk_full(error):
+            raise DiskFull(disk_full_message(path, saved)) from error
+        raise
     os.close(handle)
     tmp = Path(name)
     try:
         yield tmp
         tmp.replace(path)
+    except (OSError, RuntimeError) as error:
+        if is_disk_full(error):
+            raise DiskFull(disk_full_message(path, saved)) from error
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 

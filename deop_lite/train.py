@@ -15,6 +15,9 @@ import json
 import math
 import os
 import shutil
+import signal
+import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -79,9 +82,56 @@ def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
+def step_seed(seed: int, step: int) -> int:
+    """The seed of torch's generator during ``step`` (of this process's rank): dropout and whatever else a step
+    draws come from the step's number, as its data does, so a resumed run draws exactly what it would have."""
+    return (seed * 1_000_003 + step) * 1_009 + rank()
+
+
+class StopRequest:
+    """Ctrl-C (SIGINT) during training, turned from an exception anywhere into a request that the loop reads
+    between steps: the step under way finishes, so the checkpoint always holds a whole number of steps. A
+    second Ctrl-C stops at once, without saving (the last checkpoint stays intact). Outside the main thread,
+    where Python delivers no signals, Ctrl-C keeps its default behaviour."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        if rank() == 0:
+            print("\nCtrl-C: stopping after this step and saving (press it again to stop now, without saving).",
+                  file=sys.stderr, flush=True)
+
+    def agreed(self, device: torch.device) -> bool:
+        """Whether to stop now; in a multi-process run, as soon as any process was asked (all stop together)."""
+        if world_size() == 1:
+            return self.requested
+        flag = torch.tensor([float(self.requested)], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+
 def fit(model: nn.Module, step_loss: Callable[[int], tuple[torch.Tensor, dict]], config: TrainConfig,
         run_dir: str | Path, evaluate: Callable[[], dict] | None = None, stop_at: int | None = None) -> list[dict]:
     """Train ``model``, resuming from ``run_dir/last.pt`` when it exists.
+
+    A resumed run ends with exactly the weights of an uninterrupted one: a checkpoint holds whole steps (Ctrl-C
+    finishes the step under way, :class:`StopRequest`), and each step seeds torch's generator from its number
+    (:func:`step_seed`), so dropout draws the same masks either way. A full disk raises ``checks.DiskFull``
+    naming the last checkpoint, which stays intact.
 
     Args:
         model: the module; only parameters with ``requires_grad`` are optimised.
@@ -94,6 +144,8 @@ def fit(model: nn.Module, step_loss: Callable[[int], tuple[torch.Tensor, dict]],
             resumes. The schedule is still the one of ``config.steps``.
     Returns:
         The history: one dict per log line (``step``, ``loss``, ``lr``, ... and evaluation results).
+    Raises:
+        KeyboardInterrupt: after Ctrl-C, once the checkpoint of the last whole step is saved.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -109,24 +161,35 @@ def fit(model: nn.Module, step_loss: Callable[[int], tuple[torch.Tensor, dict]],
         start, history = state["step"], state["history"]
         if rank() == 0:
             print(f"Found {checkpoint} at step {start}/{config.steps}: resuming")
+            with atomic_path(run_dir / "train.log") as tmp:  # the log as of the checkpoint: no line written twice
+                tmp.write_text("".join(format_record(record, config.steps) + "\n" for record in history))
+    saved_step = start if checkpoint.exists() else None
+    main_process = rank() == 0
+    device = next(model.parameters()).device
+
+    def intact() -> str:
+        return ("no checkpoint was saved yet" if saved_step is None
+                else f"the last checkpoint ({checkpoint}, step {saved_step}) is intact")
 
     def save(step: int) -> None:
-        if rank() != 0:
-            return
-        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                 "scheduler": scheduler.state_dict(), "history": history, "config": asdict(config)}
-        with atomic_path(checkpoint) as tmp:  # an interrupt never leaves half a file
-            torch.save(state, tmp)
+        nonlocal saved_step
+        if main_process and step != saved_step:
+            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                     "scheduler": scheduler.state_dict(), "history": history, "config": asdict(config)}
+            with atomic_path(checkpoint, saved=intact()) as tmp:  # an interrupt never leaves half a file
+                torch.save(state, tmp)
+        saved_step = step
 
     params = [p for p in model.parameters() if p.requires_grad]
-    step, tic = start, time.perf_counter()
-    main_process = rank() == 0
-    with open(run_dir / "train.log", "a") if main_process else open(os.devnull, "w") as log:
-        end = config.steps if stop_at is None else min(stop_at, config.steps)
-        try:
+    done, tic = start, time.perf_counter()
+    end = config.steps if stop_at is None else min(stop_at, config.steps)
+    try:
+        with (open(run_dir / "train.log", "a") if main_process else open(os.devnull, "w")) as log, \
+                StopRequest() as stop:
             for step in tqdm(range(start, end), initial=start, total=config.steps,
                              disable=runtime.CI or not main_process, desc="train", mininterval=2):
                 model.train()
+                torch.manual_seed(step_seed(config.seed, step))
                 optimizer.zero_grad(set_to_none=True)  # before step_loss: it may accumulate micro-batches
                 loss, metrics = step_loss(step)
                 loss.backward()
@@ -148,11 +211,15 @@ def fit(model: nn.Module, step_loss: Callable[[int], tuple[torch.Tensor, dict]],
                     log.flush()
                 if done % config.checkpoint_every == 0:
                     save(done)
-        except KeyboardInterrupt:
-            save(step)
-            if main_process:
-                print(f"Interrupted: saved {checkpoint} at step {step}; run the same command again to resume.")
-            raise
+                if stop.agreed(device):
+                    save(done)
+                    if main_process:
+                        print(f"Interrupted: saved {checkpoint} at step {done}; run the same command again to resume.")
+                    raise KeyboardInterrupt
+    except OSError as error:  # the log, on a full disk (a checkpoint raises DiskFull itself)
+        if checks.is_disk_full(error) and not isinstance(error, checks.DiskFull):
+            raise checks.DiskFull(checks.disk_full_message(run_dir / "train.log", intact())) from error
+        raise
     save(max(start, end))
     if world_size() > 1:
         dist.barrier()  # the other processes wait for rank 0's checkpoint
@@ -178,8 +245,9 @@ def train_stage(name: str, module: nn.Module, step_loss: Callable[[int], tuple[t
     final = final_evaluation()
     summary = {**final, "steps": config.steps, "train_minutes_this_session": (time.perf_counter() - tic) / 60,
                "s_per_step": history[-1]["s_per_step"], "command": command, "torch": torch.__version__}
-    save_weights(module, out, {**metadata, "summary": summary})
-    ship_log(run_dir, out)
+    finished = f"the finished run's checkpoint ({Path(run_dir) / 'last.pt'}, step {config.steps}) is intact"
+    save_weights(module, out, {**metadata, "summary": summary}, finished)
+    ship_log(run_dir, out, finished)
     print(f"saved {out}\n{report(final)}")
     return summary
 
@@ -207,18 +275,19 @@ def read_log(path: str | Path) -> list[dict]:
 # ----------------------------------------------------------------------------------------------------
 # Shipped weights: one safetensors file with JSON metadata (config, training summary, ...)
 
-def save_weights(model: nn.Module, path: str | Path, metadata: dict) -> None:
-    """Write ``model``'s state dict and JSON-serialisable ``metadata`` to a safetensors file, atomically."""
+def save_weights(model: nn.Module, path: str | Path, metadata: dict, saved: str = "nothing was left half-written") -> None:
+    """Write ``model``'s state dict and JSON-serialisable ``metadata`` to a safetensors file, atomically
+    (``saved``: what a full disk leaves intact, for its one-line message)."""
     from safetensors.torch import save_file
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(path) as tmp:  # creates the folder too
+    with atomic_path(path, saved) as tmp:  # creates the folder too
         save_file(state, str(tmp), metadata={k: json.dumps(v) for k, v in metadata.items()})
 
 
-def ship_log(run_dir: str | Path, out: str | Path) -> None:
+def ship_log(run_dir: str | Path, out: str | Path, saved: str = "nothing was left half-written") -> None:
     """Copy ``run_dir/train.log`` beside a shipped file ``out`` as ``<stem>_train.log`` (atomically)."""
     out = Path(out)
-    with atomic_path(out.with_name(out.stem + "_train.log")) as tmp:
+    with atomic_path(out.with_name(out.stem + "_train.log"), saved) as tmp:
         shutil.copy(Path(run_dir) / "train.log", tmp)
 
 
