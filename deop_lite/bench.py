@@ -278,8 +278,8 @@ def explorer_latency(redraws: int = 10) -> dict:
     masks = (label[:, None] == torch.arange(len(toyworld.CLASS_NAMES))[None, :, None, None]).float()  # (2, C, H, W)
     explorer = viz.AlphaExplorer(clip, images, toyworld.CLASS_NAMES, masks)
     explorer.update()  # the first draw builds the figure
-    settings = [{"mode": "GPS", "alpha_last": a / redraws} if i % 3 else {"mode": ("MPS", "none")[i % 2]}
-                for i, a in enumerate(range(redraws))]
+    settings = [{"mode": "GPS", "alpha": a / redraws, "blocks": 1 + a % explorer.depth} if i % 3
+                else {"mode": ("MPS", "none")[i % 2]} for i, a in enumerate(range(redraws))]
     times = []
     for change in settings:
         tic = time.perf_counter()

@@ -314,6 +314,13 @@ chose (``toyclip.GATE_SEVERANCE``; notebook 00). The toy CLIP was pre-trained wi
 every block, so unlike ViT-B/16 (paper §5.3) its embedding space survives severed shallow layers."""
 
 
+def last_blocks_severed(k: int, layers: int = ToyClipConfig.vision_layers) -> dict[int, float] | None:
+    """GPS with α = 1 in the last ``k`` of ``layers`` blocks ({layer index: α}; None for k = 0, the stock CLIP)."""
+    if not 0 <= k <= layers:
+        raise checks.InputError(f"the toy CLIP has {layers} blocks: sever between 0 and {layers} of them, got {k}")
+    return {layer: 1.0 for layer in range(layers - k, layers)} or None
+
+
 VARIANTS: dict[str, tuple[str, DeOPStage]] = {
     "text_offline": ("text prompt learned offline on seen-class crops (the paper's baseline classifier)",
                      DeOPStage(DeOPConfig(PromptConfig(text="learned")), objective="crops", train=TrainConfig(
@@ -514,6 +521,9 @@ def main(argv=None) -> None:
                                         "world. Variants:\n" + "\n".join(f"  {k}: {v[0]}" for k, v in VARIANTS.items()),
                                         None, None)
     train.add_argument("--variant", required=True, choices=list(VARIANTS))
+    train.add_argument("--severed-blocks", type=int, metavar="K",
+                       help="sever the last K blocks of the toy CLIP (GPS, α = 1; 0: none) instead of the variant's "
+                            f"setting, K in 0..{ToyClipConfig.vision_layers} (the sweep of docs/experiments.md)")
     evaluate.add_argument("--variant", required=True, choices=["baseline", *VARIANTS])
     add_evaluation_arguments(evaluate, "mIoU")
     args = parser.parse_args(argv)
@@ -527,6 +537,8 @@ def main(argv=None) -> None:
             stage.batch_size, stage.image_size, stage.crops_per_class = 2, 64, 2
         if args.steps is not None:
             stage.train.steps = args.steps
+        if args.severed_blocks is not None:
+            stage.model.severance = last_blocks_severed(checks.at_least(args.severed_blocks, 0, "--severed-blocks"))
         train_deop(args.variant, stage, args.run_dir, args.out, val_scenes=8 if args.tiny else 200)
     else:
         model = load_deop(args.variant, args.checkpoint)

@@ -222,6 +222,28 @@ class _Severed:
         return attn[:, first:, first:]  # (B, h*w, h*w)
 
 
+def severed_features_and_rollout(visual, image: torch.Tensor, layers: dict[int, float] | None = None,
+                                 mode: str = "gps", mask_probs: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`severed_dense_features` and where each patch's output comes from, over *all* blocks (attention
+    rollout, Abnar & Zuidema 2020): with A_l the patch-to-patch attention of block l (heads averaged, CLS and
+    prompt tokens dropped, rows renormalised to 1) and the residual counted as half,
+
+        R = M_{L-1} ⋯ M_1 M_0,   M_l = ½(I + A_l)   (M_l = A_l where a severed block drops its residual).
+
+    Row i of R is how much of patch i's output each patch's input feeds. With every block severed at α = 1 it
+    is the identity: no patch sees another. Returns F_V (B, D, h, w) and R (B, h, w, h, w)."""
+    run = _Severed(visual, image, {} if layers is None else layers, mode, mask_probs, "sum")
+    dense_feats = project_patches(visual, run.run(), run.grid)  # (B, D, h, w)
+    rollout = None
+    for index in range(len(run.blocks)):
+        attn = run.patch_attention(index)  # (B, h*w, h*w)
+        attn = attn / attn.sum(-1, keepdim=True).clamp(min=1e-12)  # rows to 1 (CLS's share dropped; SCLIP's 2)
+        if index not in run.severed or run.residual:
+            attn = 0.5 * (torch.eye(attn.shape[-1], dtype=attn.dtype) + attn)  # (B, h*w, h*w)
+        rollout = attn if rollout is None else attn @ rollout  # (B, h*w, h*w)
+    return dense_feats, rollout.reshape(rollout.shape[0], *run.grid, *run.grid)
+
+
 def severed_dense_features(visual, image: torch.Tensor, layers: dict[int, float] | None = None, mode: str = "gps",
                            mask_probs: torch.Tensor | None = None, mps_norm: str = "sum", prompts=None, *,
                            residual: bool | None = None, ffn: bool | None = None,

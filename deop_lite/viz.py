@@ -280,11 +280,13 @@ def show_attention(image_raw, attention, patch: tuple[int, int], maps: dict | No
 
 
 class AlphaExplorer:
-    """Interactive patch severance: sliders for α in the last two layers, a mode switch (none, DeOP's GPS and
-    MPS, and the training-free successors MaskCLIP, SCLIP, ClearCLIP and NACLIP, each in the last layer; the
-    α sliders apply to GPS only and are disabled otherwise), a choice of image and patch. Redraws the
-    training-free zero-shot labelling (with a legend of its classes) and the chosen patch's attention map.
-    Text embeddings and masks do not depend on α and are computed once.
+    """Interactive patch severance: a mode switch (none, DeOP's GPS and MPS, and the training-free successors
+    MaskCLIP, SCLIP, ClearCLIP and NACLIP), a dial for how many of CLIP's last blocks the mode replaces (the
+    paper severs the last of ViT-B/16's 12; the toy DeOP every block of 4), α for GPS (disabled otherwise), a
+    choice of image and patch. Redraws the training-free zero-shot labelling (with a legend of its classes)
+    and, for the chosen patch, where its output comes from over all blocks (attention rollout,
+    ``severance.severed_features_and_rollout``): the mixing that severance leaves. Text embeddings and masks
+    do not depend on the settings and are computed once.
 
     With the ipympl backend (``%matplotlib widget``) the figure is a live canvas and a click on the image or
     on either map chooses the patch; with any other backend the figure is redrawn as a picture and the patch
@@ -313,7 +315,8 @@ class AlphaExplorer:
         self.text_emb = clip.text_embeddings(self.class_names)  # (C, D), computed once
         self.palette_ids = torch.tensor([legend_colour_index(c, i) for i, c in enumerate(self.class_names)])  # (C,)
         self.grid = (images_raw.shape[-2] // clip.patch_size, images_raw.shape[-1] // clip.patch_size)
-        self.state = {"image": 0, "mode": "GPS", "alpha_last": 1.0, "alpha_prev": 0.0,
+        self.depth = len(clip.visual.transformer.resblocks)
+        self.state = {"image": 0, "mode": "GPS", "blocks": 1, "alpha": 1.0,
                       "row": self.grid[0] // 2, "col": self.grid[1] // 2}
         backend = plt.get_backend().lower()  # under %matplotlib widget: "widget" or "module://ipympl.backend_nbagg"
         self.interactive = backend in ("widget", "ipympl") or "ipympl" in backend
@@ -333,24 +336,30 @@ class AlphaExplorer:
         self.controls: dict = {}  # the widgets, once widget() has built them
         self._moving_sliders = False  # True while select_patch() moves the patch sliders
 
+    def severance(self) -> dict[int, float]:
+        """{layer index: α} of the current state: the last ``blocks`` blocks (α for GPS, 1 for the other modes,
+        which replace the attention whole); {} for "none"."""
+        s = self.state
+        if s["mode"] == "none":
+            return {}
+        return {layer: s["alpha"] if s["mode"] == "GPS" else 1.0 for layer in range(self.depth - s["blocks"], self.depth)}
+
     def compute(self) -> dict:
-        """Labelling (H, W) and the chosen patch's attention (h, w) for the current state."""
+        """Labelling (H, W) and the chosen patch's rollout (h, w) for the current state."""
         from .clip import patch_scores
         from .model import classify_masks_with
-        from .severance import severed_features_and_attention
+        from .severance import severed_features_and_rollout
         s = self.state
         image = self.clip.normalize(self.images_raw[s["image"]:s["image"] + 1])  # (1, 3, H, W)
         masks = None if self.mask_probs is None else self.mask_probs[s["image"]:s["image"] + 1]  # (1, N, H, W)
-        layers = {} if s["mode"] == "none" else {-1: s["alpha_last"], -2: s["alpha_prev"]} if s["mode"] == "GPS" else \
-            {-1: 1.0}
         mode = "gps" if s["mode"] in ("none", "GPS") else s["mode"].lower()
         with torch.no_grad():
-            dense_feats, attention = severed_features_and_attention(self.clip.visual, image, layers, mode, masks)
+            dense_feats, rollout = severed_features_and_rollout(self.clip.visual, image, self.severance(), mode, masks)
             if masks is None:
                 scores = patch_scores(dense_feats, self.text_emb, image.shape[-2:])  # (1, C, H, W)
             else:
                 _, scores = classify_masks_with(dense_feats, masks, self.text_emb, self.clip.model.logit_scale.exp().item())
-        return {"label": scores.argmax(1)[0], "attention": attention[0, s["row"], s["col"]]}
+        return {"label": scores.argmax(1)[0], "attention": rollout[0, s["row"], s["col"]]}
 
     def select_patch(self, x: float, y: float) -> dict:
         """Choose the patch under pixel (x, y) of the image (what a click does), keeping the sliders in step."""
@@ -380,11 +389,14 @@ class AlphaExplorer:
             self.update(**{key: change["new"]})
 
     def update(self, **changes) -> dict:
-        """Apply widget changes (image, mode, alpha_last, alpha_prev, row, col), recompute, redraw."""
+        """Apply widget changes (image, mode, blocks, alpha, row, col), recompute, redraw."""
         unknown = set(changes) - set(self.state)
         if unknown:
             raise checks.InputError(f"unknown explorer setting(s) {sorted(unknown)}; known: {sorted(self.state)}")
         limits = {"image": len(self.images_raw) - 1, "row": self.grid[0] - 1, "col": self.grid[1] - 1}
+        if "blocks" in changes and not (isinstance(changes["blocks"], int) and 1 <= changes["blocks"] <= self.depth):
+            raise checks.InputError(f"blocks must be an integer in [1, {self.depth}] (how many of the last blocks "
+                                    f"the mode replaces), got {changes['blocks']!r}")
         for key, value in changes.items():
             if key == "mode" and value not in self.MODES:
                 raise checks.InputError(f"mode must be one of {self.MODES}, got {value!r}")
@@ -404,17 +416,24 @@ class AlphaExplorer:
             from matplotlib.patches import Rectangle
             self.artists = {"image": self.axes[0].imshow(image), "label": self.axes[1].imshow(label_rgb),
                             "attention": self.axes[2].imshow(attention, cmap="magma", interpolation="nearest"),
-                            "box": self.axes[0].add_patch(Rectangle((0, 0), pw, ph, fill=False, ec="red", lw=2))}
-            for ax, title in zip(self.axes, ["image and patch", "zero-shot labelling", "attention of the patch"]):
+                            "box": self.axes[0].add_patch(Rectangle((0, 0), pw, ph, fill=False, ec="red", lw=2)),
+                            "grid_box": self.axes[2].add_patch(Rectangle((0, 0), 1, 1, fill=False, ec="red", lw=1.5))}
+            for ax, title in zip(self.axes, ["image and patch", "zero-shot labelling", ""]):
                 ax.set_title(title)
                 ax.axis("off")
+        s = self.state
+        own = attention[s["row"], s["col"]]
+        others = attention.copy()
+        others[s["row"], s["col"]] = 0
         self.artists["image"].set_data(image)
         self.artists["label"].set_data(label_rgb)
         self.artists["attention"].set_data(attention)
-        self.artists["attention"].set_clim(0, max(attention.max(), 1e-6))
-        self.artists["box"].set_xy((self.state["col"] * pw, self.state["row"] * ph))
-        self.fig.suptitle(f"mode {self.state['mode']}, α last {self.state['alpha_last']:.2f}, "
-                          f"α second-to-last {self.state['alpha_prev']:.2f}", fontsize=9)
+        self.artists["attention"].set_clim(0, max(others.max(), 1e-6))  # scaled to the other patches (the own is boxed)
+        self.axes[2].set_title(f"drawn from other patches: {100 * (1 - own):.0f} %", fontsize=8)
+        self.artists["box"].set_xy((s["col"] * pw, s["row"] * ph))
+        self.artists["grid_box"].set_xy((s["col"] - 0.5, s["row"] - 0.5))
+        self.fig.suptitle("stock CLIP" if s["mode"] == "none" else f"{s['mode']} in the last {s['blocks']} of "
+                          f"{self.depth} blocks" + (f", α = {s['alpha']:.2f}" if s["mode"] == "GPS" else ""), fontsize=9)
         if self.interactive:
             self.fig.canvas.draw_idle()
         elif self.output is not None:
@@ -429,8 +448,9 @@ class AlphaExplorer:
         import ipywidgets as w
         s = self.state
         controls = {
-            "alpha_last": w.FloatSlider(value=s["alpha_last"], min=0, max=1, step=0.05, description="α last"),
-            "alpha_prev": w.FloatSlider(value=s["alpha_prev"], min=0, max=1, step=0.05, description="α 2nd-last"),
+            "alpha": w.FloatSlider(value=s["alpha"], min=0, max=1, step=0.05, description="α"),
+            "blocks": w.IntSlider(value=s["blocks"], min=1, max=self.depth, description="severed blocks",
+                                  style={"description_width": "initial"}),
             "mode": w.ToggleButtons(options=[m for m in self.MODES if m != "MPS" or self.mask_probs is not None],
                                     value=s["mode"]),
             "image": w.IntSlider(value=s["image"], min=0, max=len(self.images_raw) - 1, description="image"),
@@ -440,9 +460,9 @@ class AlphaExplorer:
         for control in controls.values():
             control.observe(self._on_slider, names="value")
 
-        def alpha_applies(mode: str) -> None:  # α is read by GPS only: its sliders are disabled, not ignored, otherwise
-            for key in ("alpha_last", "alpha_prev"):
-                controls[key].disabled = mode != "GPS"
+        def alpha_applies(mode: str) -> None:  # α is read by GPS only, the dial by every mode but "none": disabled,
+            controls["alpha"].disabled = mode != "GPS"  # not ignored, where they do not apply
+            controls["blocks"].disabled = mode == "none"
 
         controls["mode"].observe(lambda change: alpha_applies(change["new"]), names="value")
         alpha_applies(s["mode"])
@@ -450,5 +470,5 @@ class AlphaExplorer:
         self.output = w.Output()
         self.update()
         figure = self.fig.canvas if self.interactive else self.output
-        return w.VBox([w.HBox([controls["mode"], controls["image"]]), w.HBox([controls["alpha_last"], controls["alpha_prev"]]),
+        return w.VBox([w.HBox([controls["mode"], controls["image"]]), w.HBox([controls["blocks"], controls["alpha"]]),
                        w.HBox([controls["row"], controls["col"]]), figure])

@@ -102,10 +102,11 @@ def test_alpha_explorer_in_jupyterlab(jupyterlab, tmp_path):
             browser.close()
     print("browser test timings (s, cumulative):", {k: round(v, 1) for k, v in timings.items()})
     assert not [e for e in errors if "Error" in e or "Traceback" in e], errors
-    start, after_alpha, after_mode, after_click = states
-    assert (start["mode"], start["alpha_last"], start["row"], start["col"]) == ("GPS", 1.0, 8, 8), start
-    assert after_alpha["alpha_last"] == 0.7 and after_alpha["mode"] == "GPS", after_alpha
-    assert after_mode["mode"] == "NACLIP" and after_mode["alpha_last"] == 0.7, after_mode
+    start, after_alpha, after_blocks, after_mode, after_click = states
+    assert (start["mode"], start["alpha"], start["blocks"], start["row"], start["col"]) == ("GPS", 1.0, 1, 8, 8), start
+    assert after_alpha["alpha"] == 0.7 and after_alpha["mode"] == "GPS", after_alpha
+    assert after_blocks["blocks"] == 3 and after_blocks["alpha"] == 0.7, after_blocks
+    assert after_mode["mode"] == "NACLIP" and after_mode["blocks"] == 3, after_mode
     assert after_click["col"] < 8 and after_click["mode"] == "NACLIP", after_click  # a click left of the centre
 
 
@@ -162,16 +163,23 @@ def drive_the_explorer(page, url: str) -> tuple[dict, list[dict], list[str]]:
     blank = figure.evaluate("el => { const c = el.querySelector('canvas'), b = document.createElement('canvas');"
                             " b.width = c.width; b.height = c.height; return b.toDataURL(); }")
     picture = redrawn("run the notebook", blank)  # the first drawing has arrived
-    handle = cells.nth(1).locator(".widget-slider:has-text('α last') .noUi-handle")
+    handle = cells.nth(1).locator(".widget-slider:has-text('α') .noUi-handle").last
     handle.focus()
     for _ in range(6):  # six keyboard steps of 0.05: α 1.0 -> 0.7
         handle.press("ArrowLeft")
-    states.append(kernel_state(lambda state: state["alpha_last"] == 0.7))
+    states.append(kernel_state(lambda state: state["alpha"] == 0.7))
     picture = redrawn("move α", picture)
+    dial = cells.nth(1).locator(".widget-slider:has-text('severed blocks') .noUi-handle")
+    dial.focus()
+    for _ in range(2):  # the dial: the mode replaces the last 3 blocks instead of 1
+        dial.press("ArrowRight")
+    states.append(kernel_state(lambda state: state["blocks"] == 3))
+    picture = redrawn("turn the dial", picture)
     cells.nth(1).locator("button:has-text('NACLIP')").click()
     states.append(kernel_state(lambda state: state["mode"] == "NACLIP"))
-    for slider in ("α last", "α 2nd-last"):  # α does not apply to NACLIP: its sliders are disabled
-        cells.nth(1).locator(f".widget-slider:has-text('{slider}') .noUi-target[disabled]").wait_for(state="attached")
+    # α does not apply to NACLIP: its slider is disabled (the dial is not)
+    cells.nth(1).locator(".widget-slider:not(:has-text('severed')):has-text('α') .noUi-target[disabled]").wait_for(
+        state="attached")
     picture = redrawn("switch the mode", picture)
     box = figure.bounding_box()
     figure.click(position={"x": box["width"] * 0.1, "y": box["height"] * 0.35})  # a patch near the image's left edge

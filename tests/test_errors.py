@@ -212,12 +212,13 @@ def test_other_api_entry_points_check_their_input(toy_clip, tmp_path):
     with pytest.raises(InputError, match="named more than once"):
         viz.AlphaExplorer(toy_clip, images, ["sky", "sky"])
     explorer = viz.AlphaExplorer(toy_clip, images, ["sky", "ladybird"])
-    for change, expected in (({"alpha_last": 1.5}, r"alpha_last must lie in \[0, 1\]"), ({"image": 2}, r"image must be an "
-                             r"integer in \[0, 1\]"), ({"row": -1}, "row must be"), ({"mode": "MPS"}, "MPS needs proposal"),
+    for change, expected in (({"alpha": 1.5}, r"alpha must lie in \[0, 1\]"), ({"image": 2}, r"image must be an "
+                             r"integer in \[0, 1\]"), ({"blocks": 5}, r"blocks must be an integer in \[1, 4\]"),
+                             ({"row": -1}, "row must be"), ({"mode": "MPS"}, "MPS needs proposal"),
                              ({"mode": "gps"}, "mode must be one of")):
         with pytest.raises(InputError, match=expected):
             explorer.update(**change)
-    assert explorer.state["alpha_last"] == 1.0  # a refused change leaves the state as it was
+    assert explorer.state["alpha"] == 1.0  # a refused change leaves the state as it was
     with pytest.raises(datasets.DatasetNotFound, match="no prepared split"):
         datasets.SegmentationDataset(tmp_path, "val")
     (tmp_path / "val.json").write_text("[1, 2")

@@ -214,3 +214,19 @@ def test_training_free_table_evaluates_each_mode_both_ways(toy_clip):
     assert rows[None]["per_patch"]["IoU"] != rows["clearclip"]["per_patch"]["IoU"]
     with pytest.raises(ValueError, match="mode must be None or one of"):
         evaluate_training_free(toy_clip, proposals, "mps", scenes=1)
+
+
+def test_rollout_is_the_product_of_each_blocks_attention_with_half_residual(toy_clip):
+    """``severed_features_and_rollout`` by hand: R = Π ½(I + A_l) with rows of A_l renormalised, over the 4 blocks."""
+    from deop_lite.severance import patch_attention, severed_features_and_rollout
+    image = toy_clip.normalize(torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)))  # 4 x 4 patches
+    layers = {3: 0.5}
+    rollout = torch.eye(16)
+    for layer in range(4):
+        attn = patch_attention(toy_clip.visual, image, layer, layers).reshape(16, 16)
+        rollout = 0.5 * (torch.eye(16) + attn / attn.sum(-1, keepdim=True)) @ rollout
+    _, got = severed_features_and_rollout(toy_clip.visual, image, layers)
+    assert torch.allclose(got.reshape(16, 16), rollout, atol=1e-6)
+    assert torch.allclose(got.sum((-2, -1)), torch.ones(1, 4, 4))  # each patch's output: a whole of its inputs
+    _, cut = severed_features_and_rollout(toy_clip.visual, image, {layer: 1.0 for layer in range(4)})
+    assert torch.equal(cut.reshape(16, 16), torch.eye(16))  # every block severed at α = 1: no patch sees another

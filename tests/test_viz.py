@@ -43,15 +43,20 @@ def test_alpha_explorer_redraws_what_it_computes(toy_clip):
     explorer = viz.AlphaExplorer(toy_clip, images, CLASS_NAMES, masks)
     stock = explorer.update(mode="none", row=3, col=4)
     drawn_stock = np.array(explorer.artists["attention"].get_array())
-    severed = explorer.update(mode="GPS", alpha_last=1.0, alpha_prev=0.0)  # its time: `deop-lite bench explorer`
+    severed = explorer.update(mode="GPS", alpha=1.0, blocks=4)  # its time: `deop-lite bench explorer`
     drawn = np.array(explorer.artists["attention"].get_array())
     assert np.allclose(drawn, severed["attention"].numpy()) and not np.allclose(drawn, drawn_stock)
-    assert drawn[3, 4] == 1 and drawn.sum() == 1  # α = 1: the patch attends to itself only
-    assert np.allclose(explorer.artists["label"].get_array(), viz.overlay(images[0], severed["label"], opacity=0.8))
+    assert drawn[3, 4] == 1 and drawn.sum() == 1  # every block severed at α = 1: the patch's output is its own
+    assert np.isclose(drawn_stock.sum(), 1) and drawn_stock[3, 4] < 0.9  # stock CLIP: it draws on other patches
+    last_block = explorer.update(blocks=1)["attention"]  # the paper's setting leaves the mixing of 3 blocks
+    assert 1 - 1e-6 < last_block.sum() < 1 + 1e-6 and last_block[3, 4] < 1
+    assert np.allclose(explorer.artists["label"].get_array(), viz.overlay(images[0], explorer.compute()["label"], opacity=0.8))
     assert stock["label"].shape == (128, 128)
     panel = explorer.widget()  # sliders drive the same update
-    panel.children[1].children[0].value = 0.25
-    assert explorer.state["alpha_last"] == 0.25
+    panel.children[1].children[1].value = 0.25
+    assert explorer.state["alpha"] == 0.25
+    panel.children[1].children[0].value = 2
+    assert explorer.severance() == {2: 0.25, 3: 0.25}
     with pytest.raises(ValueError, match="unknown explorer setting"):
         explorer.update(beta=1)
     with pytest.raises(ValueError, match="MPS needs proposal masks"):
@@ -62,21 +67,22 @@ def test_alpha_explorer_redraws_what_it_computes(toy_clip):
 def test_alpha_explorer_offers_every_mode_and_disables_what_does_not_apply(toy_clip):
     import numpy as np
 
-    from deop_lite.severance import patch_attention
+    from deop_lite.severance import severed_features_and_rollout
     from deop_lite.toyworld import CLASS_NAMES, segmentation_world
     images = torch.stack([segmentation_world("val", 1)[0]["image_raw"]])  # (1, 3, 128, 128)
     explorer = viz.AlphaExplorer(toy_clip, images, CLASS_NAMES)
     explorer.widget()
-    mode, alphas = explorer.controls["mode"], (explorer.controls["alpha_last"], explorer.controls["alpha_prev"])
+    mode, alpha, blocks = explorer.controls["mode"], explorer.controls["alpha"], explorer.controls["blocks"]
     assert "MPS" not in mode.options and {"MaskCLIP", "SCLIP", "ClearCLIP", "NACLIP"} <= set(mode.options)
+    blocks.value = 2
     for name in ("MaskCLIP", "SCLIP", "ClearCLIP", "NACLIP", "none"):
-        mode.value = name  # the button drives update(), which redraws this mode's attention
-        expected = patch_attention(toy_clip.visual, toy_clip.normalize(images), layers={} if name == "none" else {-1: 1.0},
-                                   mode="gps" if name == "none" else name.lower())[0, 8, 8]  # (16, 16)
-        assert np.allclose(explorer.artists["attention"].get_array(), expected.numpy(), atol=1e-6), name
-        assert all(slider.disabled for slider in alphas)  # α is read by GPS only
+        mode.value = name  # the button drives update(), which redraws this mode's rollout
+        expected = severed_features_and_rollout(toy_clip.visual, toy_clip.normalize(images), mode="gps" if name == "none"
+                                                else name.lower(), layers={} if name == "none" else {2: 1.0, 3: 1.0})
+        assert np.allclose(explorer.artists["attention"].get_array(), expected[1][0, 8, 8].numpy(), atol=1e-6), name
+        assert alpha.disabled and blocks.disabled == (name == "none")  # α is read by GPS only
     mode.value = "GPS"
-    assert not any(slider.disabled for slider in alphas)
+    assert not alpha.disabled and not blocks.disabled
     plt.close("all")
 
 

@@ -236,7 +236,7 @@ print(metrics.format_table({f"{name}, {way.replace('_', ' ')}": row[way] for way
 # %% [markdown]
 # ## 6. Explore
 #
-# Move α in the last two layers, switch between no severance, GPS, MPS and the training-free methods that came after DeOP (MaskCLIP, SCLIP, ClearCLIP, NACLIP, each in the last layer; the α sliders apply to GPS only and are disabled otherwise), pick an image, and click a patch in any panel. The middle panel is the training-free one-pass segmentation, with a legend of its colours (unseen classes starred); the right panel is where the chosen patch looks in the last layer.
+# Switch between no severance, GPS, MPS and the training-free methods that came after DeOP (MaskCLIP, SCLIP, ClearCLIP, NACLIP); turn the **severed blocks** dial to choose how many of the toy CLIP's last blocks the mode replaces (1 is the paper's setting, 4 the toy DeOP's), move α (GPS only; disabled otherwise), pick an image, and click a patch in any panel. The middle panel is the training-free one-pass segmentation, with a legend of its colours (unseen classes starred). The right panel is where the chosen patch's output comes from, over all four blocks: the attention rollout of Abnar and Zuidema (2020), $R = \prod_l \tfrac12(I + A_l)$, the half for the residual. As the dial turns, the mixing that severance leaves shrinks until, with every block severed at α = 1, the patch sees only itself.
 #
 # `%matplotlib widget` turns the figure into a live canvas (ipympl, JupyterLab's interactive matplotlib backend) so that a click chooses the patch; where that backend is not available, the patch sliders do the same.
 
