@@ -1,5 +1,5 @@
-"""Classification anchor learning (CAL; paper §4.2, spec §2): learn *where* to pool CLIP's patch features
-for each proposal, instead of averaging everything under the mask.
+"""Classification anchor learning (CAL; paper §4.2, DeOP's mask_former/zero_shot_clipfeat_upsample_vit16_query2D_maskvit.py):
+learn *where* to pool CLIP's patch features for each proposal, instead of averaging everything under the mask.
 
 Query-based heatmap decoder (Eq. 3; the released one): N anchor queries, tied one-to-one to the N
 proposals, attend to the dense CLIP features F_V through K standard decoder layers; then the heatmap
@@ -12,8 +12,9 @@ re-normalised, as the official code does. Heatmap-based pooling reads the raw CL
 output projection), head by head: F_I = H ⊙ F_V, then L2-normalised.
 
 Conv-based decoder (Eq. 4): each mask applied to F_V, K conv-BN-ReLU layers (3 x 3), a final conv to one
-channel, a softmax over positions. Its official source was never published (spec §2.2): this is built
-from the paper's text.
+channel, a softmax over positions. Its official source was never published (DeOP ships only the bytecode
+mask_former/__pycache__/zero_shot_clipfeat_upsample_vit16_query2D_maskvit_convdecoder.cpython-37.pyc): this is
+built from the paper's text.
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ KINDS = ("none", "query", "conv")
 class AnchorConfig:
     """CAL's decoder: ``kind`` "none" (mask-based pooling), "query" (Eq. 3) or "conv" (Eq. 4); K ``layers``."""
     kind: str = "none"
-    layers: int = 1  # K: the official scripts use 1 (spec §2.1)
+    layers: int = 1  # K: the official scripts use 1 (DeOP's scripts/deop_train.sh; paper Table 5)
     heads: int = 4  # 8 for real CLIP
     ffn_dim: int = 256  # 1024 for real CLIP
     dropout: float = 0.0  # 0.1 in the official code

@@ -1,4 +1,4 @@
-"""One pass against many, timed fairly (paper Tables 1 and 6; spec §5.4): ``deop-lite bench``.
+"""One pass against many, timed fairly (paper Tables 1 and 6; protocol in paper §5): ``deop-lite bench``.
 
 DeOP classifies N proposals from one CLIP pass over the whole image; a multi-pass method (SimBaseline,
 ``deop_lite.multipass``) runs CLIP once per valid proposal crop (N' crops at CLIP's input size). Both get

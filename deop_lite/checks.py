@@ -177,6 +177,14 @@ def output_folder(path: str | Path, what: str = "--out") -> Path:
     return path
 
 
+def input_file(path: str | Path, what: str) -> Path:
+    """An existing file; an InputError if it is missing or a folder."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise InputError(f"{what} {path} " + ("is a folder; a file is expected" if path.is_dir() else "does not exist"))
+    return path
+
+
 def input_folder(path: str | Path, what: str) -> Path:
     """An existing folder; an InputError if it is missing or a file."""
     path = Path(path).expanduser()

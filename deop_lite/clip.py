@@ -6,7 +6,8 @@ stages (patch severance, visual prompts) hook the same ``VisionTransformer`` blo
 
 Pixel normalisation: we feed **CLIP's own** mean/std (``OPENAI_DATASET_MEAN/STD``) to both worlds, the
 statistics CLIP was trained with. The official DeOP code feeds ImageNet-normalised pixels to CLIP
-(spec §1.4, most likely an oversight); ``ClipModel(..., pixel_norm="imagenet")`` reproduces that choice.
+(DeOP's mask_former/zero_shot_clipfeat_upsample_vit16_query2D_maskvit.py, most likely an oversight);
+``ClipModel(..., pixel_norm="imagenet")`` reproduces that choice.
 
 >>> clip = load_clip("toy")                                    # doctest: +SKIP
 >>> dense_feats = clip.dense_features(clip.normalize(image_raw))  # (B, D, H/8, W/8), unit norm
@@ -192,7 +193,7 @@ def masked_crops(image_raw: torch.Tensor, masks: torch.Tensor, size: int,
     painted with ``fill`` (CLIP's mean colour, i.e. zero after normalisation), resized to ``size``.
 
     This is how multi-pass methods (SimBaseline, ZegFormer) and the offline prompt initialisation show
-    CLIP one segment at a time (spec §4.1, §6).
+    CLIP one segment at a time (SimBaseline's mask_former/modeling/clip_adapter/adapter.py and utils.py).
 
     Args:
         image_raw: (3, H, W) in [0, 1]; masks: (K, H, W) bool, none of them empty.
@@ -302,6 +303,13 @@ class ToyClipConfig:
                    train=TrainConfig(steps=4, warmup_steps=1, log_every=2, checkpoint_every=2))
 
     @classmethod
+    def like_vit_b16(cls) -> ToyClipConfig:
+        """The shipped toy CLIP with two of its departures from ViT-B/16 undone: the image embedding is the CLS
+        token (OpenAI's pooling) and pre-training never severs a block; the stem adds no context convs. A CLIP
+        that was never asked to work with severed blocks, as the paper's was not (notebook 03 compares the two)."""
+        return cls(pool="tok", severance_drop=0.0, stem_context=0)
+
+    @classmethod
     def from_dict(cls, d: dict) -> ToyClipConfig:
         d = {"pool": "tok", "severance_drop": 0.0, "stem_context": 0, **d}  # what checkpoints written before these fields did
         d["train"] = TrainConfig(**d.get("train", {}))
@@ -369,7 +377,8 @@ def load_clip(name: str = "toy", pretrained: str | Path | None = "openai", devic
             For the toy CLIP, a path to another toy checkpoint, or "openai"/None for the shipped one.
         quick_gelu: real CLIP only; default True, as OpenAI's weights were trained with QuickGELU (the
             "-quickgelu" variant of open_clip's config). Pass False for LAION/DataComp weights.
-        pixel_norm: "clip" (default) or "imagenet" (the official DeOP code's choice, spec §1.4).
+        pixel_norm: "clip" (default) or "imagenet" (the official DeOP code's choice, its
+            mask_former/zero_shot_clipfeat_upsample_vit16_query2D_maskvit.py).
     Raises:
         ClipWeightsUnavailable: weights could not be had; the message says what to do instead.
     """

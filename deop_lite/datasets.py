@@ -1,7 +1,7 @@
 """The real world's data: COCO-Stuff-164k, PASCAL VOC 2012 (+ SBD), Pascal Context-59 and ADE20K-150.
 
 Each dataset is read from its **official download layout** by a preparation command that writes one
-format for all of them (spec §5.1):
+format for all of them (after DeOP's datasets/prepare_coco_stuff_164k_sem_seg.py and prepare_voc_sem_seg.py):
 
     <out>/labels/<split>/<id>.png        uint8 class indices into the dataset's class list, 255 = ignore
     <out>/<split>.json                   the index: class names, seen / unseen split, (image, label) pairs
@@ -38,7 +38,7 @@ from .metrics import IGNORE_INDEX
 
 VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
                "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor")
-VOC_UNSEEN = VOC_CLASSES[15:]  # pottedplant, sheep, sofa, train, tvmonitor (spec §5.1)
+VOC_UNSEEN = VOC_CLASSES[15:]  # pottedplant, sheep, sofa, train, tvmonitor (DeOP's datasets/prepare_voc_sem_seg.py)
 
 # COCO-Stuff: category ids 1..182 without the 11 unused ones; the PNG maps store id - 1, 255 = unlabeled.
 COCO_STUFF_IDS = tuple(i for i in range(1, 183) if i not in {12, 26, 29, 30, 45, 66, 68, 69, 71, 83, 91})
@@ -61,8 +61,9 @@ COCO_STUFF_CLASSES = (
     "stone", "straw", "structural-other", "table", "tent", "textile-other", "towel", "tree", "vegetable",
     "wall-brick", "wall-concrete", "wall-other", "wall-panel", "wall-stone", "wall-tile", "wall-wood", "water-other",
     "waterdrops", "window-blind", "window-other", "wood")
+# unseen classes of DeOP's datasets/prepare_coco_stuff_164k_sem_seg.py
 COCO_STUFF_UNSEEN = ("cow", "giraffe", "suitcase", "frisbee", "skateboard", "carrot", "scissors", "cardboard", "clouds",
-                     "grass", "playingfield", "river", "road", "tree", "wall-concrete")  # spec §5.1
+                     "grass", "playingfield", "river", "road", "tree", "wall-concrete")
 
 CONTEXT59_CLASSES = (
     "aeroplane", "bag", "bed", "bedclothes", "bench", "bicycle", "bird", "boat", "book", "bottle", "building", "bus",
@@ -412,7 +413,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
 # ----------------------------------------------------------------------------------------------------
 # Training samples: a pure function of (seed, position in the stream), whatever the number of processes
 
-SCALES = tuple(0.5 + 0.1 * k for k in range(11))  # short side = crop x scale: {256, 307, ..., 768} for 512 (spec §5.2)
+# DeOP's configs/coco-stuff-164k-156/zero_shot_maskformer_R101c_bs32_60k_proposalmask_featupsample_img512.yaml, MIN_SIZE_TRAIN:
+SCALES = tuple(0.5 + 0.1 * k for k in range(11))  # short side = crop x scale: {256, 307, ..., 768} for 512
 
 
 def training_sample(dataset, position: int, crop: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,4 +1,4 @@
-"""Losses: MaskFormer's Hungarian-matched mask losses for the proposal network (spec §3).
+"""Losses: MaskFormer's Hungarian-matched mask losses for the proposal network (SimBaseline's mask_former/modeling/criterion.py).
 
 By default every mask loss and matching cost is computed over *valid* pixels only: pixels labelled
 IGNORE_INDEX (unseen classes in ZS3 training labels) never count, so no query is ever taught that an
@@ -139,7 +139,8 @@ def _layer_loss(out: dict, label: torch.Tensor, config, class_map) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------------
-# DeOP's segmentation loss (spec §5.2): no matching, the classified masks are assembled into a class map
+# DeOP's segmentation loss (its mask_former/modeling/criterion_decoder.py): no matching, the classified masks are
+# assembled into a class map
 
 def deop_segmentation_loss(logits: torch.Tensor, mask_probs: torch.Tensor, label: torch.Tensor,
                            sharpness: float = 3.0, weight_focal: float = 2.0, weight_dice: float = 0.8,
@@ -155,7 +156,7 @@ def deop_segmentation_loss(logits: torch.Tensor, mask_probs: torch.Tensor, label
         label: (B, H, W) int64 indices into the C training classes, or IGNORE_INDEX (unseen pixels).
         ignore_as_void: False (default, the paper's zero-shot idea): ignored pixels are left out of the
             loss, so an unseen object is never taught to be anything. True: the official code's choice,
-            ignored pixels are targets of the void channel (spec §5.2).
+            ignored pixels are targets of the void channel (DeOP's mask_former/modeling/criterion_decoder.py).
     Returns:
         dict with ``loss`` and the detached parts ``seg_focal``, ``seg_dice``.
     """

@@ -38,9 +38,9 @@ def mask_pooling(dense_feats: torch.Tensor, mask_probs: torch.Tensor, binary: bo
     Args:
         dense_feats: (B, D, h, w) CLIP patch features F_V.
         mask_probs: (B, N, H', W') mask probabilities σ(M) at any resolution.
-        binary: the official code's variant (spec §2.3): masks thresholded at 0.5, nearest-resized to the
-            patch grid, sum-pooled. The default weighs each patch by the fraction of it the (soft) mask
-            covers (area resize), so small masks never vanish on a coarse grid.
+        binary: the official code's variant (DeOP's mask_former/modeling/clip_adapter/adapter.py): masks
+            thresholded at 0.5, nearest-resized to the patch grid, sum-pooled. The default weighs each patch by the
+            fraction of it the (soft) mask covers (area resize), so small masks never vanish on a coarse grid.
     Returns:
         (B, N, D) unit-norm segment embeddings (zero vectors for masks that cover no patch).
     """
@@ -264,7 +264,8 @@ class DeOPStage:
     """Everything that defines the training of one variant on the toy world.
 
     ``objective``: "segmentation" (end-to-end, DeOP's loss on scenes; proposal network and CLIP frozen) or
-    "crops" (the offline text-prompt initialisation: classify seen-class segment crops, spec §4.1).
+    "crops" (the offline text-prompt initialisation: classify seen-class segment crops, as in SimBaseline's
+    mask_former/proposal_classification.py).
     ``init_from``: a variant whose learned text context starts this one (the offline initialisation).
     ``train_text``: False keeps the (initialised) text context fixed while the rest trains.
     """
@@ -272,13 +273,14 @@ class DeOPStage:
     objective: str = "segmentation"
     init_from: str | None = None
     train_text: bool = True
-    ignore_as_void: bool = False  # True: the official loss, unseen pixels supervised as void (spec §5.2)
+    ignore_as_void: bool = False  # True: DeOP's mask_former/modeling/criterion_decoder.py, unseen pixels as void
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         steps=1000, lr=2e-3, weight_decay=1e-4, warmup_steps=50, schedule="poly", grad_clip=1.0, log_every=50,
         checkpoint_every=250))
     batch_size: int = 8
     image_size: int = 128
     crops_per_class: int = 128  # "crops" objective: SimBaseline's SAMPLE_PER_CLASS for VOC
+    clip: str | None = None  # a toy CLIP checkpoint other than the shipped one (e.g. ToyClipConfig.like_vit_b16's)
 
     @classmethod
     def from_dict(cls, d: dict) -> DeOPStage:
@@ -292,8 +294,8 @@ def _learned_text(ctx_init: str | None = "a photo of a", severance: dict[int, fl
 
 
 CAL_LR = 0.1
-"""CAL's decoder learns at a tenth of the prompts' rate: the official code's 2e-4 (spec §5.2), where the toy prompts
-use 2e-3. With the prompts' rate and no dropout, the decoder fits the seen classes (notebook 04 §8)."""
+"""CAL's decoder learns at a tenth of the prompts' rate: the official code's 2e-4 (DeOP's scripts/deop_train.sh), where the
+toy prompts use 2e-3. With the prompts' rate and no dropout, the decoder fits the seen classes (notebook 04 §8)."""
 
 
 def _baseline_plus(severance: dict[int, float] | None = None, anchors: AnchorConfig | None = None) -> DeOPStage:
@@ -379,11 +381,14 @@ def load_deop(variant: str = "baseline_plus", path: str | Path | None = None, pr
     ``variant="baseline"`` is the untrained baseline (no file). ``path`` overrides the shipped file.
     """
     from .proposals import load_proposals
+    from .train import read_metadata
     proposals = proposals if proposals is not None else load_proposals()[0]
-    clip = clip or load_clip("toy")
     if variant == "baseline" and path is None:
-        return DeOP(proposals, clip).eval()
+        return DeOP(proposals, clip or load_clip("toy")).eval()
     path = Path(path) if path is not None else checkpoint_path(variant)
+    if clip is None:  # the toy CLIP the variant was trained with (the shipped one unless its stage names another)
+        trained_with = read_metadata(path).get("stage", {}).get("clip") if path.is_file() else None
+        clip = load_clip("toy", pretrained=trained_with)
     learned, metadata = load_weights(path, lambda meta: LearnedParts(
         clip, DeOPStage.from_dict(meta["stage"]).model, proposals.config.num_queries), train_command(variant))
     if metadata.get("variant", variant) != variant:
@@ -469,9 +474,17 @@ def train_deop(variant: str, stage: DeOPStage | None = None, run_dir: str | Path
     run_dir = Path(run_dir or f"runs/deop/{variant}")
     out = Path(out or checkpoint_path(variant))
     runtime.set_seed(stage.train.seed)
-    model = DeOP(load_proposals()[0], load_clip("toy"), stage.model)
-    if stage.init_from is not None:
+    model = DeOP(load_proposals()[0], load_clip("toy", pretrained=stage.clip), stage.model)
+    if stage.init_from is not None and stage.clip is None:
         start = load_or_train_deop(stage.init_from, proposals=model.proposals, clip=model.clip)
+    elif stage.init_from is not None:  # another CLIP: its own offline text prompt, kept beside `out`
+        init_path = out.with_name(f"{stage.init_from}.safetensors")
+        if not init_path.exists():
+            init_stage = variant_stage(stage.init_from)
+            init_stage.clip = stage.clip
+            train_deop(stage.init_from, init_stage, run_dir.with_name(f"{run_dir.name}_{stage.init_from}"), init_path)
+        start = load_deop(stage.init_from, init_path, model.proposals, model.clip)
+    if stage.init_from is not None:
         model.learned.text_prompts.load_state_dict(start.learned.text_prompts.state_dict())
     if not stage.train_text and model.learned.text_prompts is not None:
         model.learned.text_prompts.requires_grad_(False)
@@ -524,6 +537,8 @@ def main(argv=None) -> None:
     train.add_argument("--severed-blocks", type=int, metavar="K",
                        help="sever the last K blocks of the toy CLIP (GPS, α = 1; 0: none) instead of the variant's "
                             f"setting, K in 0..{ToyClipConfig.vision_layers} (the sweep of docs/experiments.md)")
+    train.add_argument("--clip", metavar="PATH", help="another toy CLIP checkpoint (python -m deop_lite.toyclip train "
+                       "--like-vit-b16); the offline text prompt it starts from is trained beside --out")
     evaluate.add_argument("--variant", required=True, choices=["baseline", *VARIANTS])
     add_evaluation_arguments(evaluate, "mIoU")
     args = parser.parse_args(argv)
@@ -539,6 +554,9 @@ def main(argv=None) -> None:
             stage.train.steps = args.steps
         if args.severed_blocks is not None:
             stage.model.severance = last_blocks_severed(checks.at_least(args.severed_blocks, 0, "--severed-blocks"))
+        if args.clip is not None:
+            checks.input_file(args.clip, "--clip")
+            stage.clip = str(args.clip)
         train_deop(args.variant, stage, args.run_dir, args.out, val_scenes=8 if args.tiny else 200)
     else:
         model = load_deop(args.variant, args.checkpoint)

@@ -1,6 +1,7 @@
-"""Multi-pass segment classification, the way SimBaseline does it (spec §6): one CLIP pass per proposal.
+"""Multi-pass segment classification, the way SimBaseline does it: one CLIP pass per proposal.
 
-For each image and each valid proposal n (binary mask σ(M_n) > 0.5 not empty)::
+For each image and each valid proposal n (binary mask σ(M_n) > 0.5 not empty; SimBaseline's
+mask_former/zero_shot_mask_former_model.py in MendelXu/zsseg.baseline)::
 
     crop_n   = box of the mask, pixels outside it painted CLIP's mean colour, resized to CLIP's input size
     e_n      = CLIP image embedding of crop_n                      (all N' crops in one batched call)

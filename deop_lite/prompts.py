@@ -1,5 +1,6 @@
-"""Prompt learning (paper §3.2, supplementary B and C.1; spec §4): adapt a frozen CLIP through a few learned
-vectors, never through its weights.
+"""Prompt learning (paper §3.2, supplementary B and C.1; DeOP's third_party/CLIP/clip/model.py and
+mask_former/modeling/clip_adapter/text_prompt.py): adapt a frozen CLIP through a few learned vectors, never
+through its weights.
 
 Text prompts (CoOp): one learned context [v_1 … v_M] shared by all classes replaces the hand-written
 template; the class embedding is read at the end-of-text token::
@@ -54,8 +55,8 @@ class PromptConfig:
 
     @classmethod
     def real(cls) -> PromptConfig:
-        """DeOP's released settings (spec §4): 16 random context vectors; added prompts at the input and
-        blocks 1-5, random init, sized for a 384 px input (24 x 24 grid)."""
+        """DeOP's released settings (scripts/deop_train.sh, mask_former/config.py): 16 random context vectors;
+        added prompts at the input and blocks 1-5, random init, sized for a 384 px input (24 x 24 grid)."""
         return cls(text="learned", n_ctx=16, ctx_init=None, visual="add", visual_layers=(0, 1, 2, 3, 4, 5),
                    visual_init="random", reference_grid=24)
 
@@ -192,7 +193,7 @@ def build_prompts(clip: ClipModel, config: PromptConfig) -> tuple[TextPrompts | 
 
 
 # ----------------------------------------------------------------------------------------------------
-# Offline initialisation of the text context (SimBaseline's stage 1, spec §4.1)
+# Offline initialisation of the text context (SimBaseline's stage 1, its mask_former/proposal_classification.py)
 
 @torch.no_grad()
 def segment_crop_embeddings(clip: ClipModel, world, class_names: Sequence[str], per_class: int,

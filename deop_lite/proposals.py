@@ -1,4 +1,4 @@
-"""The mask proposal network: a class-agnostic MaskFormer (paper §3.1; spec §3).
+"""The mask proposal network: a class-agnostic MaskFormer (paper §3.1 and supplementary A).
 
     image -> backbone (res1..res5) -> FPN pixel decoder -> mask features E (B, C_m, H/4, W/4)
                                    -> transformer decoder over res5, N learned queries -> Q (B, N, d)
@@ -13,7 +13,8 @@ the Hungarian matching leaves unmatched would get no signal at all, and its (arb
 the semantic map O = Σ_n F_C[n] σ(M_n). We therefore supervise unmatched queries towards an **empty
 mask** (focal loss to 0, weight ``empty_weight``): still only a mask loss, and an idle query switches
 itself off. The official code instead trains a class-aware MaskFormer over the seen classes plus a
-"no object" class and uses only its masks (spec §3): ``ProposalConfig(class_aware=True)``.
+"no object" class and uses only its masks (DeOP's scripts/train_learned_prompts_maskformer.sh):
+``ProposalConfig(class_aware=True)``.
 
 Pixels labelled ``IGNORE_INDEX`` (unseen classes in ZS3 training labels) are left out of every mask
 loss and matching cost by default (``ignored_pixels="excluded"``): the network is never told that unseen
@@ -67,7 +68,7 @@ class ProposalConfig:
     dropout: float = 0.0
     class_aware: bool = False  # the official code's choice: a class head over the seen classes + no-object
     num_classes: int = 12  # seen classes, for class_aware
-    weight_focal: float = 20.0  # MaskFormer's weights (spec §3)
+    weight_focal: float = 20.0  # MaskFormer's weights (configs/coco-stuff-164k-171/maskformer_R50_bs32_60k.yaml in DeOP)
     weight_dice: float = 1.0
     weight_class: float = 1.0
     empty_weight: float = 0.1  # unmatched queries -> empty masks (class-agnostic) / no-object CE weight
@@ -81,7 +82,8 @@ class ProposalConfig:
 
     @classmethod
     def real(cls) -> ProposalConfig:
-        """The paper's scale: ResNet-101, 100 queries, hidden 256, 6 decoder layers (spec §3)."""
+        """The paper's scale: ResNet-101, 100 queries, hidden 256, 6 decoder layers (paper §5; SimBaseline's
+        configs/coco-stuff-164k-171/maskformer_R50_bs32_60k.yaml)."""
         return cls(backbone="resnet101", pretrained_backbone=True, num_queries=100, hidden_dim=256, mask_dim=256,
                    dec_layers=6, nheads=8, dim_feedforward=2048, dropout=0.1, num_classes=156)
 

@@ -1,4 +1,4 @@
-"""DeOP at the paper's scale: presets, the three training stages, multi-GPU, evaluation (paper §5, spec §5).
+"""DeOP at the paper's scale: presets, the three training stages, multi-GPU, evaluation (paper §5; DeOP's scripts/deop_train.sh).
 
 The same modules as the toy world, fed by ``deop_lite.datasets`` and a real open_clip CLIP:
 
@@ -45,7 +45,7 @@ from .train import TrainConfig, fit, load_weights, rank, save_weights, world_siz
 
 STAGES = ("prompts", "proposals", "deop")
 
-PAPER_RESULTS = {  # DeOP, ViT-B/16 (spec "Reported numbers"): hIoU, seen, unseen mIoU; cross-dataset mIoU
+PAPER_RESULTS = {  # DeOP, ViT-B/16 (paper Tables 1 and 2): hIoU, seen, unseen mIoU; cross-dataset mIoU
     "voc": {"hIoU": 80.8, "seen": 88.2, "unseen": 74.6},
     "coco_stuff": {"hIoU": 38.2, "seen": 38.0, "unseen": 38.4},
     "cross": {"voc": 91.7, "context59": 48.8, "ade150": 22.9},
@@ -68,7 +68,7 @@ class RealConfig:
     dataset: str  # "voc" or "coco_stuff": the training set (its prepared folder is given separately)
     clip: str = "ViT-B-16"
     clip_weights: str | None = "openai"  # "openai", a checkpoint path, or None: random (tests, CI)
-    pixel_norm: str = "clip"  # CLIP's mean / std; "imagenet" is the official code's choice (spec §1.4)
+    pixel_norm: str = "clip"  # CLIP's mean / std; "imagenet" is the official code's choice (see clip.py)
     crop: int = 512
     eval_short_side: int = 512
     eval_max_side: int = 2048
@@ -84,7 +84,9 @@ class RealConfig:
 
     @classmethod
     def voc(cls) -> RealConfig:
-        """PASCAL VOC 15/5 as in the official VOC config (spec §5.2): batch 16, 20k iterations, 512 crops."""
+        """PASCAL VOC 15/5 as in the official VOC config (DeOP's
+        configs/voc-11k-15/zero_shot_maskformer_R101c_bs16_20k_proposalmask_featupsample_img512.yaml): batch 16, 20k
+        iterations, 512 crops."""
         return cls("voc", "voc", stages={
             # SimBaseline: SGD lr 0.02, batch 32, 3.2k iterations; our shared loop is AdamW (lr chosen for it)
             "prompts": StageConfig(TrainConfig(steps=3200, lr=2e-3, weight_decay=0.0, warmup_steps=100,
@@ -99,7 +101,8 @@ class RealConfig:
 
     @classmethod
     def coco(cls) -> RealConfig:
-        """COCO-Stuff 156/15 as in the official scripts (spec §3, §4.1, §5.2)."""
+        """COCO-Stuff 156/15 as in the official scripts (DeOP's scripts/train_learn_prompts.sh,
+        train_learned_prompts_maskformer.sh and deop_train.sh)."""
         voc = cls.voc()
         stages = {
             "prompts": replace(voc.stages["prompts"], train=replace(voc.stages["prompts"].train, steps=16_000)),
@@ -487,8 +490,8 @@ def predict_label(model: DeOP, image_raw: torch.Tensor, class_names, short_side:
 @torch.no_grad()
 def evaluate(model: DeOP, dataset: SegmentationDataset, short_side: int = 512, max_side: int = 2048,
              limit: int | None = None, progress: bool | None = None, cross_dataset: bool | None = None) -> dict:
-    """Segment every image (batch 1, no test-time augmentation, spec §5.3; :func:`predict_label`) into all
-    of the dataset's classes. Returns the metrics (``metrics.SegmentationMeter``) with images/s.
+    """Segment every image (batch 1, no test-time augmentation, as DeOP's scripts/deop_verifycoco.sh;
+    :func:`predict_label`) into all of the dataset's classes. Returns the metrics (``metrics.SegmentationMeter``) with images/s.
 
     ``cross_dataset``: Table 2's protocol, mIoU over all classes (default: when the dataset has no
     seen / unseen split, i.e. Context-59 and ADE-150; pass True for a COCO-Stuff model on VOC). Otherwise

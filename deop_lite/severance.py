@@ -1,16 +1,17 @@
-"""Patch severance (paper §4.1; spec §1): limit how much CLIP's patch tokens mix in chosen ViT layers.
+"""Patch severance (paper §4.1; DeOP's third_party/CLIP/clip/model.py): limit how much CLIP's patch tokens mix
+in chosen ViT layers.
 
 In a severed layer the block keeps its structure (``ln_1`` -> attention -> residual -> ``ln_2`` + MLP ->
 residual, with CLIP's own V and output projections); only the attention weights change:
 
 - **GPS** (Eq. 2): ``F_out = (α·E + (1 − α)·Attn) × F_in``. α = 0 is the unmodified layer, α = 1 cuts
-  every interaction (in the last layer this is MaskCLIP's trick, spec §7).
+  every interaction (in the last layer this is MaskCLIP's trick, its mmseg/models/backbones/vit.py).
 - **MPS** (Eq. 1): the attention of token i comes from the proposal masks, ``M_i = Σ_j M_{j,i} · M_j``:
   tokens attend to tokens that fall in the same proposals. Eq. 1 is not normalised; we divide each row by
   its sum (``mps_norm="sum"``, the paper's idea), the official code takes a softmax without scale
   (``mps_norm="softmax"``). CLS belongs to every mask, as in the official code.
-- **GPS with mask** (``"gps_mask"``, the official code's default, spec §1.2): identity attention with a
-  per-token gain ``Σ_n σ(M_n)`` at the token's patch (N for CLS).
+- **GPS with mask** (``"gps_mask"``, the official code's default, DeOP's third_party/CLIP/clip/model.py): identity
+  attention with a per-token gain ``Σ_n σ(M_n)`` at the token's patch (N for CLS).
 
 The training-free methods that came after DeOP change the same block in other ways (each as its official
 code does it; s = 1/√d, attention per head):

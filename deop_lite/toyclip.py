@@ -176,7 +176,9 @@ def format_zero_shot(result: dict) -> str:
 
 @checks.command("python -m deop_lite.toyclip")
 def main(argv: Sequence[str] | None = None) -> None:
-    parser, _, evaluate = stage_cli("python -m deop_lite.toyclip", __doc__, TOY_CLIP_CHECKPOINT, "runs/toy_clip")
+    parser, train, evaluate = stage_cli("python -m deop_lite.toyclip", __doc__, TOY_CLIP_CHECKPOINT, "runs/toy_clip")
+    train.add_argument("--like-vit-b16", action="store_true", help="CLS pooling, no severance in pre-training, no "
+                       "stem context (ToyClipConfig.like_vit_b16); pass --out and --run-dir to keep the shipped CLIP")
     evaluate.add_argument("--per-class", type=int, default=50, help="single-class validation images per class")
     evaluate.add_argument("--gate-scenes", type=int, default=0,
                           help="also classify the ground-truth masks of this many validation scenes, one pass against "
@@ -187,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         checks.at_least(args.per_class, 1, "--per-class")
         checks.at_least(args.gate_scenes, 0, "--gate-scenes")
     if args.command == "train":
-        config = ToyClipConfig.tiny() if args.tiny else ToyClipConfig()
+        config = ToyClipConfig.tiny() if args.tiny else ToyClipConfig.like_vit_b16() if args.like_vit_b16 else ToyClipConfig()
         if args.steps is not None:
             config.train.steps = args.steps
         train_toy_clip(config, args.run_dir, args.out)

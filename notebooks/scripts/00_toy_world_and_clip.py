@@ -271,7 +271,7 @@ for name, row in gate.items():
 #
 # $$F_V = \mathrm{normalize}\big(\mathrm{ln\_post}(z_{1:hw})\,W_{proj}\big) \in \mathbb{R}^{D \times h \times w}$$
 #
-# where $z$ are the last block's tokens and the CLS token $z_0$ is dropped. Images of any size work: the positional embedding, learned for an 8×8 grid, is resized bicubically to the current grid. Pixels are normalised with CLIP's own mean and std; the official code feeds ImageNet-normalised pixels instead (spec §1.4), available as `load_clip(..., pixel_norm="imagenet")`.
+# where $z$ are the last block's tokens and the CLS token $z_0$ is dropped. Images of any size work: the positional embedding, learned for an 8×8 grid, is resized bicubically to the current grid. Pixels are normalised with CLIP's own mean and std; the official code feeds ImageNet-normalised pixels instead ([mask_former/zero_shot_clipfeat_upsample_vit16_query2D_maskvit.py](https://github.com/CongHan0808/DeOP/blob/master/mask_former/zero_shot_clipfeat_upsample_vit16_query2D_maskvit.py)), available as `load_clip(..., pixel_norm="imagenet")`.
 
 # %%
 image = clip.normalize(torch.stack([world[i]["image_raw"] for i in range(4)]))  # (4, 3, 128, 128)

@@ -106,7 +106,7 @@ assert [r.tolist() for r in losses.hungarian_match(logits, targets, 20, 1)] == [
 # %% [markdown]
 # Two choices specific to zero-shot training, both in `deop_lite.losses`:
 #
-# - **No class head.** The paper removes MaskFormer's class embedding. Then nothing would tell an *unmatched* query what to do, and its arbitrary mask would leak into $O = F_C * M$. We train unmatched queries towards an **empty mask** (focal loss to 0, weight 0.1): an idle query switches itself off, and the loss is still a mask loss only. The official code instead trained a *class-aware* MaskFormer over the 156 seen classes plus "no object" and used only its masks (spec §3); that is `ProposalConfig(class_aware=True)`.
+# - **No class head.** The paper removes MaskFormer's class embedding. Then nothing would tell an *unmatched* query what to do, and its arbitrary mask would leak into $O = F_C * M$. We train unmatched queries towards an **empty mask** (focal loss to 0, weight 0.1): an idle query switches itself off, and the loss is still a mask loss only. The official code instead trained a *class-aware* MaskFormer over the 156 seen classes plus "no object" and used only its masks ([scripts/train_learned_prompts_maskformer.sh](https://github.com/CongHan0808/DeOP/blob/master/scripts/train_learned_prompts_maskformer.sh)); that is `ProposalConfig(class_aware=True)`.
 # - **Unseen pixels are ignored, not background.** Training labels mark unseen classes `IGNORE_INDEX`; those pixels are left out of every cost and loss, so no query is ever taught that a fish is background (a test checks the gradient there is exactly zero). The official code differs here too: MaskFormer builds each target as `label == class` and scores every pixel, so an ignored pixel is background of every matched mask. That is `ProposalConfig(ignored_pixels="negative")` (`--ignored-pixels negative`); §4 measures what it does to unseen recall.
 # - **Objects and stuff of no class.** Trained on six seen things alone, the network learns what *those* look like, not what an object is: it splits an unseen fish along its parts and leaves the pieces of an unseen road to no query. So every training scene gets up to two **objects of no class** pasted in (a random body with one to four random parts, `toyworld.draw_object_of_no_class`), and half of them a **stuff of no class** (a random striped texture over a blob of the scene's stuff, behind the things, `toyworld.paint_stuff_of_no_class`), each labelled as a segment of its own (`proposals.training_batch`). No class name is involved, so training stays zero-shot: it teaches that parts which belong together make one segment. The lab book (`docs/experiments.md`) has what each of the two did to unseen recall.
 #
@@ -287,7 +287,7 @@ for name, refinement in (("the network's own masks", None), ("refined (TOY_REFIN
 #
 # $$F_I[n] = \mathrm{normalize}\Big(\sum_{p} \sigma(M_n)_p\, F_V[:, p]\Big)$$
 #
-# The official code thresholds masks at 0.5 and nearest-resizes them instead (spec §2.3), which can make a small mask miss every patch; `mask_pooling(..., binary=True)` reproduces it.
+# The official code thresholds masks at 0.5 and nearest-resizes them instead ([mask_former/modeling/clip_adapter/adapter.py](https://github.com/CongHan0808/DeOP/blob/master/mask_former/modeling/clip_adapter/adapter.py)), which can make a small mask miss every patch; `mask_pooling(..., binary=True)` reproduces it.
 
 # %%
 clip = clip_lib.load_clip("toy")

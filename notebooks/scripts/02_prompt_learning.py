@@ -93,7 +93,7 @@ print("hand-built = deop_lite.prompts.TextPrompts = the fixed template's embeddi
 # %% [markdown]
 # ## 3. Offline initialisation on seen-class crops
 #
-# SimBaseline learns the context before any segmentation training (spec §4.1): cut each ground-truth segment of a seen class out of its image (its bounding box, the pixels outside the mask painted CLIP's mean colour), resize it to CLIP's input size and classify it with CLIP's image embedding $f(x)$ against the 12 seen classes:
+# SimBaseline learns the context before any segmentation training (paper §3.1; SimBaseline's [mask_former/proposal_classification.py](https://github.com/MendelXu/zsseg.baseline/blob/master/mask_former/proposal_classification.py)): cut each ground-truth segment of a seen class out of its image (its bounding box, the pixels outside the mask painted CLIP's mean colour), resize it to CLIP's input size and classify it with CLIP's image embedding $f(x)$ against the 12 seen classes:
 #
 # $$\mathcal{L}_{\text{offline}} = -\log \frac{\exp(\tau \cos(f(x), t_y))}{\sum_{c \in \text{seen}} \exp(\tau \cos(f(x), t_c))}$$
 #
@@ -164,7 +164,7 @@ print("dense features:", tuple(severed_dense_features(v, image, {}, prompts=prep
 # %% [markdown]
 # ## 5. End-to-end training with DeOP's segmentation loss
 #
-# *Baseline+* trains the prompts for segmentation itself (paper §3.2), with the proposal network and CLIP frozen. There is no matching: each proposal's class distribution (12 seen classes and a learned **void** class) votes for its pixels, and the vote is scored against the ground truth (spec §5.2):
+# *Baseline+* trains the prompts for segmentation itself (paper §3.2), with the proposal network and CLIP frozen. There is no matching: each proposal's class distribution (12 seen classes and a learned **void** class) votes for its pixels, and the vote is scored against the ground truth (DeOP's [mask_former/modeling/criterion_decoder.py](https://github.com/CongHan0808/DeOP/blob/master/mask_former/modeling/criterion_decoder.py)):
 #
 # $$S_{c}(x) = \sum_n \operatorname{softmax}_c(\text{logits}_n)\,\sigma(M_n)(x), \qquad P = \sigma(3S - 3), \qquad \mathcal{L} = 2\,\mathrm{Focal}(P, Y) + 0.8\,\mathrm{Dice}(P, Y)$$
 #

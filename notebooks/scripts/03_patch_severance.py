@@ -125,7 +125,7 @@ assert torch.allclose(mask_attention, pkg, atol=1e-6)
 print(tuple(mask_attention.shape))
 
 # %% [markdown]
-# The official code's default is a third kernel, "GPS with mask" (spec §1.2): identity attention whose output is scaled per token by $\sum_n \sigma(M_n)$; it is `mode="gps_mask"`.
+# The official code's default is a third kernel, "GPS with mask" ([third_party/CLIP/clip/model.py](https://github.com/CongHan0808/DeOP/blob/master/third_party/CLIP/clip/model.py)): identity attention whose output is scaled per token by $\sum_n \sigma(M_n)$; it is `mode="gps_mask"`.
 #
 # ## 4. Table 4 in the toy world
 #
@@ -256,7 +256,7 @@ explorer.widget()
 # - The paper's "last layer fully severed" is the best last-layer setting here too; its "severing earlier layers hurts" describes a CLIP not pre-trained for severance, and does not hold for ours.
 #
 # ## Exercises
-# 1. Sever the last layer with the official code's residual down-weighting (`x = 0.2·x + attn(ln_1(x))`, spec §1.2, used by its training-free demo). Better or worse in the toy world?
+# 1. Sever the last layer with the official code's residual down-weighting (`x = 0.2·x + attn(ln_1(x))` in [third_party/CLIP/clip/model.py](https://github.com/CongHan0808/DeOP/blob/master/third_party/CLIP/clip/model.py), used by its training-free demo). Better or worse in the toy world?
 # 2. Compare `mps_norm="sum"` (Eq. 1 normalised) with the official `"softmax"`.
 # 3. Sever every layer in MaskCLIP's way (`severance_mode="maskclip"` with `layers=model_lib.GPS_TOY`). Does dropping the residual and the FFN still help when every block is severed?
 # 4. Measure the attention share inside the own segment for every layer, not only the last. Where does localisation get lost?

@@ -75,7 +75,7 @@ print(f"per-patch zero-shot accuracy, border patches  : {100 * correct[~interior
 #
 # $$H = \operatorname{softmax}\!\left(\frac{q \times F_V^\top}{\sqrt{d}}\right) * M \qquad (N, hw) \text{ per head}$$
 #
-# with learned projections of $q$ and $F_V$ (per head), the proposal mask multiplied *after* the softmax and nothing re-normalised (the official code's choices, spec §2.1). The pooling reads the raw CLIP features, with no value or output projection, so the segment embedding stays in CLIP's space, where the text embeddings live:
+# with learned projections of $q$ and $F_V$ (per head), the proposal mask multiplied *after* the softmax and nothing re-normalised (the official code's choices: [mask_former/modeling/transformer/transformer.py](https://github.com/CongHan0808/DeOP/blob/master/mask_former/modeling/transformer/transformer.py), `MultiHeadAttentionMy`). The pooling reads the raw CLIP features, with no value or output projection, so the segment embedding stays in CLIP's space, where the text embeddings live:
 #
 # $$F_I = H \odot F_V = \sum_{l} H(l)\, F_V(l) \qquad \text{then } L_2\text{-normalised}$$
 #
@@ -121,7 +121,7 @@ print("heatmap pooling with H = M / ΣM is exactly mask-based pooling")
 #
 # $$H = \sigma\big(\mathrm{conv}(\mathrm{CBR}_K(\cdots \mathrm{CBR}_1(F_V * M)))\big)$$
 #
-# The official source of this variant was never published (spec §2.2: only compiled bytecode survives), so `deop_lite.anchors.ConvHeatmapDecoder` is built from the paper's text alone, with 64 channels instead of 512 for the toy CLIP. Each heatmap is a distribution over the patches:
+# The official source of this variant was never published (only compiled bytecode survives: DeOP's [`mask_former/__pycache__/zero_shot_clipfeat_upsample_vit16_query2D_maskvit_convdecoder.cpython-37.pyc`](https://github.com/CongHan0808/DeOP/blob/master/mask_former/__pycache__/zero_shot_clipfeat_upsample_vit16_query2D_maskvit_convdecoder.cpython-37.pyc)), so `deop_lite.anchors.ConvHeatmapDecoder` is built from the paper's text alone, with 64 channels instead of 512 for the toy CLIP. Each heatmap is a distribution over the patches:
 
 # %%
 conv_deop = model_lib.load_or_train_deop("deop_conv3", net, clip)

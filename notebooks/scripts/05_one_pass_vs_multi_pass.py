@@ -55,7 +55,7 @@ for name, side in (("ViT-B-16", 512), ("ViT-L-14-336", 448)):
 #
 # ## 2. The multi-pass classifier
 #
-# SimBaseline's recipe (spec §6): binarise each proposal at 0.5, crop its bounding box, paint the pixels outside the mask CLIP's mean colour, resize to CLIP's input size, and classify the CLIP image embedding of every crop, all crops in one batched call. The same crops shown for one toy scene, with the shipped proposals:
+# SimBaseline's recipe ([mask_former/zero_shot_mask_former_model.py](https://github.com/MendelXu/zsseg.baseline/blob/master/mask_former/zero_shot_mask_former_model.py) and [mask_former/modeling/clip_adapter/utils.py](https://github.com/MendelXu/zsseg.baseline/blob/master/mask_former/modeling/clip_adapter/utils.py)): binarise each proposal at 0.5, crop its bounding box, paint the pixels outside the mask CLIP's mean colour, resize to CLIP's input size, and classify the CLIP image embedding of every crop, all crops in one batched call. The same crops shown for one toy scene, with the shipped proposals:
 
 # %%
 clip = clip_lib.load_clip("toy")

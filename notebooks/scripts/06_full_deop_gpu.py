@@ -57,7 +57,7 @@ print(f"preset {config.name}: CLIP {config.clip} ({config.clip_weights or 'rando
 # %% [markdown]
 # ## 1. The data, under the zero-shot protocol
 #
-# Each dataset is read from its **official download layout** (`datasets.DATASETS[name].layout` says which files, `.download` where to get them) and converted once into one format: a label PNG per image with class indices (255 = ignore) and a JSON index. The zero-shot split is applied to the *training* labels only (spec §5.1, DeOP's data code):
+# Each dataset is read from its **official download layout** (`datasets.DATASETS[name].layout` says which files, `.download` where to get them) and converted once into one format: a label PNG per image with class indices (255 = ignore) and a JSON index. The zero-shot split is applied to the *training* labels only (supplementary C; DeOP's data code, [datasets/prepare_coco_stuff_164k_sem_seg.py](https://github.com/CongHan0808/DeOP/blob/master/datasets/prepare_coco_stuff_164k_sem_seg.py) and [datasets/prepare_voc_sem_seg.py](https://github.com/CongHan0808/DeOP/blob/master/datasets/prepare_voc_sem_seg.py)):
 #
 # - unseen pixels become 255 ("ignore") and the image is **kept**, so the proposal network and DeOP see unseen objects but are never told what they are;
 # - an image left with no labelled pixel at all is dropped;
@@ -91,7 +91,7 @@ viz.show_segmentations([it["image_raw"] for it in shown], {"ground truth": [it["
 plt.show()
 
 # %% [markdown]
-# **Training samples are a function of the step.** DeOP's input pipeline (spec §5.2): resize to a random short side in {0.5, 0.6, ..., 1.5} × the crop size, take a random crop (padded with grey / ignore when the image is smaller), flip half of the time. In `datasets.training_sample` every random choice is drawn from a generator seeded by the sample's position in the endless training stream, and the stream's order by the epoch. So global batch `step` is always the same images with the same crops, whoever computes it: this is what lets an interrupted run resume exactly, and lets W processes share a batch. Process r of W takes samples `[r·B/W, (r+1)·B/W)` of it:
+# **Training samples are a function of the step.** DeOP's input pipeline ([configs/coco-stuff-164k-156/zero_shot_maskformer_R101c_bs32_60k_proposalmask_featupsample_img512.yaml](https://github.com/CongHan0808/DeOP/blob/master/configs/coco-stuff-164k-156/zero_shot_maskformer_R101c_bs32_60k_proposalmask_featupsample_img512.yaml) and its bases): resize to a random short side in {0.5, 0.6, ..., 1.5} × the crop size, take a random crop (padded with grey / ignore when the image is smaller), flip half of the time. In `datasets.training_sample` every random choice is drawn from a generator seeded by the sample's position in the endless training stream, and the stream's order by the epoch. So global batch `step` is always the same images with the same crops, whoever computes it: this is what lets an interrupted run resume exactly, and lets W processes share a batch. Process r of W takes samples `[r·B/W, (r+1)·B/W)` of it:
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -109,7 +109,7 @@ plt.show()
 # %% [markdown]
 # ## 2. The presets: the paper's recipe, and the same on one consumer GPU
 #
-# `realworld.RealConfig.voc()` and `.coco()` mirror the official scripts (spec §3, §4.1, §5.2): CLIP ViT-B/16 at 512 × 512 crops; a MaskFormer with N = 100 queries, 6 decoder layers and hidden size 256 on a ResNet-101; DeOP with 16 learned text-context vectors, visual prompts added at the input and in blocks 1–5, GPS (α = 1 in the last layer) and query-based CAL with K = 1 (8 heads, FFN 1024, dropout 0.1); AdamW with a poly schedule and full-model gradient clipping at 0.01.
+# `realworld.RealConfig.voc()` and `.coco()` mirror the official scripts ([scripts/train_learn_prompts.sh](https://github.com/CongHan0808/DeOP/blob/master/scripts/train_learn_prompts.sh), [scripts/train_learned_prompts_maskformer.sh](https://github.com/CongHan0808/DeOP/blob/master/scripts/train_learned_prompts_maskformer.sh), [scripts/deop_train.sh](https://github.com/CongHan0808/DeOP/blob/master/scripts/deop_train.sh)): CLIP ViT-B/16 at 512 × 512 crops; a MaskFormer with N = 100 queries, 6 decoder layers and hidden size 256 on a ResNet-101; DeOP with 16 learned text-context vectors, visual prompts added at the input and in blocks 1–5, GPS (α = 1 in the last layer) and query-based CAL with K = 1 (8 heads, FFN 1024, dropout 0.1); AdamW with a poly schedule and full-model gradient clipping at 0.01.
 #
 # Where the official code and the paper differ, the presets follow the paper and keep the code's choice as an option:
 #
@@ -230,7 +230,7 @@ plt.show()
 # %% [markdown]
 # ## 5. Evaluation: Table 1 (and Table 2)
 #
-# `realworld.evaluate` follows spec §5.3: batch 1, the short side resized to 512 (long side at most 2048 for VOC, 2560 for COCO), padded to a multiple of 32, no test-time augmentation; the class map O is resized bilinearly to the label before the argmax, and every class, seen and unseen, competes. Metrics are detectron2's (notebook 01): mIoU over seen and over unseen classes and their harmonic mean hIoU (Table 1). A COCO-Stuff model evaluated on Context-59 or ADE-150 reports mIoU over all classes (Table 2: `--data` a prepared `context59` or `ade150` folder). The command line writes all of it, per-class IoUs included, to JSON.
+# `realworld.evaluate` follows the official evaluation ([scripts/deop_verifycoco.sh](https://github.com/CongHan0808/DeOP/blob/master/scripts/deop_verifycoco.sh), [mask_former/evaluation/generalized_sem_seg_evaluation.py](https://github.com/CongHan0808/DeOP/blob/master/mask_former/evaluation/generalized_sem_seg_evaluation.py)): batch 1, the short side resized to 512 (long side at most 2048 for VOC, 2560 for COCO), padded to a multiple of 32, no test-time augmentation; the class map O is resized bilinearly to the label before the argmax, and every class, seen and unseen, competes. Metrics are detectron2's (notebook 01): mIoU over seen and over unseen classes and their harmonic mean hIoU (Table 1). A COCO-Stuff model evaluated on Context-59 or ADE-150 reports mIoU over all classes (Table 2: `--data` a prepared `context59` or `ade150` folder). The command line writes all of it, per-class IoUs included, to JSON.
 
 # %%
 device = runtime.default_device()
@@ -259,7 +259,7 @@ plt.show()
 #
 # 1. **Proposals first.** Measure Recall@50 of seen and unseen segments (notebook 01's `proposals.proposal_recall` takes any dataset of this format). Unseen objects the network never proposes cannot be labelled.
 # 2. **Classification with ground-truth masks** (`DeOP.classify_masks`, notebook 04 §8): separates what CLIP can recognise from what the proposals lose.
-# 3. **The prompt stage.** SimBaseline's authors say learned prompts vary from seed to seed (spec §8: users report 21.0 instead of 26.8 unseen mIoU on COCO, 62.9 instead of 72.5 on VOC); train stage 1 with two seeds (`config.seed`) and compare its crop accuracy.
+# 3. **The prompt stage.** SimBaseline's authors say learned prompts vary from seed to seed ([its README](https://github.com/MendelXu/zsseg.baseline/blob/master/README.md); in SimBaseline's issue tracker, [#19](https://github.com/MendelXu/zsseg.baseline/issues/19) and [#20](https://github.com/MendelXu/zsseg.baseline/issues/20), users report 21.0 instead of 26.8 unseen mIoU on COCO, 62.9 instead of 72.5 on VOC); train stage 1 with two seeds (`config.seed`) and compare its crop accuracy.
 # 4. **The protocol.** Background ignored on VOC, unseen pixels ignored in training, all classes competing at test time: the JSON lists the per-class IoUs to check against.
 #
 # No GPU has been lent to this project yet, so the throughput and peak memory of the ViT-B/16 preset on a GPU are still to be measured (`python -m deop_lite.realworld probe --preset voc --micro-batch 4` and `--consumer-gpu`); the CPU numbers of section 3.2 give the scale on this machine.

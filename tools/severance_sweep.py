@@ -1,0 +1,75 @@
+"""The severed-blocks sweep of the lab book (docs/experiments.md, "Where CAL earns its place"): baseline+ w/ PS and
+DeOP (PS + CAL) trained with GPS α = 1 in the last K blocks of the toy CLIP, for several K and training lengths.
+Runs what is missing (resumable: each run is an ordinary `python -m deop_lite.model train`, in runs/sweep/), then
+writes every run's final evaluation (200 validation scenes, the shipped refined proposals) and in-training curve
+(48 scenes) to data/deop/severance_sweep.json, which notebook 04 plots.
+
+    python tools/severance_sweep.py                       # the shipped grid: ps, deop x K = 1..4 x 500, 1000 steps
+    python tools/severance_sweep.py --blocks 2 --steps 500 --variants cal   # one more row
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from deop_lite import checks
+from deop_lite.model import CHECKPOINT_DIR
+from deop_lite.train import read_log, read_metadata
+
+RUNS = Path("runs/sweep")
+OUT = CHECKPOINT_DIR / "severance_sweep.json"
+
+
+def command(variant: str, blocks: int, steps: int) -> list[str]:
+    name = f"{variant}_k{blocks}_s{steps}"
+    return ["python", "-m", "deop_lite.model", "train", "--variant", variant, "--severed-blocks", str(blocks),
+            "--steps", str(steps), "--run-dir", str(RUNS / name), "--out", str(RUNS / f"{name}.safetensors")]
+
+
+def run(variant: str, blocks: int, steps: int, threads: int) -> None:
+    args = command(variant, blocks, steps)
+    if Path(args[-1]).exists():
+        return
+    log = RUNS / f"{variant}_k{blocks}_s{steps}.log"
+    print("running", " ".join(args), flush=True)
+    with open(log, "w") as out:
+        subprocess.run([sys.executable, *args[1:]], stdout=out, stderr=subprocess.STDOUT, check=True,
+                       env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+
+
+def collect(variant: str, blocks: int, steps: int) -> dict:
+    args = command(variant, blocks, steps)
+    out = Path(args[-1])
+    final = read_metadata(out)["summary"]["metrics"]
+    curve = [{k: r[k] for k in ("step", "pAcc", "seen", "unseen", "hIoU")} for r in read_log(out.with_name(
+        out.stem + "_train.log")) if "hIoU" in r]
+    return {"variant": variant, "blocks": blocks, "steps": steps, "final": final, "curve": curve,
+            "command": " ".join(args)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variants", nargs="+", default=["ps", "deop"])
+    parser.add_argument("--blocks", nargs="+", type=int, default=[1, 2, 3, 4])
+    parser.add_argument("--steps", nargs="+", type=int, default=[500, 1000])
+    parser.add_argument("--jobs", type=int, default=2, help="runs side by side, each on cores / jobs threads")
+    parser.add_argument("--out", default=str(OUT))
+    args = parser.parse_args()
+    grid = [(v, k, n) for k in args.blocks for n in args.steps for v in args.variants]
+    threads = max(1, len(os.sched_getaffinity(0)) // args.jobs)
+    with ThreadPoolExecutor(args.jobs) as pool:
+        list(pool.map(lambda job: run(*job, threads), grid))
+    existing = json.loads(Path(args.out).read_text())["runs"] if Path(args.out).exists() else []
+    runs = {(r["variant"], r["blocks"], r["steps"]): r for r in existing}
+    runs.update({job: collect(*job) for job in grid})
+    with checks.atomic_path(args.out) as tmp:
+        tmp.write_text(json.dumps({"runs": sorted(runs.values(), key=lambda r: (r["blocks"], r["steps"], r["variant"]))},
+                                  indent=1))
+    print(f"wrote {args.out}: {len(runs)} runs")
+
+
+if __name__ == "__main__":
+    main()
