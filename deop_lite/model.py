@@ -370,6 +370,21 @@ def shipped_history(variant: str) -> list[dict]:
     return read_log(checkpoint_path(variant).with_name(f"{variant}_train.log"))
 
 
+SWEEP_FILE = CHECKPOINT_DIR / "severance_sweep.json"
+"""The severed-blocks sweep: ``python tools/severance_sweep.py`` (runs resumable, in ``runs/sweep/``)."""
+
+
+def severance_sweep() -> list[dict]:
+    """The runs of the severed-blocks sweep (``SWEEP_FILE``): each a dict with ``variant`` ("ps" or "deop"),
+    ``blocks`` (K, the last K blocks severed), ``steps``, ``final`` (pAcc, mIoU, seen, unseen, hIoU on 200
+    validation scenes), ``curve`` (the in-training evaluations on 48 scenes) and the ``command`` that re-trains it."""
+    import json
+    if not SWEEP_FILE.is_file():
+        raise checks.CheckpointMissing(f"no sweep results at {SWEEP_FILE}: restore them with `git checkout -- "
+                                       f"{SWEEP_FILE.name}` (in data/deop/) or run `python tools/severance_sweep.py`")
+    return json.loads(SWEEP_FILE.read_text())["runs"]
+
+
 def train_command(variant: str) -> str:
     return f"python -m deop_lite.model train --variant {variant}"
 

@@ -16,9 +16,9 @@ residual, with CLIP's own V and output projections); only the attention weights 
 The training-free methods that came after DeOP change the same block in other ways (each as its official
 code does it; s = 1/√d, attention per head):
 
-- **MaskCLIP** (``"maskclip"``): identity attention, and neither the residual nor the FFN: the block's
-  output is ``out_proj(V)``. GPS at α = 1 is the same attention *with* both, so
-  ``maskclip = gps(α = 1, residual=False, ffn=False)`` exactly.
+- **MaskCLIP** (``"maskclip"``): identity attention with the residual and the FFN kept (its
+  mmseg/models/backbones/vit.py: ``v += x; v = ffn(norm2(v), identity=v)``): exactly GPS at α = 1 in the last
+  block. Dropping both as well (``gps`` with ``residual=False, ffn=False``) is ClearCLIP's ablation of it.
 - **SCLIP** (``"sclip"``): correlative self-attention ``softmax(q qᵀ s) + softmax(k kᵀ s)`` (rows sum to 2),
   residual and FFN kept.
 - **ClearCLIP** (``"clearclip"``): ``softmax(q qᵀ s)``, residual and FFN dropped.
@@ -40,7 +40,7 @@ from .clip import embed_image, project_patches
 
 MODES = ("gps", "mps", "gps_mask", "maskclip", "sclip", "clearclip", "naclip")
 MASK_MODES = ("mps", "gps_mask")  # the modes that read the proposal masks
-KEEPS = {"gps": (True, True), "mps": (True, True), "gps_mask": (True, True), "maskclip": (False, False),
+KEEPS = {"gps": (True, True), "mps": (True, True), "gps_mask": (True, True), "maskclip": (True, True),
          "sclip": (True, True), "clearclip": (False, False), "naclip": (False, False)}
 """(residual, FFN) that each mode keeps in a severed block, by default."""
 NACLIP_STD = 5.0

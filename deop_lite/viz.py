@@ -155,6 +155,36 @@ def _plot_curves(curves: dict[str, tuple[Sequence[dict], str]], ax, title: str, 
     return ax.figure
 
 
+def plot_severance_sweep(runs: Sequence[dict], reference: dict[str, float] | None = None, key: str = "hIoU"):
+    """The severed-blocks sweep (``model.severance_sweep()``): left, ``key`` of baseline+ w/ PS ("ps") and DeOP
+    ("deop") against the number of severed blocks, one line style per training length, with ``reference``
+    lines (name -> value, e.g. multi-pass on the same proposals); right, CAL's gain, DeOP − PS. Returns the figure."""
+    fig, (ax, gain_ax) = plt.subplots(1, 2, figsize=(9, 3.2))
+    lengths = sorted({r["steps"] for r in runs})
+    final = {(r["variant"], r["blocks"], r["steps"]): r["final"][key] for r in runs}
+    for style, steps in zip(("-", "--", ":"), lengths):
+        blocks = sorted({b for v, b, n in final if n == steps and (("ps", b, n) in final and ("deop", b, n) in final)})
+        for variant, colour in (("ps", "tab:blue"), ("deop", "tab:red")):
+            ax.plot(blocks, [final[(variant, b, steps)] for b in blocks], style, color=colour, marker="o", ms=4,
+                    label=f"{'PS' if variant == 'ps' else 'DeOP (PS + CAL)'}, {steps} steps")
+        gain_ax.plot(blocks, [final[("deop", b, steps)] - final[("ps", b, steps)] for b in blocks], style, color="k",
+                     marker="o", ms=4, label=f"{steps} steps")
+    for (name, value), colour in zip((reference or {}).items(), ("tab:green", "tab:gray")):
+        ax.axhline(value, color=colour, lw=1, ls="-.", label=name)
+    gain_ax.axhline(0, color="gray", lw=0.8)
+    depth = max(r["blocks"] for r in runs)
+    for axis, title, ylabel in ((ax, f"{key} with the last K blocks severed", key),
+                                (gain_ax, "what CAL adds: DeOP − PS", f"Δ {key}")):
+        axis.set_xticks(range(1, depth + 1))
+        axis.set_xlabel(f"K, severed blocks (of {depth})")
+        axis.set_ylabel(ylabel)
+        axis.set_title(title)
+        axis.grid(alpha=0.3)
+        axis.legend(frameon=False, fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
 # ----------------------------------------------------------------------------------------------------
 # The DeOP pipeline, with one notebook's stages highlighted
 
@@ -281,7 +311,7 @@ def show_attention(image_raw, attention, patch: tuple[int, int], maps: dict | No
 
 class AlphaExplorer:
     """Interactive patch severance: a mode switch (none, DeOP's GPS and MPS, and the training-free successors
-    MaskCLIP, SCLIP, ClearCLIP and NACLIP), a dial for how many of CLIP's last blocks the mode replaces (the
+    SCLIP, ClearCLIP and NACLIP; MaskCLIP is GPS at α = 1), a dial for how many of CLIP's last blocks the mode replaces (the
     paper severs the last of ViT-B/16's 12; the toy DeOP every block of 4), α for GPS (disabled otherwise), a
     choice of image and patch. Redraws the training-free zero-shot labelling (with a legend of its classes)
     and, for the chosen patch, where its output comes from over all blocks (attention rollout,
@@ -304,7 +334,7 @@ class AlphaExplorer:
     >>> explorer.widget()                                                     # doctest: +SKIP
     """
 
-    MODES = ("none", "GPS", "MPS", "MaskCLIP", "SCLIP", "ClearCLIP", "NACLIP")
+    MODES = ("none", "GPS", "MPS", "SCLIP", "ClearCLIP", "NACLIP")  # MaskCLIP is GPS at α = 1
 
     def __init__(self, clip, images_raw: torch.Tensor, class_names: Sequence[str], mask_probs: torch.Tensor | None = None):
         checks.image_batch(images_raw, "images_raw", min_side=clip.patch_size, multiple_of=clip.patch_size)

@@ -120,7 +120,7 @@ def test_features_and_attention_in_one_pass_equal_the_separate_calls(toy_clip):
 # ----------------------------------------------------------------------------------------------------
 # The training-free successors, each against an independent computation of its official code's last block
 
-SUCCESSORS = {"maskclip": (False, False), "sclip": (True, True), "clearclip": (False, False), "naclip": (False, False)}
+SUCCESSORS = {"maskclip": (True, True), "sclip": (True, True), "clearclip": (False, False), "naclip": (False, False)}
 """(residual, FFN) that each method's official code keeps in the last block, written out again here."""
 
 
@@ -181,13 +181,15 @@ def test_residual_and_ffn_are_separate_switches(toy_clip, residual, ffn):
                               atol=1e-5)
 
 
-def test_maskclip_is_gps_at_alpha_one_without_residual_and_ffn(clip):
-    """GPS at α = 1 keeps the residual and the FFN; MaskCLIP drops both; with both switched off they are equal."""
+def test_maskclip_is_gps_at_alpha_one_and_clearclips_ablation_drops_residual_and_ffn(clip):
+    """MaskCLIP's vit.py keeps the residual and the FFN around its identity attention: GPS at α = 1, exactly.
+    Dropping both (ClearCLIP's ablation) is another model."""
     image = _image(clip)
     with torch.no_grad():
         maskclip = severed_dense_features(clip.visual, image, {-1: 1.0}, "maskclip")
-        assert torch.equal(maskclip, severed_dense_features(clip.visual, image, {-1: 1.0}, residual=False, ffn=False))
-        assert not torch.allclose(maskclip, severed_dense_features(clip.visual, image, {-1: 1.0}), atol=1e-3)
+        assert torch.equal(maskclip, severed_dense_features(clip.visual, image, {-1: 1.0}))
+        ablation = severed_dense_features(clip.visual, image, {-1: 1.0}, residual=False, ffn=False)
+        assert not torch.allclose(maskclip, ablation, atol=1e-3)
 
 
 def test_successor_attention_maps(toy_clip):

@@ -73,9 +73,9 @@ def test_alpha_explorer_offers_every_mode_and_disables_what_does_not_apply(toy_c
     explorer = viz.AlphaExplorer(toy_clip, images, CLASS_NAMES)
     explorer.widget()
     mode, alpha, blocks = explorer.controls["mode"], explorer.controls["alpha"], explorer.controls["blocks"]
-    assert "MPS" not in mode.options and {"MaskCLIP", "SCLIP", "ClearCLIP", "NACLIP"} <= set(mode.options)
+    assert "MPS" not in mode.options and {"SCLIP", "ClearCLIP", "NACLIP"} <= set(mode.options)
     blocks.value = 2
-    for name in ("MaskCLIP", "SCLIP", "ClearCLIP", "NACLIP", "none"):
+    for name in ("SCLIP", "ClearCLIP", "NACLIP", "none"):
         mode.value = name  # the button drives update(), which redraws this mode's rollout
         expected = severed_features_and_rollout(toy_clip.visual, toy_clip.normalize(images), mode="gps" if name == "none"
                                                 else name.lower(), layers={} if name == "none" else {2: 1.0, 3: 1.0})
