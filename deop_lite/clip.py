@@ -221,6 +221,10 @@ def masked_crops(image_raw: torch.Tensor, masks: torch.Tensor, size: int,
 TOY_CLIP_CHECKPOINT = runtime.DATA_DIR / "toy_clip.safetensors"
 TOY_CLIP_TRAIN_COMMAND = "python -m deop_lite.toyclip train"
 """The shipped toy CLIP, and the command that re-trains it (``deop_lite.toyclip``: captions, contrastive loss)."""
+TOY_CLIP_LIKE_VIT_B16 = runtime.DATA_DIR / "toy_clip_like_vit_b16.safetensors"
+"""A second toy CLIP, ``ToyClipConfig.like_vit_b16()`` (CLS pooling, never severed in pre-training, no stem context):
+``load_clip("toy", pretrained=TOY_CLIP_LIKE_VIT_B16)``. Re-train it with ``python -m deop_lite.toyclip train
+--like-vit-b16 --out data/toy_clip_like_vit_b16.safetensors --run-dir runs/toy_clip_like_vit_b16``."""
 
 
 def toy_vocabulary() -> list[str]:

@@ -47,11 +47,12 @@ def colorize(label) -> np.ndarray:
 
 
 def overlay(image_raw, label, opacity: float = 0.55) -> np.ndarray:
-    """Blend the palette colours of ``label`` (H, W) over the image; ignored pixels show the image."""
+    """Blend the palette colours of ``label`` (H, W) over the image; ignored pixels (IGNORE_INDEX) are drawn
+    black, opaque, so that what a loss never sees stands out."""
     image = to_hwc(image_raw)
     label_np = np.asarray(label.cpu() if isinstance(label, torch.Tensor) else label)
     blend = (1 - opacity) * image + opacity * colorize(label_np) / 255
-    return np.where((label_np == IGNORE_INDEX)[..., None], image, blend)
+    return np.where((label_np == IGNORE_INDEX)[..., None], 0.0, blend)
 
 
 def legend_colour_index(name: str, position: int) -> int:
