@@ -40,21 +40,52 @@ class SegmentationMeter:
     50.0
     """
 
-    def __init__(self, class_names: Sequence[str], ignore_index: int = IGNORE_INDEX):
+    def __init__(self, class_names: Sequence[str], ignore_index: int = IGNORE_INDEX, per_scene: bool = False):
         self.class_names = list(class_names)
         self.ignore_index = ignore_index
         self.confusion = torch.zeros(len(self.class_names), len(self.class_names), dtype=torch.int64)
+        self.scene_confusions: list[torch.Tensor] | None = [] if per_scene else None  # (C, C) per image, for intervals
 
     def update(self, pred: torch.Tensor, label: torch.Tensor) -> None:
-        """Add a batch: ``pred`` and ``label`` are (B, H, W) (or any equal shape) int class ids."""
+        """Add a batch: ``pred`` and ``label`` are (B, H, W) int class ids (one image per leading index)."""
         if pred.shape != label.shape:
             raise ValueError(f"pred {tuple(pred.shape)} and label {tuple(label.shape)} must have the same shape")
+        for scene_pred, scene_label in zip(pred, label) if self.scene_confusions is not None else [(pred, label)]:
+            confusion = self._confusion(scene_pred, scene_label)  # (C, C) rows: truth
+            self.confusion += confusion
+            if self.scene_confusions is not None:
+                self.scene_confusions.append(confusion)
+
+    def _confusion(self, pred: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         n = len(self.class_names)
         valid = label != self.ignore_index
         pred, label = pred[valid].long().cpu(), label[valid].long().cpu()
         if len(label) and (label.max() >= n or pred.min() < 0 or pred.max() >= n):
             raise ValueError(f"class ids must lie in [0, {n}) or equal ignore_index {self.ignore_index}")
-        self.confusion += torch.bincount(label * n + pred, minlength=n * n).view(n, n)  # rows: truth
+        return torch.bincount(label * n + pred, minlength=n * n).view(n, n)
+
+    def interval(self, seen_classes: Sequence[str], unseen_classes: Sequence[str],
+                 thing_classes: Sequence[str] | None = None, samples: int = 1000, level: float = 0.95,
+                 seed: int = 0) -> dict[str, tuple[float, float]]:
+        """The ``level`` bootstrap interval of each metric of :meth:`compute`: the scenes resampled with
+        replacement ``samples`` times (a fixed seed, so the interval is reproducible); metric -> (low, high).
+        Needs ``per_scene=True``. Two results whose intervals overlap widely are not told apart by these scenes."""
+        if not self.scene_confusions:
+            raise ValueError("intervals need the per-scene confusions: build the meter with per_scene=True")
+        scenes = torch.stack(self.scene_confusions).double()  # (S, C, C)
+        generator = torch.Generator().manual_seed(seed)
+        draws = torch.randint(len(scenes), (samples, len(scenes)), generator=generator)  # (samples, S)
+        counts = torch.zeros(samples, len(scenes), dtype=torch.float64).scatter_add_(
+            1, draws, torch.ones(samples, len(scenes), dtype=torch.float64))  # (samples, S) times each scene is drawn
+        confusions = (counts @ scenes.flatten(1)).view(samples, *scenes.shape[1:])  # (samples, C, C)
+        rows = []
+        for confusion in confusions:
+            meter = SegmentationMeter(self.class_names, self.ignore_index)
+            meter.confusion = confusion
+            rows.append(meter.compute(seen_classes, unseen_classes, thing_classes))
+        tail = (1 - level) / 2 * 100
+        return {key: tuple(np.nanpercentile([r[key] for r in rows], [tail, 100 - tail]).tolist())
+                for key in ("pAcc", "mIoU", "seen", "unseen", "hIoU", "things") if key in rows[0]}
 
     def per_class_iou(self) -> np.ndarray:
         """(C,) IoU in percent; NaN for classes neither present nor predicted."""
@@ -97,7 +128,8 @@ METRIC_COLUMNS = ("pAcc", "seen", "unseen", "hIoU", "things")
 
 def format_table(results: dict[str, dict], columns: Sequence[str] = METRIC_COLUMNS, decimals: int = 1) -> str:
     """One row per named result, one column per metric that the first result has (by default percentages with
-    1 decimal; e.g. ``columns=("R@30", "R@50"), decimals=3`` for proposal recall).
+    1 decimal; e.g. ``columns=("R@30", "R@50"), decimals=3`` for proposal recall). A result with an ``interval``
+    (``evaluate_segmentation(..., interval=True)``) prints each metric's 95 % bootstrap interval beside it.
 
     >>> print(format_table({"baseline": {"pAcc": 44.2, "seen": 15.5, "unseen": 17.5, "hIoU": 16.5}}))
                  pAcc   seen unseen   hIoU
@@ -105,9 +137,21 @@ def format_table(results: dict[str, dict], columns: Sequence[str] = METRIC_COLUM
     """
     columns = [c for c in columns if c in next(iter(results.values()))]
     width = max(len(name) for name in results) + 2
-    cell = max(7, decimals + 5)
+    intervals = any("interval" in r for r in results.values())
+    cell = max(7, decimals + 5) + (14 if intervals else 0)
+
+    def show(r: dict, c: str) -> str:
+        if "interval" not in r:
+            return f"{r[c]:{cell}.{decimals}f}"
+        low, high = r["interval"][c]
+        return f"{r[c]:.{decimals}f} [{low:.{decimals}f}, {high:.{decimals}f}]".rjust(cell)
+
     lines = [" " * width + "".join(f"{c:>{cell}s}" for c in columns)]
-    lines += [f"{name:{width}s}" + "".join(f"{r[c]:{cell}.{decimals}f}" for c in columns) for name, r in results.items()]
+    lines += [f"{name:{width}s}" + "".join(show(r, c) for c in columns) for name, r in results.items()]
+    if intervals:
+        scenes = {r.get("scenes") for r in results.values()}
+        lines.append("[low, high]: the 95 % bootstrap interval over " + (f"the {scenes.pop()} scenes" if len(scenes) == 1
+                                                                        and None not in scenes else "the scenes"))
     return "\n".join(lines)
 
 
@@ -120,8 +164,9 @@ def ground_truth_masks(label: torch.Tensor, num_classes: int) -> torch.Tensor:
 @torch.no_grad()
 def evaluate_segmentation(predict, dataset, class_names: Sequence[str], seen_classes: Sequence[str],
                           unseen_classes: Sequence[str], batch_size: int = 16, progress: bool | None = None,
-                          thing_classes: Sequence[str] | None = None, masks: str = "model") -> dict:
-    """Run ``predict`` over a dataset and return :meth:`SegmentationMeter.compute` with the ZS3 split.
+                          thing_classes: Sequence[str] | None = None, masks: str = "model", interval: bool = False) -> dict:
+    """Run ``predict`` over a dataset and return :meth:`SegmentationMeter.compute` with the ZS3 split (and
+    ``scenes``, how many), with ``interval=True`` also each metric's 95 % bootstrap interval over the scenes.
 
     Args:
         predict: with ``masks="model"``, (B, 3, H, W) raw images in [0, 1] -> (B, H, W) class indices into
@@ -137,11 +182,14 @@ def evaluate_segmentation(predict, dataset, class_names: Sequence[str], seen_cla
     from . import runtime
     if masks not in ("model", "ground_truth"):
         raise ValueError(f'masks must be "model" or "ground_truth", got {masks!r}')
-    meter = SegmentationMeter(class_names)
+    meter = SegmentationMeter(class_names, per_scene=interval)
     for start in tqdm(range(0, len(dataset), batch_size), desc="evaluate", leave=False,
                       disable=runtime.CI if progress is None else not progress):
         items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
         images, label = torch.stack([it["image_raw"] for it in items]), torch.stack([it["label"] for it in items])
         pred = predict(images) if masks == "model" else predict(images, ground_truth_masks(label, len(class_names)))
         meter.update(pred.cpu(), label)
-    return meter.compute(seen_classes, unseen_classes, thing_classes)
+    result = {**meter.compute(seen_classes, unseen_classes, thing_classes), "scenes": len(dataset)}
+    if interval:
+        result["interval"] = meter.interval(seen_classes, unseen_classes, thing_classes)
+    return result

@@ -423,27 +423,29 @@ def load_or_train_deop(variant: str, proposals: nn.Module | None = None, clip: C
 
 
 def evaluate_toy(predict, scenes: int = 200, image_size: int = 128, batch_size: int = 16,
-                 progress: bool | None = None, masks: str = "model") -> dict:
+                 progress: bool | None = None, masks: str = "model", interval: bool = False) -> dict:
     """``metrics.evaluate_segmentation`` of ``predict`` on the first ``scenes`` toy-world validation scenes, over all
-    16 classes: pAcc, mIoU over seen and unseen classes, hIoU and the things' mIoU (``masks``: see there)."""
+    16 classes: pAcc, mIoU over seen and unseen classes, hIoU and the things' mIoU (``masks``, ``interval``: see
+    there)."""
     from .metrics import evaluate_segmentation
     world = toyworld.segmentation_world("val", scenes, image_size)
     return evaluate_segmentation(predict, world, toyworld.CLASS_NAMES, toyworld.SEEN_CLASSES, toyworld.UNSEEN_CLASSES,
-                                 batch_size, progress, thing_classes=toyworld.THING_CLASSES, masks=masks)
+                                 batch_size, progress, thing_classes=toyworld.THING_CLASSES, masks=masks, interval=interval)
 
 
 def evaluate_deop(model: nn.Module, scenes: int = 200, image_size: int = 128, batch_size: int = 16,
                   progress: bool | None = None, masks: str = "model",
-                  refinement: Refinement | None = TOY_REFINEMENT) -> dict:
+                  refinement: Refinement | None = TOY_REFINEMENT, interval: bool = False) -> dict:
     """:func:`evaluate_toy` of a DeOP variant or a ``MultiPass`` classifier. ``masks="model"`` segments with the
     model's proposals, post-processed by ``refinement`` (None: the network's own masks); ``"ground_truth"`` gives
-    its classifier one ground-truth mask per class instead, so that the proposals play no part."""
+    its classifier one ground-truth mask per class instead, so that the proposals play no part. ``interval=True``
+    adds each metric's 95 % bootstrap interval over the scenes."""
     names = toyworld.CLASS_NAMES
     if masks == "model":
         predict = lambda images: model.predict(images, names, refinement)["label"]
     else:
         predict = lambda images, truth: model.classify_masks(images, truth, names)["label"]
-    return evaluate_toy(predict, scenes, image_size, batch_size, progress, masks)
+    return evaluate_toy(predict, scenes, image_size, batch_size, progress, masks, interval)
 
 
 @torch.no_grad()

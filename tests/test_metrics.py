@@ -71,3 +71,26 @@ def test_ground_truth_masks_let_a_classifier_be_scored_alone():
     result = evaluate_segmentation(swap_1_and_2, dataset, ["a", "b", "c"], ["a", "b"], ["c"], masks="ground_truth",
                                    thing_classes=["b", "c"])
     assert result["IoU"] == {"a": 100.0, "b": 0.0, "c": 0.0} and result["things"] == 0.0
+
+
+def test_bootstrap_interval_brackets_the_metric_and_shrinks_with_more_scenes():
+    from deop_lite.metrics import format_table
+    generator = torch.Generator().manual_seed(0)
+
+    def meter(scenes: int) -> SegmentationMeter:
+        m = SegmentationMeter(["a", "b", "c"], per_scene=True)
+        label = torch.randint(3, (scenes, 8, 8), generator=generator)
+        noise = torch.randint(3, (scenes, 8, 8), generator=generator)
+        m.update(torch.where(torch.rand(scenes, 8, 8, generator=generator) < 0.7, label, noise), label)
+        return m
+
+    small, large = meter(20), meter(400)
+    for m in (small, large):
+        result, interval = m.compute(["a", "b"], ["c"]), m.interval(["a", "b"], ["c"])
+        for key in ("pAcc", "seen", "unseen", "hIoU"):
+            assert interval[key][0] <= result[key] <= interval[key][1], key
+    width = lambda m: m.interval(["a", "b"], ["c"])["hIoU"][1] - m.interval(["a", "b"], ["c"])["hIoU"][0]
+    assert width(large) < width(small) / 2  # ~1/sqrt(scenes)
+    assert small.interval(["a", "b"], ["c"]) == small.interval(["a", "b"], ["c"])  # a fixed seed: reproducible
+    row = {**small.compute(["a", "b"], ["c"]), "interval": small.interval(["a", "b"], ["c"]), "scenes": 20}
+    assert "95 % bootstrap interval over the 20 scenes" in format_table({"model": row})
