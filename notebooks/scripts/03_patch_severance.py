@@ -37,6 +37,7 @@ plt.show()
 # %% tags=["parameters"]
 N_VAL = 200  # scenes behind every checked number (fixed, so CI checks the same numbers)
 N_SWEEP = 30 if runtime.CI else 100  # scenes per point of the α sweep (a plot, not checked)
+N_GT = 100  # scenes of the two CLIPs' ground-truth comparison (checked)
 
 # %%
 clip = clip_lib.load_clip("toy")
@@ -141,13 +142,16 @@ rows = {"baseline (no severance)": {}, "MPS, last layer": {"severance": {-1: 1.0
         "GPS with mask (official)": {"severance": {-1: 1.0}, "severance_mode": "gps_mask"},
         "GPS α₋₁ = 0.5": {"severance": {-1: 0.5}}, "GPS α₋₁ = 1 (the paper)": {"severance": model_lib.GPS_PAPER},
         "GPS α₋₂ = 0.5, α₋₁ = 1": {"severance": {-2: 0.5, -1: 1.0}},
-        "GPS α = 1, every layer (toy)": {"severance": model_lib.GPS_TOY}}
+        "GPS α = 1, last 2 blocks (toy DeOP)": {"severance": model_lib.GPS_TOY},
+        "GPS α = 1, last 3 blocks": {"severance": model_lib.last_blocks_severed(3)},
+        "GPS α = 1, every block": {"severance": model_lib.last_blocks_severed(4)}}
 table = {name: model_lib.evaluate_deop(model_lib.OnePassBaseline(net, clip, **kwargs), N_VAL, progress=False)
          for name, kwargs in rows.items()}
 print(metrics.format_table(table))
 
 # %%
-sweep = {"the last layer": lambda a: {-1: a}, "every layer": lambda a: {k: a for k in model_lib.GPS_TOY}}
+sweep = {"the last block": lambda a: {-1: a}, "the last 2 blocks (toy DeOP)": lambda a: {k: a for k in model_lib.GPS_TOY},
+         "every block": lambda a: {k: a for k in range(4)}}
 alphas = [i / 10 for i in range(11)]
 curves = {(where, key): [] for where in sweep for key in ("hIoU", "things")}
 for where, layers in sweep.items():
@@ -155,11 +159,42 @@ for where, layers in sweep.items():
         r = model_lib.evaluate_deop(model_lib.OnePassBaseline(net, clip, severance=layers(a)), N_SWEEP, progress=False)
         for key in ("hIoU", "things"):
             curves[where, key].append(r[key])
-fig, ax = plt.subplots(figsize=(5.5, 3))
+fig, ax = plt.subplots(figsize=(6, 3.2))
 for (where, key), values in curves.items():
-    ax.plot(alphas, values, marker="o", ms=3, ls="-" if key == "hIoU" else "--", label=f"{key}, α in {where}")
+    colour = f"C{list(sweep).index(where)}"
+    ax.plot(alphas, values, marker="o", ms=3, color=colour, ls="-" if key == "hIoU" else "--", label=f"{key}, α in {where}")
 ax.set_xlabel(r"$\alpha$ (weight on the identity)"); ax.set_ylabel("hIoU / things' mIoU (%)")
 ax.set_title(f"GPS, training-free, {N_SWEEP} validation scenes"); ax.legend(frameon=False, fontsize=8); ax.grid(alpha=0.3)
+plt.show()
+
+# %% [markdown]
+# ### Why the toy CLIP can be severed everywhere, and ViT-B/16 cannot
+#
+# > We find that PS may break the embedding space if it is applied in shallower layers (*i.e.* the first layer) and results in poor performance. — DeOP §5.3
+#
+# The shipped toy CLIP departs from ViT-B/16 in three ways that decide this (notebook 00 §3): its image embedding is the mean of its patch tokens, its pre-training replaced each block's attention by the identity at random, and two 3×3 convolutions in its stem let each patch token see its neighbours before any attention. A second toy CLIP undoes all three (`ToyClipConfig.like_vit_b16()`: CLS pooling, never severed in pre-training, no stem context; shipped as `data/toy_clip_like_vit_b16.safetensors`). Give both the ground-truth masks, so that proposals play no part, and sever their last K blocks, training-free:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+from deop_lite import toyclip
+
+like_vit = clip_lib.load_clip("toy", pretrained=clip_lib.TOY_CLIP_LIKE_VIT_B16)
+settings = {f"last {k}": model_lib.last_blocks_severed(k) or {} for k in range(5)}  # K = 0 ... 4 severed blocks
+severable = {name: toyclip.ground_truth_gate(c, N_GT, settings, progress=False)
+             for name, c in (("shipped toy CLIP", clip), ("toy CLIP like ViT-B/16", like_vit))}
+print(f"hIoU on the ground-truth masks of {N_GT} validation scenes, GPS α = 1 in the last K of 4 blocks:")
+print(f"{'':24s}" + "".join(f"{name:>24s}" for name in severable))
+for row in [f"one pass, {s}" for s in settings] + ["multi-pass crops"]:
+    print(f"{row.replace('last', 'K =').replace('one pass, K = 0', 'one pass, stock'):24s}"
+          + "".join(f"{severable[name][row]['hIoU']:24.1f}" for name in severable))
+
+# %%
+fig, ax = plt.subplots(figsize=(5.5, 3))
+for i, (name, rows) in enumerate(severable.items()):
+    ax.plot(range(5), [rows[f"one pass, {s}"]["hIoU"] for s in settings], marker="o", color=f"C{i}", label=f"{name}, one pass")
+    ax.axhline(rows["multi-pass crops"]["hIoU"], color=f"C{i}", ls="--", lw=1, label=f"{name}, one pass per crop")
+ax.set_xticks(range(5)); ax.set_xlabel("K, severed blocks (of 4), α = 1"); ax.set_ylabel("hIoU (%)")
+ax.set_title(f"ground-truth masks, training-free, {N_GT} scenes"); ax.legend(frameon=False, fontsize=7); ax.grid(alpha=0.3)
 plt.show()
 
 # %% [markdown]

@@ -190,7 +190,22 @@ viz.show_segmentations(batch5["image_raw"], columns)
 plt.show()
 
 # %% [markdown]
-# ## 6. The toy-world Table 5: which heatmap decoder
+# ## 6. Why CAL: what it repairs, and when
+#
+# CAL learns where to pool because mask pooling averages patch tokens that have mixed with their neighbours in CLIP's unsevered blocks. So its worth should depend on how much mixing severance leaves. The sweep below trains *baseline+ w/ PS* and DeOP (PS + CAL) with GPS α = 1 in the last K of the toy CLIP's 4 blocks, for 500 and 1,000 steps (`python tools/severance_sweep.py`; each run's command is in `data/deop/severance_sweep.json`, its curve in the lab book). Read from the file, evaluated on the same 200 validation scenes as Table 3:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+sweep = model_lib.severance_sweep()
+print(metrics.format_table({f"{'PS  ' if r['variant'] == 'ps' else 'DeOP'} K = {r['blocks']}, {r['steps']:4d} steps": r["final"]
+                            for r in sorted(sweep, key=lambda r: (r["blocks"], r["steps"], r["variant"] != "ps"))}))
+
+# %%
+viz.plot_severance_sweep(sweep)
+plt.show()
+
+# %% [markdown]
+# ## 7. The toy-world Table 5: which heatmap decoder
 #
 # All rows are DeOP with patch severance (every layer); only the pooling differs.
 
@@ -204,7 +219,7 @@ table5 = evaluate_rows({"w/o CAL (mask pooling)": "ps", "conv-based, K=3": "deop
 # The paper's Table 5 (COCO-Stuff): w/o CAL 53.9 / 25.7 / 25.9 / 25.4; conv-based K=3 58.8 / 31.4 / 31.4 / 31.4; query-based K=1 62.2 / 38.2 / 38.0 / 38.4; K=3 62.2 / 37.7 / 37.9 / 37.6; K=5 62.2 / 38.0 / 38.0 / 38.0 (pAcc / hIoU / seen / unseen).
 
 # %% [markdown]
-# ## 7. What the anchors look at (Fig. 5)
+# ## 8. What the anchors look at (Fig. 5)
 #
 # For one seen and one unseen segment: the image with a patch $i$ inside the segment, the last-layer attention of patch $i$ and of a patch $j$ elsewhere in the *stock* CLIP, the proposal that covers patch $i$, and DeOP's learned anchor heatmap for that proposal.
 
@@ -233,7 +248,7 @@ figure5("ladybird")
 figure5("fish")
 
 # %% [markdown]
-# ## 8. Where DeOP's unseen errors come from
+# ## 9. Where DeOP's unseen errors come from
 #
 # Two suspects: the proposals (notebook 01: unseen Recall@50 0.68 refined, 0.61 for the network's own masks) and a bias towards the seen classes that every ZS3 model trained on seen labels risks. First, give DeOP's classification stream perfect masks (one per ground-truth class, as in notebook 01), and its own unrefined proposals; then look at where the unseen pixels go.
 

@@ -258,7 +258,7 @@ plt.show()
 # **On a GPU** (`PRESET = "voc"`, OpenAI weights, a prepared VOC + SBD folder), compare with the paper's DeOP (ViT-B/16): VOC hIoU 80.8 (seen 88.2, unseen 74.6); COCO-Stuff hIoU 38.2 (seen 38.0, unseen 38.4); trained on COCO-Stuff, mIoU 91.7 on VOC-20, 48.8 on Context-59 and 22.9 on ADE-150. Where yours differ, check in this order:
 #
 # 1. **Proposals first.** Measure Recall@50 of seen and unseen segments (notebook 01's `proposals.proposal_recall` takes any dataset of this format). Unseen objects the network never proposes cannot be labelled.
-# 2. **Classification with ground-truth masks** (`DeOP.classify_masks`, notebook 04 §8): separates what CLIP can recognise from what the proposals lose.
+# 2. **Classification with ground-truth masks** (`DeOP.classify_masks`, notebook 04 §9): separates what CLIP can recognise from what the proposals lose.
 # 3. **The prompt stage.** SimBaseline's authors say learned prompts vary from seed to seed ([its README](https://github.com/MendelXu/zsseg.baseline/blob/master/README.md); in SimBaseline's issue tracker, [#19](https://github.com/MendelXu/zsseg.baseline/issues/19) and [#20](https://github.com/MendelXu/zsseg.baseline/issues/20), users report 21.0 instead of 26.8 unseen mIoU on COCO, 62.9 instead of 72.5 on VOC); train stage 1 with two seeds (`config.seed`) and compare its crop accuracy.
 # 4. **The protocol.** Background ignored on VOC, unseen pixels ignored in training, all classes competing at test time: the JSON lists the per-class IoUs to check against.
 #
