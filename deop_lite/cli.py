@@ -35,7 +35,7 @@ def demo(out: Path, n_scenes: int) -> dict:
     from .clip import TOY_CLIP_CHECKPOINT as TOY_CLIP
     from .clip import load_clip, naive_dense_labels
     from .metrics import evaluate_segmentation, format_table
-    from .model import checkpoint_path, load_deop
+    from .model import OnePassBaseline, checkpoint_path, last_blocks_severed, load_deop
     from .proposals import load_proposals
     from .toyclip import evaluate_zero_shot
     from .train import read_metadata
@@ -54,7 +54,8 @@ def demo(out: Path, n_scenes: int) -> dict:
     names = toyworld.CLASS_NAMES
     proposal_net = load_proposals()[0]
     models = {title: load_deop(variant, proposals=proposal_net, clip=clip) for title, variant in
-              (("one-pass baseline", "baseline"), ("baseline+", "baseline_plus"), ("DeOP", "deop"))}
+              (("one-pass baseline", "baseline"), ("baseline+", "baseline_plus"), ("baseline+ w/ PS", "ps"), ("DeOP", "deop"))}
+    models["every block severed, untrained"] = OnePassBaseline(proposal_net, clip, severance=last_blocks_severed(4))
     predictors = {"naive CLIP patches": lambda x: naive_dense_labels(clip, x, names),
                   **{title: (lambda x, m=m: m.predict(x, names)["label"]) for title, m in models.items()}}
     print(f"toy DeOP: {checkpoint_path('deop').relative_to(runtime.PROJECT_ROOT)} "

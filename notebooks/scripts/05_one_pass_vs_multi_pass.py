@@ -82,7 +82,7 @@ print(f"{len(valid)} valid proposals of {len(masks)}: {len(valid)} CLIP passes f
 rows = {"multi-pass (fixed template)": (multi, proposals.TOY_REFINEMENT),
         "multi-pass, the network's own masks": (multi, None),
         "one-pass baseline (fixed template)": (model_lib.load_deop("baseline", proposals=net, clip=clip), proposals.TOY_REFINEMENT),
-        "one-pass + GPS, every layer (training-free)": (model_lib.OnePassBaseline(net, clip, severance=model_lib.GPS_TOY),
+        "one-pass + GPS, last 2 blocks (training-free)": (model_lib.OnePassBaseline(net, clip, severance=model_lib.GPS_TOY),
                                                         proposals.TOY_REFINEMENT),
         "DeOP (trained)": (model_lib.load_deop("deop", proposals=net, clip=clip), proposals.TOY_REFINEMENT)}
 quality = {title: model_lib.evaluate_deop(m, N_VAL, progress=False, refinement=refinement)
