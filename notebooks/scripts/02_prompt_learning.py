@@ -168,7 +168,7 @@ print("dense features:", tuple(severed_dense_features(v, image, {}, prompts=prep
 #
 # $$S_{c}(x) = \sum_n \operatorname{softmax}_c(\text{logits}_n)\,\sigma(M_n)(x), \qquad P = \sigma(3S - 3), \qquad \mathcal{L} = 2\,\mathrm{Focal}(P, Y) + 0.8\,\mathrm{Dice}(P, Y)$$
 #
-# Unseen pixels are labelled 255 in the training labels. The paper's idea is that they must not be taught as anything, so we leave them out of the loss; the official code makes them targets of the void channel (`deop_segmentation_loss(..., ignore_as_void=True)`). Every variant in this notebook uses the paper's choice.
+# The paper names the loss's ingredients but not these constants: σ(3S − 3) and the weights 2 and 0.8 are the official code's, and so are ours. Unseen pixels are labelled 255 in the training labels. The paper does not say how they enter the loss; we leave them out of it, so that nothing teaches them as any class, and the official code makes them targets of the void channel (`deop_segmentation_loss(..., ignore_as_void=True)`). Every variant in this notebook leaves them out.
 
 # %%
 batch = torch.utils.data.default_collate([toyworld.segmentation_world("train", 4)[i] for i in range(4)])
@@ -186,7 +186,7 @@ for ignore_as_void in (False, True):
 demo = model_lib.train_briefly("baseline_plus", DEMO_STEPS)  # train_deop with fewer steps, into a temporary folder
 
 # %% [markdown]
-# The shipped variants were trained for 1,000 steps of 8 scenes each (about 8 minutes apiece on one CPU thread). Their logs:
+# The shipped variants were trained for 500 steps of 8 scenes each (notebook 04 §6 says why 500). Their logs:
 
 # %%
 histories = {variant: model_lib.shipped_history(variant) for variant in ("text_e2e", "visual_add", "visual_prepend", "baseline_plus")}

@@ -293,7 +293,7 @@ explorer.widget()
 # ## Exercises
 # 1. Sever the last layer with the official code's residual down-weighting (`x = 0.2·x + attn(ln_1(x))` in [third_party/CLIP/clip/model.py](https://github.com/CongHan0808/DeOP/blob/master/third_party/CLIP/clip/model.py), used by its training-free demo). Better or worse in the toy world?
 # 2. Compare `mps_norm="sum"` (Eq. 1 normalised) with the official `"softmax"`.
-# 3. Sever every layer in MaskCLIP's way (`severance_mode="maskclip"` with `layers=model_lib.GPS_TOY`). Does dropping the residual and the FFN still help when every block is severed?
+# 3. Sever every block the way ClearCLIP's ablation of MaskCLIP does, without the residual and the FFN (`severance.severed_dense_features(..., layers=model_lib.last_blocks_severed(4), residual=False, ffn=False)`), and label each patch with `clip_lib.patch_scores`. Does dropping them help when every block is severed? *(seconds; hint: compare with the same call keeping both.)*
 # 4. Measure the attention share inside the own segment for every layer, not only the last. Where does localisation get lost?
 #
 # **Next:** [04_classification_anchors.ipynb](04_classification_anchors.ipynb): learn where to pool (CAL), and assemble DeOP.

@@ -5,7 +5,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -113,7 +113,7 @@ plt.show()
 #
 # Where the official code and the paper differ, the presets follow the paper and keep the code's choice as an option:
 #
-# | choice | preset (paper's idea) | the official code's, as an option |
+# | choice | preset (the paper's idea; ours where the paper is silent, as on unseen pixels) | the official code's, as an option |
 # |---|---|---|
 # | proposals | class-agnostic MaskFormer | class-aware over the seen classes: `config.proposals.class_aware = True` |
 # | unseen pixels in the proposals' mask loss | left out | background of every matched mask: `config.proposals.ignored_pixels = "negative"` |
