@@ -378,7 +378,8 @@ SWEEP_FILE = CHECKPOINT_DIR / "severance_sweep.json"
 
 
 def severance_sweep() -> list[dict]:
-    """The runs of the severed-blocks sweep (``SWEEP_FILE``): each a dict with ``variant`` ("ps" or "deop"),
+    """The runs of the severed-blocks sweep (``SWEEP_FILE``): each a dict with ``clip`` ("shipped", or "like_vit_b16",
+    ``clip.TOY_CLIP_LIKE_VIT_B16``), ``variant`` ("ps" or "deop"),
     ``blocks`` (K, the last K blocks severed), ``steps``, ``final`` (pAcc, mIoU, seen, unseen, hIoU on 200
     validation scenes), ``curve`` (the in-training evaluations on 48 scenes) and the ``command`` that re-trains it."""
     import json

@@ -156,30 +156,32 @@ def _plot_curves(curves: dict[str, tuple[Sequence[dict], str]], ax, title: str, 
     return ax.figure
 
 
-def plot_severance_sweep(runs: Sequence[dict], reference: dict[str, float] | None = None, key: str = "hIoU"):
+def plot_severance_sweep(runs: Sequence[dict], key: str = "hIoU"):
     """The severed-blocks sweep (``model.severance_sweep()``): left, ``key`` of baseline+ w/ PS ("ps") and DeOP
-    ("deop") against the number of severed blocks, one line style per training length, with ``reference``
-    lines (name -> value, e.g. multi-pass on the same proposals); right, CAL's gain, DeOP − PS. Returns the figure."""
-    fig, (ax, gain_ax) = plt.subplots(1, 2, figsize=(9, 3.2))
-    lengths = sorted({r["steps"] for r in runs})
-    final = {(r["variant"], r["blocks"], r["steps"]): r["final"][key] for r in runs}
-    for style, steps in zip(("-", "--", ":"), lengths):
-        blocks = sorted({b for v, b, n in final if n == steps and (("ps", b, n) in final and ("deop", b, n) in final)})
-        for variant, colour in (("ps", "tab:blue"), ("deop", "tab:red")):
-            ax.plot(blocks, [final[(variant, b, steps)] for b in blocks], style, color=colour, marker="o", ms=4,
-                    label=f"{'PS' if variant == 'ps' else 'DeOP (PS + CAL)'}, {steps} steps")
-        gain_ax.plot(blocks, [final[("deop", b, steps)] - final[("ps", b, steps)] for b in blocks], style, color="k",
-                     marker="o", ms=4, label=f"{steps} steps")
-    for (name, value), colour in zip((reference or {}).items(), ("tab:green", "tab:gray")):
-        ax.axhline(value, color=colour, lw=1, ls="-.", label=name)
+    ("deop") on the shipped toy CLIP against the number K of severed blocks, one line style per training length;
+    right, CAL's gain (DeOP − PS), one line per toy CLIP and training length. Returns the figure."""
+    fig, (ax, gain_ax) = plt.subplots(1, 2, figsize=(9.5, 3.3))
+    final = {(r.get("clip", "shipped"), r["variant"], r["blocks"], r["steps"]): r["final"][key] for r in runs}
+    styles = dict(zip(sorted({r["steps"] for r in runs}), ("-", "--", ":")))
+    for clip, colour in zip(sorted({c for c, *_ in final}, key=lambda c: c != "shipped"), ("k", "tab:purple")):
+        for steps, style in styles.items():
+            blocks = sorted(b for c, v, b, n in final if (c, v, n) == (clip, "deop", steps) and (clip, "ps", b, n) in final)
+            if not blocks:
+                continue
+            if clip == "shipped":
+                for variant, line_colour in (("ps", "tab:blue"), ("deop", "tab:red")):
+                    ax.plot(blocks, [final[(clip, variant, b, steps)] for b in blocks], style, color=line_colour, marker="o",
+                            ms=4, label=f"{'PS' if variant == 'ps' else 'DeOP (PS + CAL)'}, {steps} steps")
+            gain_ax.plot(blocks, [final[(clip, "deop", b, steps)] - final[(clip, "ps", b, steps)] for b in blocks], style,
+                         color=colour, marker="o", ms=4, label=f"{clip.replace('_', ' ')} toy CLIP, {steps} steps")
     gain_ax.axhline(0, color="gray", lw=0.8)
     depth = max(r["blocks"] for r in runs)
-    for axis, title, ylabel in ((ax, f"{key} with the last K blocks severed", key),
+    for axis, title, ylabel in ((ax, f"shipped toy CLIP: {key}, last K blocks severed", key),
                                 (gain_ax, "what CAL adds: DeOP − PS", f"Δ {key}")):
         axis.set_xticks(range(1, depth + 1))
         axis.set_xlabel(f"K, severed blocks (of {depth})")
         axis.set_ylabel(ylabel)
-        axis.set_title(title)
+        axis.set_title(title, fontsize=9)
         axis.grid(alpha=0.3)
         axis.legend(frameon=False, fontsize=7)
     fig.tight_layout()

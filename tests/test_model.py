@@ -100,11 +100,12 @@ def test_refinement_is_an_argument_of_inference(toy_clip):
 def test_the_shipped_severance_sweep_pairs_ps_and_deop_and_names_its_commands():
     from deop_lite.model import GPS_TOY, last_blocks_severed, severance_sweep, variant_stage
     runs = severance_sweep()
-    settings = {(r["blocks"], r["steps"]) for r in runs}
+    settings = {(r["clip"], r["blocks"], r["steps"]) for r in runs}
     for variant in ("ps", "deop"):
-        assert {(r["blocks"], r["steps"]) for r in runs if r["variant"] == variant} == settings
+        assert {(r["clip"], r["blocks"], r["steps"]) for r in runs if r["variant"] == variant} == settings
     for r in runs:
+        assert ("--clip" in r["command"]) == (r["clip"] != "shipped")
         assert f"--variant {r['variant']} --severed-blocks {r['blocks']} --steps {r['steps']}" in r["command"]
         assert {"pAcc", "seen", "unseen", "hIoU"} <= set(r["final"]) and r["curve"][-1]["step"] == r["steps"]
     main_line = variant_stage("deop")  # the shipped DeOP is one of the sweep's settings
-    assert (len(GPS_TOY), main_line.train.steps) in settings and last_blocks_severed(len(GPS_TOY)) == GPS_TOY
+    assert ("shipped", len(GPS_TOY), main_line.train.steps) in settings and last_blocks_severed(len(GPS_TOY)) == GPS_TOY

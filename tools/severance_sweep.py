@@ -5,7 +5,7 @@ writes every run's final evaluation (200 validation scenes, the shipped refined 
 (48 scenes) to data/deop/severance_sweep.json, which notebook 04 plots.
 
     python tools/severance_sweep.py                       # the shipped grid: ps, deop x K = 1..4 x 500, 1000 steps
-    python tools/severance_sweep.py --blocks 2 --steps 500 --variants cal   # one more row
+    python tools/severance_sweep.py --clip like_vit_b16 --blocks 1 2 --steps 500  # the toy CLIP pre-trained like ViT-B/16
 """
 import argparse
 import json
@@ -16,58 +16,65 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from deop_lite import checks
+from deop_lite.clip import TOY_CLIP_LIKE_VIT_B16
 from deop_lite.model import CHECKPOINT_DIR
+from deop_lite.runtime import PROJECT_ROOT
 from deop_lite.train import read_log, read_metadata
 
 RUNS = Path("runs/sweep")
 OUT = CHECKPOINT_DIR / "severance_sweep.json"
 
 
-def command(variant: str, blocks: int, steps: int) -> list[str]:
-    name = f"{variant}_k{blocks}_s{steps}"
+CLIPS = {"shipped": None, "like_vit_b16": str(TOY_CLIP_LIKE_VIT_B16.relative_to(PROJECT_ROOT))}
+"""The toy CLIPs a run can use: the shipped one, or the one pre-trained like ViT-B/16 (notebook 03 §4)."""
+
+
+def command(clip: str, variant: str, blocks: int, steps: int) -> list[str]:
+    name = f"{variant}_k{blocks}_s{steps}" + ("" if clip == "shipped" else f"_{clip}")
     return ["python", "-m", "deop_lite.model", "train", "--variant", variant, "--severed-blocks", str(blocks),
-            "--steps", str(steps), "--run-dir", str(RUNS / name), "--out", str(RUNS / f"{name}.safetensors")]
+            "--steps", str(steps), *(["--clip", CLIPS[clip]] if CLIPS[clip] else []),
+            "--run-dir", str(RUNS / name), "--out", str(RUNS / f"{name}.safetensors")]
 
 
-def run(variant: str, blocks: int, steps: int, threads: int) -> None:
-    args = command(variant, blocks, steps)
+def run(clip: str, variant: str, blocks: int, steps: int, threads: int) -> None:
+    args = command(clip, variant, blocks, steps)
     if Path(args[-1]).exists():
         return
-    log = RUNS / f"{variant}_k{blocks}_s{steps}.log"
     print("running", " ".join(args), flush=True)
-    with open(log, "w") as out:
+    with open(Path(args[-1]).with_suffix(".log"), "w") as out:
         subprocess.run([sys.executable, *args[1:]], stdout=out, stderr=subprocess.STDOUT, check=True,
                        env={**os.environ, "OMP_NUM_THREADS": str(threads)})
 
 
-def collect(variant: str, blocks: int, steps: int) -> dict:
-    args = command(variant, blocks, steps)
+def collect(clip: str, variant: str, blocks: int, steps: int) -> dict:
+    args = command(clip, variant, blocks, steps)
     out = Path(args[-1])
     final = read_metadata(out)["summary"]["metrics"]
     curve = [{k: r[k] for k in ("step", "pAcc", "seen", "unseen", "hIoU")} for r in read_log(out.with_name(
         out.stem + "_train.log")) if "hIoU" in r]
-    return {"variant": variant, "blocks": blocks, "steps": steps, "final": final, "curve": curve,
+    return {"clip": clip, "variant": variant, "blocks": blocks, "steps": steps, "final": final, "curve": curve,
             "command": " ".join(args)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clip", choices=list(CLIPS), default="shipped")
     parser.add_argument("--variants", nargs="+", default=["ps", "deop"])
     parser.add_argument("--blocks", nargs="+", type=int, default=[1, 2, 3, 4])
     parser.add_argument("--steps", nargs="+", type=int, default=[500, 1000])
     parser.add_argument("--jobs", type=int, default=2, help="runs side by side, each on cores / jobs threads")
     parser.add_argument("--out", default=str(OUT))
     args = parser.parse_args()
-    grid = [(v, k, n) for k in args.blocks for n in args.steps for v in args.variants]
+    grid = [(args.clip, v, k, n) for k in args.blocks for n in args.steps for v in args.variants]
     threads = max(1, len(os.sched_getaffinity(0)) // args.jobs)
     with ThreadPoolExecutor(args.jobs) as pool:
         list(pool.map(lambda job: run(*job, threads), grid))
     existing = json.loads(Path(args.out).read_text())["runs"] if Path(args.out).exists() else []
-    runs = {(r["variant"], r["blocks"], r["steps"]): r for r in existing}
+    runs = {(r["clip"], r["variant"], r["blocks"], r["steps"]): r for r in existing}
     runs.update({job: collect(*job) for job in grid})
+    order = lambda r: (list(CLIPS).index(r["clip"]), r["blocks"], r["steps"], r["variant"])
     with checks.atomic_path(args.out) as tmp:
-        tmp.write_text(json.dumps({"runs": sorted(runs.values(), key=lambda r: (r["blocks"], r["steps"], r["variant"]))},
-                                  indent=1))
+        tmp.write_text(json.dumps({"runs": sorted(runs.values(), key=order)}, indent=1))
     print(f"wrote {args.out}: {len(runs)} runs")
 
 

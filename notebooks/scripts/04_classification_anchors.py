@@ -198,8 +198,11 @@ plt.show()
 # %%
 # NBVAL_CHECK_OUTPUT
 sweep = model_lib.severance_sweep()
-print(metrics.format_table({f"{'PS  ' if r['variant'] == 'ps' else 'DeOP'} K = {r['blocks']}, {r['steps']:4d} steps": r["final"]
-                            for r in sorted(sweep, key=lambda r: (r["blocks"], r["steps"], r["variant"] != "ps"))}))
+for clip_name in ("shipped", "like_vit_b16"):
+    print(f"toy CLIP: {clip_name.replace('_', ' ')}")
+    print(metrics.format_table({f"{'PS  ' if r['variant'] == 'ps' else 'DeOP'} K = {r['blocks']}, {r['steps']:4d} steps": r["final"]
+                                for r in sorted(sweep, key=lambda r: (r["blocks"], r["steps"], r["variant"] != "ps"))
+                                if r["clip"] == clip_name}, columns=("pAcc", "seen", "unseen", "hIoU")))
 
 # %%
 viz.plot_severance_sweep(sweep)
