@@ -499,7 +499,7 @@ def train_deop(variant: str, stage: DeOPStage | None = None, run_dir: str | Path
     if stage.init_from is not None and stage.clip is None:
         start = load_or_train_deop(stage.init_from, proposals=model.proposals, clip=model.clip)
     elif stage.init_from is not None:  # another CLIP: its own offline text prompt, kept beside `out`
-        init_path = out.with_name(f"{stage.init_from}.safetensors")
+        init_path = out.with_name(f"{stage.init_from}_{Path(stage.clip).stem}.safetensors")
         if not init_path.exists():
             init_stage = variant_stage(stage.init_from)
             init_stage.clip = stage.clip
