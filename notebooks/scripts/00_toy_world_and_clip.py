@@ -18,7 +18,7 @@
 #
 # - **You will build:** the zero-shot segmentation problem and its ZS3 protocol, a procedural toy world of stuff and things with captions, a tiny CLIP pre-trained on those captions, zero-shot classification, and dense CLIP patch features with the naive per-patch labelling that the rest of the series improves on.
 # - **You need:** nothing but a CPU; the toy CLIP ships in `data/`. Modules: `deop_lite.toyworld`, `deop_lite.clip`, `deop_lite.toyclip`, `deop_lite.metrics`, `deop_lite.viz`.
-# - **Runtime:** about 1 minute on a laptop CPU (CI mode: under a minute). Re-training the toy CLIP yourself takes about 25 minutes.
+# - **Runtime:** as the [README's notebook table](../README.md#notebooks) gives it, measured with the shipped checkpoints; CI mode (`DEOP_CI=1`) is shorter.
 
 # %%
 import time

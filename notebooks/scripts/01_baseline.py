@@ -18,7 +18,7 @@
 #
 # - **You will build:** a class-agnostic MaskFormer trained on seen classes only (Hungarian matching, focal + dice losses), its proposal recall on seen and unseen objects (paper Table 8), mask-based pooling of dense CLIP features, and the baseline's zero-shot segmentation scored as in the paper (Table 3, first row).
 # - **You need:** notebook 00 (the toy world and the toy CLIP). Modules: `deop_lite.proposals`, `deop_lite.losses`, `deop_lite.model`, `deop_lite.metrics`, `deop_lite.train`.
-# - **Runtime:** about 3.5 minutes on a CPU with the shipped checkpoint (CI mode about 2). Re-training the proposal network takes about 25 minutes.
+# - **Runtime:** as the [README's notebook table](../README.md#notebooks) gives it, measured with the shipped checkpoints; CI mode (`DEOP_CI=1`) is shorter.
 
 # %%
 import matplotlib.pyplot as plt

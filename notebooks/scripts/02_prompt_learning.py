@@ -18,7 +18,7 @@
 #
 # - **You will build:** CoOp-style learned text context and visual prompts (added and prepended), each derived in a few lines and checked against `deop_lite.prompts`; the offline initialisation on seen-class crops; end-to-end training with DeOP's segmentation loss; the toy-world analogue of the paper's supplementary Table 7 and of Table 3's *baseline+* row.
 # - **You need:** notebooks 00 and 01 (the toy CLIP and the proposal network, both shipped in `data/`).
-# - **Runtime:** about 4 minutes on a CPU with the shipped prompts (re-training all of them: about 25 minutes).
+# - **Runtime:** as the [README's notebook table](../README.md#notebooks) gives it, measured with the shipped checkpoints; CI mode (`DEOP_CI=1`) is shorter.
 
 # %%
 import matplotlib.pyplot as plt

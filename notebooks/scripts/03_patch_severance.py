@@ -18,7 +18,7 @@
 #
 # - **You will build:** a measurement of how poorly CLIP's last-layer patch tokens are localised, generalized patch severance (GPS) and mask-guided patch severance (MPS) derived and checked against `deop_lite.severance`, the toy-world analogue of the paper's Table 4 (severing the last layer, and every layer), an α sweep, the training-free methods that came after (MaskCLIP, SCLIP, ClearCLIP, NACLIP) side by side, and an interactive α explorer.
 # - **You need:** notebooks 00 and 01 (the toy CLIP and the proposal network, both shipped in `data/`).
-# - **Runtime:** about 4 minutes on a CPU, most of it the α sweep (CI mode about 1.5).
+# - **Runtime:** as the [README's notebook table](../README.md#notebooks) gives it, measured with the shipped checkpoints; CI mode (`DEOP_CI=1`) is shorter.
 
 # %%
 import matplotlib.pyplot as plt

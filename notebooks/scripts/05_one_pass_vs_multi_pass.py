@@ -18,7 +18,7 @@
 #
 # - **You will build:** SimBaseline's multi-pass classifier (one CLIP pass per proposal crop) on the same proposals as DeOP, a FLOP count of both, the speed benchmark behind `deop-lite bench`, and the two methods' quality side by side on the toy world.
 # - **You need:** notebooks 01–04 (the shipped toy models); the benchmark itself needs no trained weights.
-# - **Runtime:** about 10 minutes on 2 CPU cores at the paper's scale (CI mode: the toy scale, under a minute).
+# - **Runtime:** as the [README's notebook table](../README.md#notebooks) gives it, measured with the shipped checkpoints; CI mode (`DEOP_CI=1`) is shorter.
 
 # %%
 import matplotlib.pyplot as plt

@@ -18,7 +18,7 @@
 #
 # - **You will build:** the real-world path of `deop_lite.datasets` and `deop_lite.realworld`: datasets prepared from their official downloads under the zero-shot protocol, the paper's presets and the same recipe shrunk for one 24 GB GPU, the three training stages (prompts, proposals, DeOP), multi-GPU training with `torchrun`, and the evaluations of Tables 1 and 2 written to JSON.
 # - **You need:** notebooks 01–04 (every model part used here was built there). For real results: a GPU, OpenAI's ViT-B/16 weights and a prepared VOC or COCO-Stuff folder. Without them (CPU mode and CI mode) the very same cells run on the 17 real VOC images shipped in `data/fixtures/voc/`, with a random-initialised ViT-B/16 and a small ResNet-18 MaskFormer for two steps per stage: the path runs end to end, but learns nothing.
-# - **Runtime:** about 2 minutes on a CPU (CI mode about 1.5); on a GPU, the VOC preset trains for hours (section 6).
+# - **Runtime:** as the [README's notebook table](../README.md#notebooks) gives it, measured with the shipped checkpoints; CI mode (`DEOP_CI=1`) is shorter.
 
 # %%
 import json
