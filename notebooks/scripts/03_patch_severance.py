@@ -16,7 +16,7 @@
 # # 03 · Patch severance
 # *Cut the links between CLIP's patch tokens, and watch zero-shot segmentation improve with no training at all.*
 #
-# - **You will build:** a measurement of how poorly CLIP's last-layer patch tokens are localised, generalized patch severance (GPS) and mask-guided patch severance (MPS) derived and checked against `deop_lite.severance`, the toy-world analogue of the paper's Table 4 (severing the last layer, and every layer), an α sweep, the training-free methods that came after (MaskCLIP, SCLIP, ClearCLIP, NACLIP) side by side, and an interactive α explorer.
+# - **You will build:** a measurement of how poorly CLIP's last-layer patch tokens are localised, generalized patch severance (GPS) and mask-guided patch severance (MPS) derived and checked against `deop_lite.severance`, the toy-world analogue of the paper's Table 4 (severing the last block, the last 2, every block), an α sweep, why a CLIP pre-trained like ViT-B/16 cannot be severed everywhere, the training-free methods that came after (MaskCLIP, SCLIP, ClearCLIP, NACLIP) side by side, and an interactive α explorer.
 # - **You need:** notebooks 00 and 01 (the toy CLIP and the proposal network, both shipped in `data/`).
 # - **Runtime:** as the [README's notebook table](../README.md#notebooks) gives it, measured with the shipped checkpoints; CI mode (`DEOP_CI=1`) is shorter.
 
@@ -130,11 +130,18 @@ print(tuple(mask_attention.shape))
 #
 # ## 4. Table 4 in the toy world
 #
-# The one-pass baseline of notebook 01 (frozen proposals, frozen CLIP, "a photo of a {}."), with severance in the last layer ($\alpha_{-1}$), the last two ($\alpha_{-2}, \alpha_{-1}$), or every layer. No training anywhere.
+# The one-pass baseline of notebook 01 (frozen proposals, frozen CLIP, "a photo of a {}."), with severance in the last layer ($\alpha_{-1}$), the last two ($\alpha_{-2}, \alpha_{-1}$), or more blocks. No training anywhere. The paper's Table 4 (COCO-Stuff, ViT-B/16, the baseline without prompt learning):
 #
-# > Table 4 (COCO-Stuff, hIoU): baseline 7.0 [...] the best setting severs the last layer fully; severing earlier layers as well hurts. — DeOP §5.3 (paraphrased)
+# | Type | α₋₂ | α₋₁ | hIoU | Seen | Unseen |
+# |---|---|---|---|---|---|
+# | Baseline | 0 | 0 | 7.0 | 6.2 | 8.0 |
+# | MPS | – | – | 12.5 | 11.0 | 14.4 |
+# | GPS | 0 | 0.5 | 20.0 | 17.1 | 24.0 |
+# | GPS | 0 | 1.0 | 23.8 | 21.5 | 26.6 |
+# | GPS | 0.5 | 1.0 | 16.2 | 15.2 | 17.4 |
+# | GPS | 0.5 | 0.5 | 13.3 | 12.1 | 14.8 |
 #
-# > We find that PS may break the embedding space if it is applied in shallower layers (*i.e.* the first layer) and results in poor performance. — DeOP §5.3
+# > Interestingly, the best combination is that the last layer has a complete patch severance. — DeOP §5.3
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -168,6 +175,13 @@ ax.set_title(f"GPS, training-free, {N_SWEEP} validation scenes"); ax.legend(fram
 plt.show()
 
 # %% [markdown]
+# What holds and what does not (no training anywhere; proposals refined, notebook 01 §4):
+#
+# - **Severing the last layer helps, a little, as in the paper.** Fully severing it lifts hIoU from 19.0 to 24.0 (things 11.1 → 16.0), more than α₋₁ = 0.5 (21.7), and the sweep rises steadily with $\alpha_{-1}$ up to 1. GPS beats MPS (22.0), as in the paper; the official code's "GPS with mask" is one point higher still (25.0), a gap that 200 scenes do not settle.
+# - **Severing earlier blocks too helps the shipped toy CLIP, unlike the paper's.** Half-severing the second-to-last block takes hIoU to 33.9 where the paper's ViT-B/16 drops (23.8 → 16.2); the last 2 blocks fully severed give 41.1 (the toy DeOP's setting, `model.GPS_TOY`), the last 3 give 64.4, and every block 74.4 (things 67.5). The next cells show why.
+# - **What the toy DeOP uses:** the last 2 blocks. Two blocks of mixing are left, as ViT-B/16's first eleven are when the paper severs its last, so the trained components have something to repair (notebook 04 §6).
+
+# %% [markdown]
 # ### Why the toy CLIP can be severed everywhere, and ViT-B/16 cannot
 #
 # > We find that PS may break the embedding space if it is applied in shallower layers (*i.e.* the first layer) and results in poor performance. — DeOP §5.3
@@ -198,11 +212,7 @@ ax.set_title(f"ground-truth masks, training-free, {N_GT} scenes"); ax.legend(fra
 plt.show()
 
 # %% [markdown]
-# What holds and what does not, on these 200 validation scenes (no training anywhere; proposals refined, notebook 01 §4):
-#
-# - **Severing the last layer helps, a little.** Fully severing it lifts hIoU from 19.0 to 24.0 (things 11.1 → 16.0), and the sweep rises steadily with $\alpha_{-1}$ up to 1, as the paper found. GPS beats MPS (22.0), as in the paper; the official code's "GPS with mask" is one point higher still (25.0).
-# - **Severing every layer helps far more.** With α = 1 in all four blocks, hIoU jumps to 74.4 and the things' mIoU to 67.5: four times the last layer's gain. Half-severing the second-to-last layer already takes hIoU to 33.9. This is the setting the toy DeOP uses (`model.GPS_TOY`), the one notebook 00's gate chose.
-# - **Why not for ViT-B/16?** The paper's "severing shallower layers breaks the embedding space" is about a CLIP that never saw its attention severed. Our toy CLIP was pre-trained with each block's attention replaced by the identity at random (notebook 00, §3), so a fully severed pass is one it knows; each patch token then carries what its own few pixels show, the parts that make a thing (notebook 00's gate). The claim is not contradicted for its model; it describes the stock CLIP, and what we changed is the CLIP's pre-training. The paper's setting stays available: `model.GPS_PAPER`, and the variant `ps_last_layer` in notebook 04.
+# The claim holds for the CLIP it was made about. Pre-trained like ViT-B/16, the toy CLIP reads ground-truth masks best with its last 3 blocks severed (63.3), and drops to 51.7 when the first block is severed too: severing a shallow block breaks what the blocks after it expect. Its best one pass stays far below one pass per crop (96.6). The shipped toy CLIP, pre-trained with blocks severed at random, gains at every step (95.8 with every block severed, against 96.5 for the crops): it was taught to read its own patch, so it can be severed everywhere. That is a property of its pre-training, not of DeOP, and it is why the toy DeOP severs only two blocks.
 
 # %% [markdown]
 # ## 5. What came after
@@ -212,7 +222,8 @@ plt.show()
 # | method | attention on $v$ | attention residual $x + \cdot$ | FFN |
 # |---|---|---|---|
 # | DeOP's GPS, α = 1 | $E$ (identity) | kept | kept |
-# | **MaskCLIP** (Zhou et al., ECCV 2022) | $E$ | dropped | dropped |
+# | **MaskCLIP** (Zhou et al., ECCV 2022) | $E$ | kept | kept |
+# | ClearCLIP's ablation of MaskCLIP | $E$ | dropped | dropped |
 # | **SCLIP** (Wang et al., ECCV 2024) | $\mathrm{softmax}(q q^\top s) + \mathrm{softmax}(k k^\top s)$ | kept | kept |
 # | **ClearCLIP** (Lan et al., ECCV 2024) | $\mathrm{softmax}(q q^\top s)$ | dropped | dropped |
 # | **NACLIP** (Hajimiri et al., WACV 2025) | $\mathrm{softmax}(k k^\top s + \omega)$, $\omega_{ij} = e^{-\lVert p_i - p_j \rVert^2 / 2\sigma^2}$ over the patch grid, σ = 5 | dropped | dropped |
@@ -221,7 +232,7 @@ plt.show()
 #
 # > Our method enforces localization of patches in the self-attention of CLIP's vision transformer. — NACLIP, abstract
 #
-# So MaskCLIP is exactly GPS at α = 1 without the residual and the FFN: `severance_mode="maskclip"` equals `mode="gps", layers={-1: 1.0}, residual=False, ffn=False` (a test checks it). `residual` and `ffn` are separate switches for every mode, so ClearCLIP's ablation can be taken apart. Each attention, by hand, on the tokens entering the last block (`x` from §2):
+# So MaskCLIP is exactly GPS at α = 1 in the last block: its ViT ([mmseg/models/backbones/vit.py](https://github.com/chongzhou96/MaskCLIP/blob/master/mmseg/models/backbones/vit.py)) keeps the residual and the FFN around the value path (`v += x; v = self.ffn(self.norm2(v), identity=v)`), and `severance_mode="maskclip"` equals `mode="gps", layers={-1: 1.0}` (a test checks it). `residual` and `ffn` are separate switches for every mode, so ClearCLIP's ablation (identity attention without either) is `mode="gps", residual=False, ffn=False`. Each attention, by hand, on the tokens entering the last block (`x` from §2):
 
 # %%
 s = q.shape[-1] ** -0.5  # q, k, v: (1, heads, 257, d) from §2
@@ -258,20 +269,18 @@ print(metrics.format_table({f"{name}, {way.replace('_', ' ')}": row[way] for way
 # | method | VOC-20 | Context-59 | COCO-Stuff | ADE-150 | source |
 # |---|---|---|---|---|---|
 # | SCLIP | 81.5 | 34.5 | 22.8 | 16.5 | [wangf3014/SCLIP](https://github.com/wangf3014/SCLIP) README, "the default setup in this repo" |
-# | NACLIP | 83.0 | 38.4 | 25.7 | 19.1 | [sinahmr/NACLIP](https://github.com/sinahmr/NACLIP) README, its main setting (`test_all.sh reduced naclip 5 on`: with PAMR post-processing) |
-# | MaskCLIP, ClearCLIP | – | – | – | – | not quoted here: ClearCLIP's README gives its comparison table as an image only, and we quote no number we could not read in its source |
+# | MaskCLIP, ClearCLIP, NACLIP | – | – | – | – | not quoted here: ClearCLIP's README gives its table as an image only, and NACLIP's README reports its main numbers with PAMR post-processing, another protocol than SCLIP's; we set side by side only numbers of one protocol that we could read in their source |
 #
-# What carries over to the toy world, and what does not (the table above, 100 validation scenes, nothing trained):
+# What the toy world shows (the table above, 100 validation scenes, nothing trained):
 #
-# - **Every successor lifts the stock CLIP per patch**, from hIoU 22.3 to between 26.0 (ClearCLIP) and 35.4 (MaskCLIP); GPS α = 1 lands at 32.1.
-# - **The published ranking does not carry over.** NACLIP is ahead of SCLIP on all four benchmarks above; here they are close (30.8 and 30.2 per patch) and both behind MaskCLIP, the oldest of them.
-# - **Dropping the residual and the FFN helps** with the identity attention, as ClearCLIP found on real images: MaskCLIP (GPS α = 1 without them) beats GPS α = 1 by 3.3 per patch and 3.9 with mask pooling. With query–query attention (ClearCLIP) it does not help here.
-# - **Changing the last block is not enough for the toy CLIP.** The best of these rows reaches hIoU 35.4; severing every block (§4) reaches 74.4 with mask pooling. Where the mixing happens matters more than how the last block is changed.
+# - **Every successor lifts the stock CLIP per patch**, from hIoU 22.3 to between 26.0 (ClearCLIP) and 32.1 (GPS α = 1, which is MaskCLIP: their rows are equal). SCLIP (30.2) and NACLIP (30.8) are close to it; 100 scenes do not rank them.
+# - **Query–query attention without the residual and the FFN (ClearCLIP) is the weakest of the successors here**, per patch (26.0) and with mask pooling (20.5); on real images ClearCLIP reports the opposite.
+# - **Changing the last block is not enough for the toy CLIP.** The best of these rows reaches hIoU 32.1 per patch; severing more blocks (§4) reaches 41.1 (the last 2) and 74.4 (every block) with mask pooling. Where the mixing happens matters more than how the last block is changed.
 
 # %% [markdown]
 # ## 6. Explore
 #
-# Switch between no severance, GPS, MPS and the training-free methods that came after DeOP (MaskCLIP, SCLIP, ClearCLIP, NACLIP); turn the **severed blocks** dial to choose how many of the toy CLIP's last blocks the mode replaces (1 is the paper's setting, 4 the toy DeOP's), move α (GPS only; disabled otherwise), pick an image, and click a patch in any panel. The middle panel is the training-free one-pass segmentation, with a legend of its colours (unseen classes starred). The right panel is where the chosen patch's output comes from, over all four blocks: the attention rollout of Abnar and Zuidema (2020), $R = \prod_l \tfrac12(I + A_l)$, the half for the residual. As the dial turns, the mixing that severance leaves shrinks until, with every block severed at α = 1, the patch sees only itself.
+# Switch between no severance, GPS, MPS and the training-free methods that came after DeOP (SCLIP, ClearCLIP, NACLIP; MaskCLIP is GPS at α = 1); turn the **severed blocks** dial to choose how many of the toy CLIP's last blocks the mode replaces (1 is the paper's setting, 2 the toy DeOP's), move α (GPS only; disabled otherwise), pick an image, and click a patch in any panel. The middle panel is the training-free one-pass segmentation, with a legend of its colours (unseen classes starred). The right panel is where the chosen patch's output comes from, over all four blocks: the attention rollout of Abnar and Zuidema (2020), $R = \prod_l \tfrac12(I + A_l)$, the half for the residual. As the dial turns, the mixing that severance leaves shrinks until, with every block severed at α = 1, the patch sees only itself.
 #
 # `%matplotlib widget` turns the figure into a live canvas (ipympl, JupyterLab's interactive matplotlib backend) so that a click chooses the patch; where that backend is not available, the patch sliders do the same.
 
@@ -286,9 +295,9 @@ explorer.widget()
 # ## Summary
 # - In the toy CLIP's last layer a patch keeps only 15.9 % of its attention inside its own segment, less than uniform attention would (35.7 %): patch tokens are poorly localised.
 # - GPS, $(\alpha E + (1-\alpha)Attn)F_{in}$, and MPS, $M_i = \sum_j M_{j,i} M_j$, each take a few lines and match `deop_lite.severance`.
-# - Without any training, severing the last layer lifts the one-pass baseline from hIoU 19.0 to 24.0 (GPS α = 1), 22.0 (MPS), 25.0 (the official GPS with mask); severing every layer of the toy CLIP, pre-trained for it, lifts it to 74.4 (things 67.5).
-# - MaskCLIP, SCLIP, ClearCLIP and NACLIP are each a few lines on the same block (and match `deop_lite.severance`); training-free on the toy world, per patch, MaskCLIP is best (35.4) and the published ranking (NACLIP ahead) does not carry over.
-# - The paper's "last layer fully severed" is the best last-layer setting here too; its "severing earlier layers hurts" describes a CLIP not pre-trained for severance, and does not hold for ours.
+# - Without any training, severing the last layer lifts the one-pass baseline from hIoU 19.0 to 24.0 (GPS α = 1), 22.0 (MPS), 25.0 (the official GPS with mask); the last 2 blocks, the toy DeOP's setting, give 41.1, and every block 74.4.
+# - The shipped toy CLIP can be severed everywhere because its pre-training severed blocks at random; a toy CLIP pre-trained like ViT-B/16 cannot (on ground-truth masks: 63.3 with the last 3 blocks severed, 51.7 with all 4), as the paper found for ViT-B/16.
+# - MaskCLIP is GPS at α = 1; SCLIP, ClearCLIP and NACLIP are each a few lines on the same block (and match `deop_lite.severance`). On the toy world none beats GPS α = 1 per patch, and none changes the picture that severing more blocks does.
 #
 # ## Exercises
 # 1. Sever the last layer with the official code's residual down-weighting (`x = 0.2·x + attn(ln_1(x))` in [third_party/CLIP/clip/model.py](https://github.com/CongHan0808/DeOP/blob/master/third_party/CLIP/clip/model.py), used by its training-free demo). Better or worse in the toy world?
