@@ -117,13 +117,13 @@ bench.plot(result)
 plt.show()
 
 # %% [markdown]
-# Read the table above as ratios: they hold from machine to machine, the seconds do not (DeOP took 2.6 s per image on one of this project's 2-core CPUs and 4.6 s on another). In the run above, DeOP's time does not grow with N′ and stays within 10 % of its floor (proposals + one CLIP pass), and at every N′ the speed ratio is within 12 % of the FLOP ratio, so neither side is handicapped by its implementation. DeOP is 4× faster from N′ ≈ 37 valid proposals on (the cell's last line). With ViT-L/14-336 at 448 (`--clip ViT-L-14-336 --short-side 448`) one pass is worth only 1.9 crops, so DeOP's advantage starts sooner.
+# Read the table above as ratios: they hold from machine to machine, the seconds do not. In the run above, DeOP's time stays close to its floor (proposals + one CLIP pass: +13.6 % at N′ = 10, +4.0 % at N′ = 100), and the speed ratio follows the FLOP ratio (1.51, 3.43 and 11.67 against 1.39, 3.39 and 10.39), so neither side is handicapped by its implementation. DeOP is 4× faster from N′ ≈ 34 valid proposals on (the cell's last line). With ViT-L/14-336 at 448 (`--clip ViT-L-14-336 --short-side 448`) one pass is worth only 1.9 crops, so DeOP's advantage starts sooner.
 #
 # > "... surpassing state-of-the-art methods while being 4 to 7 times faster at inference." (abstract; Table 1 on a GPU, COCO-Stuff: DeOP 4.37 images/s, SimBaseline 1.11)
 #
 # ## Summary
 # - One ViT-B/16 pass at 512 costs as much as 6.1 crops at 224 (215 against 35 GFLOPs); for ViT-L/14 at 448 against 336-pixel crops, 1.9. The multi-pass cost grows with the number of valid proposals N′, DeOP's does not.
-# - On 2 CPU cores DeOP's speed does not depend on N′; the multi-pass classifier is 1.2×, 3.1× and 10.6× slower at N′ = 10, 30 and 100, each within 12 % of the FLOP ratio; DeOP is 4× faster from N′ ≈ 37.
+# - On a CPU the multi-pass classifier is 1.51×, 3.43× and 11.67× slower than DeOP at N′ = 10, 30 and 100, close to the FLOP ratio; DeOP is 4× faster from N′ ≈ 34. On a GPU the paper measured 3.9× on COCO-Stuff and 2.5× on VOC (Table 1).
 # - In the toy world trained one pass is also at least as good a classifier: DeOP's hIoU is 67.8 against multi-pass crops' 64.7 on the same proposals, as the paper finds them level on COCO-Stuff (38.2 against 37.8).
 #
 # ## Exercises
