@@ -31,6 +31,17 @@ def seen_label_map(class_names: Sequence[str], seen_classes: Sequence[str]) -> t
     return label_map
 
 
+METRICS = ("pAcc", "mIoU", "seen", "unseen", "hIoU", "things")
+"""The summary metrics of :meth:`SegmentationMeter.compute`, in the order tables print them."""
+
+
+def _percentiles(rows: list[dict[str, float]], level: float) -> dict[str, tuple[float, float]]:
+    """metric -> the central ``level`` interval of its values over bootstrap ``rows``."""
+    tail = (1 - level) / 2 * 100
+    return {key: tuple(np.nanpercentile([r[key] for r in rows], [tail, 100 - tail]).tolist())
+            for key in METRICS if key in rows[0]}
+
+
 class SegmentationMeter:
     """Accumulates a (C, C) confusion matrix over a dataset without keeping predictions.
 
@@ -70,22 +81,45 @@ class SegmentationMeter:
         """The ``level`` bootstrap interval of each metric of :meth:`compute`: the scenes resampled with
         replacement ``samples`` times (a fixed seed, so the interval is reproducible); metric -> (low, high).
         Needs ``per_scene=True``. Two results whose intervals overlap widely are not told apart by these scenes."""
+        rows = self._bootstrap(self._resampling_counts(samples, seed), seen_classes, unseen_classes, thing_classes)
+        return _percentiles(rows, level)
+
+    def difference_interval(self, other: SegmentationMeter, seen_classes: Sequence[str],
+                            unseen_classes: Sequence[str], thing_classes: Sequence[str] | None = None,
+                            samples: int = 1000, level: float = 0.95, seed: int = 0) -> dict[str, tuple[float, float]]:
+        """The bootstrap interval of each metric's difference, this meter's minus ``other``'s, both measured on
+        the same scenes: each resample draws the same scenes for both, so what the scenes share cancels. The
+        paired interval is narrower than the two intervals of :meth:`interval`; a difference whose interval holds
+        0 is not told apart by these scenes."""
+        counts = self._resampling_counts(samples, seed)
+        if len(other.scene_confusions or []) != counts.shape[1]:
+            raise ValueError("a paired interval needs two per-scene meters updated with the same scenes")
+        mine = self._bootstrap(counts, seen_classes, unseen_classes, thing_classes)
+        theirs = other._bootstrap(counts, seen_classes, unseen_classes, thing_classes)
+        return _percentiles([{key: a[key] - b[key] for key in METRICS if key in a} for a, b in zip(mine, theirs)],
+                            level)
+
+    def _resampling_counts(self, samples: int, seed: int) -> torch.Tensor:
+        """(samples, S) how many times each of the S scenes is drawn in each resample (with replacement)."""
         if not self.scene_confusions:
             raise ValueError("intervals need the per-scene confusions: build the meter with per_scene=True")
-        scenes = torch.stack(self.scene_confusions).double()  # (S, C, C)
+        scenes = len(self.scene_confusions)
         generator = torch.Generator().manual_seed(seed)
-        draws = torch.randint(len(scenes), (samples, len(scenes)), generator=generator)  # (samples, S)
-        counts = torch.zeros(samples, len(scenes), dtype=torch.float64).scatter_add_(
-            1, draws, torch.ones(samples, len(scenes), dtype=torch.float64))  # (samples, S) times each scene is drawn
-        confusions = (counts @ scenes.flatten(1)).view(samples, *scenes.shape[1:])  # (samples, C, C)
+        draws = torch.randint(scenes, (samples, scenes), generator=generator)  # (samples, S)
+        return torch.zeros(samples, scenes, dtype=torch.float64).scatter_add_(
+            1, draws, torch.ones(samples, scenes, dtype=torch.float64))  # (samples, S)
+
+    def _bootstrap(self, counts: torch.Tensor, seen_classes: Sequence[str], unseen_classes: Sequence[str],
+                   thing_classes: Sequence[str] | None) -> list[dict[str, float]]:
+        """:meth:`compute` of each resample: ``counts`` (samples, S) weighs the S per-scene confusions."""
+        scenes = torch.stack(self.scene_confusions).double()  # (S, C, C)
+        confusions = (counts @ scenes.flatten(1)).view(len(counts), *scenes.shape[1:])  # (samples, C, C)
         rows = []
         for confusion in confusions:
             meter = SegmentationMeter(self.class_names, self.ignore_index)
             meter.confusion = confusion
             rows.append(meter.compute(seen_classes, unseen_classes, thing_classes))
-        tail = (1 - level) / 2 * 100
-        return {key: tuple(np.nanpercentile([r[key] for r in rows], [tail, 100 - tail]).tolist())
-                for key in ("pAcc", "mIoU", "seen", "unseen", "hIoU", "things") if key in rows[0]}
+        return rows
 
     def per_class_iou(self) -> np.ndarray:
         """(C,) IoU in percent; NaN for classes neither present nor predicted."""

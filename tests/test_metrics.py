@@ -94,3 +94,27 @@ def test_bootstrap_interval_brackets_the_metric_and_shrinks_with_more_scenes():
     assert small.interval(["a", "b"], ["c"]) == small.interval(["a", "b"], ["c"])  # a fixed seed: reproducible
     row = {**small.compute(["a", "b"], ["c"]), "interval": small.interval(["a", "b"], ["c"]), "scenes": 20}
     assert "95 % bootstrap interval over the 20 scenes" in format_table({"model": row})
+
+
+def test_paired_interval_cancels_what_the_scenes_share():
+    """Two models on the same scenes: the interval of their difference is narrower than either model's own, holds
+    the measured difference, and is exactly zero for a model against itself."""
+    generator = torch.Generator().manual_seed(0)
+    label = torch.randint(3, (60, 8, 8), generator=generator)
+    hard = torch.rand(60, 1, 1, generator=generator)  # (S, 1, 1) how hard each scene is, shared by both models
+    noise = torch.randint(3, (60, 8, 8), generator=generator)
+    meters = {}
+    for name, skill in (("better", 0.1), ("worse", 0.0)):
+        meters[name] = SegmentationMeter(["a", "b", "c"], per_scene=True)
+        right = torch.rand(60, 8, 8, generator=generator) < (1 - hard + skill).clamp(max=1)  # (S, 8, 8)
+        meters[name].update(torch.where(right, label, noise), label)
+    better, worse = meters["better"], meters["worse"]
+    split = (["a", "b"], ["c"])
+    difference = better.difference_interval(worse, *split)["hIoU"]
+    measured = better.compute(*split)["hIoU"] - worse.compute(*split)["hIoU"]
+    assert difference[0] <= measured <= difference[1]
+    own = better.interval(*split)["hIoU"]
+    assert difference[1] - difference[0] < own[1] - own[0]
+    assert better.difference_interval(better, *split)["hIoU"] == (0.0, 0.0)
+    with pytest.raises(ValueError, match="same scenes"):
+        better.difference_interval(SegmentationMeter(["a", "b", "c"], per_scene=True), *split)
