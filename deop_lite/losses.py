@@ -154,8 +154,9 @@ def deop_segmentation_loss(logits: torch.Tensor, mask_probs: torch.Tensor, label
         logits: (B, N, C + 1) logits over the C training classes and void (last).
         mask_probs: (B, N, h, w) σ(M), resized here to the labels' size.
         label: (B, H, W) int64 indices into the C training classes, or IGNORE_INDEX (unseen pixels).
-        ignore_as_void: False (default, the paper's zero-shot idea): ignored pixels are left out of the
-            loss, so an unseen object is never taught to be anything. True: the official code's choice,
+        ignore_as_void: False (default, our choice: the paper does not say how unseen pixels enter the loss):
+            ignored pixels are left out of it, so an unseen object is never taught to be anything. True: the
+            official code's choice,
             ignored pixels are targets of the void channel (DeOP's mask_former/modeling/criterion_decoder.py).
     Returns:
         dict with ``loss`` and the detached parts ``seg_focal``, ``seg_dice``.

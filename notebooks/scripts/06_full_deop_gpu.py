@@ -27,7 +27,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import torch
 
-from deop_lite import bench, datasets, realworld, runtime, train, viz
+from deop_lite import bench, datasets, metrics, realworld, runtime, train, viz
 from deop_lite.clip import load_clip, resize_pos_embed
 
 runtime.set_seed(0)
@@ -41,13 +41,14 @@ CONSUMER_GPU = True  # bf16 autocast + gradient accumulation: the paper's recipe
 RAW_DATA = "~/data/voc"  # the official download, unpacked: VOCdevkit/VOC2012/... (+ SBD), see section 1
 PREPARED = "~/data/deop/voc"  # where the prepared dataset goes
 RUN_DIR = Path("runs/real/notebook") / PRESET  # checkpoints; copy trained files here to evaluate them instead
-PROBE_PAPER_SCALE = not runtime.CI  # time one ViT-B/16 training step at 512 px on this machine (section 3)
-PROBE_STEPS = 1 if runtime.CI else 3  # timed training steps per probe (section 3), after one warm-up step
+PROBE_PAPER_SCALE = not runtime.CI  # section 3.2 also times one step of the voc preset (ViT-B/16, 512 px); CI mode skips it
+PROBE_STEPS = 1 if runtime.CI else 3  # timed training steps per probe (section 3.2), after one warm-up step; CI mode: 1
 
 # %%
 config = realworld.preset(PRESET, consumer_gpu=CONSUMER_GPU and PRESET != "tiny")
 if PRESET == "tiny":
     data = realworld.prepare_fixture(RUN_DIR / "data")
+    print(f"the fixture: {len(list(realworld.FIXTURE.glob('VOCdevkit/VOC2012/JPEGImages/*.jpg')))} VOC images")
 else:
     datasets.prepare(config.dataset, RAW_DATA, PREPARED)  # idempotent; says where to download what is missing
     data = Path(PREPARED).expanduser()
@@ -57,19 +58,33 @@ print(f"preset {config.name}: CLIP {config.clip} ({config.clip_weights or 'rando
 # %% [markdown]
 # ## 1. The data, under the zero-shot protocol
 #
-# Each dataset is read from its **official download layout** (`datasets.DATASETS[name].layout` says which files, `.download` where to get them) and converted once into one format: a label PNG per image with class indices (255 = ignore) and a JSON index. The zero-shot split is applied to the *training* labels only (supplementary C; DeOP's data code, [datasets/prepare_coco_stuff_164k_sem_seg.py](https://github.com/CongHan0808/DeOP/blob/master/datasets/prepare_coco_stuff_164k_sem_seg.py) and [datasets/prepare_voc_sem_seg.py](https://github.com/CongHan0808/DeOP/blob/master/datasets/prepare_voc_sem_seg.py)):
+# Each dataset is read from its **official download layout** (`datasets.DATASETS[name].layout` says which files, `.download` where to get them) and converted once into one format: a label PNG per image with class indices (255 = ignore) and a JSON index. The paper gives the class split (ZS3Net's, supplementary C) and says only this about the data:
 #
-# - unseen pixels become 255 ("ignore") and the image is **kept**, so the proposal network and DeOP see unseen objects but are never told what they are;
+# > During training, we only use images belonging to seen classes in the training dataset, while including all images in the validation dataset.
+#
+# DeOP's data code does it this way ([datasets/prepare_voc_sem_seg.py](https://github.com/CongHan0808/DeOP/blob/master/datasets/prepare_voc_sem_seg.py), [datasets/prepare_coco_stuff_164k_sem_seg.py](https://github.com/CongHan0808/DeOP/blob/master/datasets/prepare_coco_stuff_164k_sem_seg.py)), and so does `deop_lite.datasets`, on the *training* labels only:
+#
+# - unseen pixels become 255 ("ignore") and the image is **kept**, so the proposal network and DeOP see unseen objects; what their losses do with those pixels is a separate choice (section 2);
 # - an image left with no labelled pixel at all is dropped;
 # - VOC's background is ignored everywhere (the 20 object classes are scored), and the evaluation split keeps every class.
 #
 # | dataset | classes | unseen | used for |
 # |---|---|---|---|
-# | PASCAL VOC 2012 + SBD (`voc`) | 20 | pottedplant, sheep, sofa, train, tvmonitor | training and Table 1 |
+# | PASCAL VOC2012 + SBD (`voc`) | 20 | pottedplant, sheep, sofa, train, tvmonitor | training and Table 1 |
 # | COCO-Stuff-164k (`coco_stuff`) | 171 | 15 (cow, giraffe, ..., grass, road, tree, wall-concrete) | training and Table 1 |
 # | Pascal Context-59 (`context59`) | 59 | – | Table 2 (a COCO model, every class new) |
 # | ADE20K-150 (`ade150`) | 150 | – | Table 2 |
 #
+# The same facts, as `deop_lite.datasets` holds them:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+for name, info in datasets.DATASETS.items():
+    unseen = f"{len(info.unseen)} unseen: {', '.join(info.unseen)}" if info.unseen else "no split, every class new to a COCO model"
+    print(f"{name:10s} {len(info.class_names):3d} classes, splits {'/'.join(info.splits):9s} | {unseen}")
+print("label of ignored pixels:", metrics.IGNORE_INDEX)
+
+# %% [markdown]
 # The command line does the same as this notebook: `python -m deop_lite.datasets prepare voc --root RAW --out DIR`. It shows a progress bar, skips what is done (re-running is free, an interrupted run resumes) and writes `train_label_count.json`, the per-class pixel counts SimBaseline's loader expects.
 
 # %%
@@ -82,7 +97,7 @@ counts = json.loads((data / "train_label_count.json").read_text())
 print("seen classes with no training pixel:", ", ".join(c for c, n in counts.items() if n == 0) or "none")
 
 # %% [markdown]
-# Validation images with their ground truth (unseen classes starred in the legend; black = ignored):
+# Validation images with their ground truth (unseen classes starred in the legend; black = ignored, here VOC's background and the object borders VOC leaves unlabelled):
 
 # %%
 shown = [val_set[i] for i in range(min(4, len(val_set)))]
@@ -100,6 +115,10 @@ halves = [datasets.training_batch(train_set, 0, 4, config.crop, rank=r, world_si
 assert torch.equal(whole["image_raw"], torch.cat([h["image_raw"] for h in halves]))
 print("one process :", tuple(whole["image_raw"].shape), tuple(whole["label"].shape))
 print("two processes:", [tuple(h["image_raw"].shape) for h in halves], "-> the same 4 samples")
+print("short side / crop size, one drawn per sample:", ", ".join(f"{s:.1f}" for s in datasets.SCALES))
+
+# %% [markdown]
+# The four samples of step 0. Black is ignored: VOC's background, unseen objects, and the padding where a crop overhangs its image.
 
 # %%
 viz.show_segmentations(whole["image_raw"], {"training label (seen only)": whole["label"]},
@@ -109,19 +128,41 @@ plt.show()
 # %% [markdown]
 # ## 2. The presets: the paper's recipe, and the same on one consumer GPU
 #
-# `realworld.RealConfig.voc()` and `.coco()` mirror the official scripts ([scripts/train_learn_prompts.sh](https://github.com/CongHan0808/DeOP/blob/master/scripts/train_learn_prompts.sh), [scripts/train_learned_prompts_maskformer.sh](https://github.com/CongHan0808/DeOP/blob/master/scripts/train_learned_prompts_maskformer.sh), [scripts/deop_train.sh](https://github.com/CongHan0808/DeOP/blob/master/scripts/deop_train.sh)): CLIP ViT-B/16 at 512 × 512 crops; a MaskFormer with N = 100 queries, 6 decoder layers and hidden size 256 on a ResNet-101; DeOP with 16 learned text-context vectors, visual prompts added at the input and in blocks 1–5, GPS (α = 1 in the last layer) and query-based CAL with K = 1 (8 heads, FFN 1024, dropout 0.1); AdamW with a poly schedule and full-model gradient clipping at 0.01.
+# `realworld.RealConfig.voc()` and `.coco()` mirror the official scripts ([scripts/train_learn_prompts.sh](https://github.com/CongHan0808/DeOP/blob/master/scripts/train_learn_prompts.sh), [scripts/train_learned_prompts_maskformer.sh](https://github.com/CongHan0808/DeOP/blob/master/scripts/train_learned_prompts_maskformer.sh), [scripts/deop_train.sh](https://github.com/CongHan0808/DeOP/blob/master/scripts/deop_train.sh)): CLIP ViT-B/16 at 512 × 512 crops; a MaskFormer with N = 100 queries, 6 decoder layers and hidden size 256 on a ResNet-101; DeOP with 16 learned text-context vectors, visual prompts added at the input and in blocks 1–5, GPS (α = 1 in the last layer) and query-based CAL with K = 1 (8 heads, FFN 1024, dropout 0.1); at test time the short side resized to 512, the long side at most 2048 (VOC) or 2560 (COCO-Stuff). The presets as the package holds them:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+for name in ("voc", "coco"):
+    c = realworld.preset(name)
+    p, m, a = c.proposals, c.model, c.model.anchors
+    print(f"{name}: CLIP {c.clip} ({c.clip_weights} weights), {c.crop} px crops, pixel norm {c.pixel_norm!r}; "
+          f"evaluation: short side {c.eval_short_side}, long side at most {c.eval_max_side}")
+print(f"proposals : {p.backbone}, N = {p.num_queries} queries, {p.dec_layers} decoder layers, hidden {p.hidden_dim}, "
+      f"class_aware={p.class_aware}, ignored_pixels={p.ignored_pixels!r}")
+print(f"prompts   : text {m.prompts.text!r} with {m.prompts.n_ctx} context vectors; visual {m.prompts.visual!r} "
+      f"at blocks {m.prompts.visual_layers} (0 = the input)")
+print(f"severance : {m.severance_mode!r}, alpha per block {m.severance} (-1 = the last)")
+print(f"CAL       : {a.kind!r}, K = {a.layers}, {a.heads} heads, FFN {a.ffn_dim}, dropout {a.dropout}")
+print(f"DeOP loss : ignore_as_void={c.ignore_as_void}")
+
+# %% [markdown]
+# Where the paper and the official code differ, or where the paper says nothing, the presets pick one side and keep the other as an option. The column "from" says where the preset's choice comes from:
 #
-# Where the official code and the paper differ, the presets follow the paper and keep the code's choice as an option:
+# | choice | preset | from | the official code's, as an option |
+# |---|---|---|---|
+# | proposals | class-agnostic MaskFormer | the paper (§3.1, supplementary A) | class-aware over the seen classes: `config.proposals.class_aware = True` |
+# | unseen pixels in the proposals' mask loss | left out | ours: the paper does not say | background of every matched mask: `config.proposals.ignored_pixels = "negative"` |
+# | unseen pixels in DeOP's loss | left out | ours: the paper does not say | supervised as void: `config.ignore_as_void = True` |
+# | patch severance | GPS, last layer α = 1 | the paper (§4.1, Table 4) | "GPS with mask": `config.model.severance_mode = "gps_mask"` |
+# | pixel normalisation for CLIP | CLIP's mean / std | ours: CLIP's own; the paper does not say | ImageNet's: `config.pixel_norm = "imagenet"` |
 #
-# | choice | preset (the paper's idea; ours where the paper is silent, as on unseen pixels) | the official code's, as an option |
-# |---|---|---|
-# | proposals | class-agnostic MaskFormer | class-aware over the seen classes: `config.proposals.class_aware = True` |
-# | unseen pixels in the proposals' mask loss | left out | background of every matched mask: `config.proposals.ignored_pixels = "negative"` |
-# | unseen pixels in DeOP's loss | left out | supervised as void: `config.ignore_as_void = True` |
-# | patch severance | GPS, last layer α = 1 | "GPS with mask": `config.model.severance_mode = "gps_mask"` |
-# | pixel normalisation for CLIP | CLIP's mean / std | ImageNet's: `config.pixel_norm = "imagenet"` |
+# On unseen pixels the paper's problem definition (§3) says only:
 #
-# Two choices are ours, not theirs: stage 1 runs our shared AdamW loop (SimBaseline: SGD, lr 0.02), and the backbone is torchvision's ResNet-101 with frozen BatchNorm (the official one is detectron2's deeplab-stem "R101c", whose weights torchvision does not ship).
+# > In training stage, the model needs to project the images into different regions with seen classes.
+#
+# The official code teaches the unseen pixels of a training image as something: background in every matched proposal, void in DeOP's loss ([mask_former/modeling/criterion_decoder.py](https://github.com/CongHan0808/DeOP/blob/master/mask_former/modeling/criterion_decoder.py)). The presets leave those pixels out of both losses instead, so that no loss tells the network what an unseen object is; that is our choice, not the paper's.
+#
+# Two more choices are ours, not theirs: stage 1 runs our shared AdamW loop (SimBaseline trains its prompts with SGD), and the backbone is torchvision's ResNet-101 with frozen BatchNorm (the official one is detectron2's deeplab-stem "R101c", whose weights torchvision does not ship).
 #
 # `.for_consumer_gpu()` shrinks a preset the way nanoGPT's README shrinks GPT-2, keeping what defines the result:
 # - **bf16 autocast** (forward passes only; weights, optimiser and losses stay fp32): about half the activation memory, about twice the matmul speed on Ampere and newer GPUs;
@@ -136,7 +177,7 @@ for name in ("voc", "coco"):
         c = realworld.preset(name, consumer_gpu=consumer)
         for stage, s in c.stages.items():
             rows.append(f"{c.name:14s} {stage:9s} steps {s.train.steps:6d} | global batch {s.batch_size:2d} = "
-                        f"{s.accumulate} x {s.batch_size // s.accumulate:2d} | lr {s.train.lr:.0e} | clip {s.train.grad_clip:g}"
+                        f"{s.accumulate} x {s.batch_size // s.accumulate:2d} | lr {s.train.lr:.0e} {s.train.schedule:6s} | clip {s.train.grad_clip:g}"
                         f" | bf16 {c.bf16}")
 print("\n".join(rows))
 
@@ -152,7 +193,7 @@ print("\n".join(rows))
 clip = load_clip(config.clip, pretrained=config.clip_weights)
 pos = clip.visual.positional_embedding.detach()  # (1 + 14 * 14, 768)
 pos_512 = resize_pos_embed(pos, (32, 32))  # (1 + 32 * 32, 768)
-print(f"positional embedding at 224 px: {tuple(pos.shape)}; at 512 px: {tuple(pos_512.shape)}")
+print(f"positional embedding at 224 px: {tuple(pos.shape)} = 1 + {pos.shape[0] - 1} rows; at 512 px: {tuple(pos_512.shape)}")
 with torch.no_grad():
     dense_feats = clip.dense_features(clip.normalize(torch.rand(1, 3, 512, 512)))
 print(f"dense CLIP features of a 512 x 512 image, one pass: {tuple(dense_feats.shape)}")
@@ -164,17 +205,19 @@ def similarity_map(table: torch.Tensor, grid: int, row: int, col: int) -> torch.
     patches = torch.nn.functional.normalize(table[1:], dim=-1)  # (grid * grid, W)
     return (patches @ patches[row * grid + col]).view(grid, grid)
 
-fig, axes = plt.subplots(1, 2, figsize=(6.5, 3))
+fig, axes = plt.subplots(1, 2, figsize=(7, 3.3), layout="constrained")
 for ax, (table, grid, where) in zip(axes, [(pos, 14, (4, 9)), (pos_512, 32, (9, 21))]):
-    ax.imshow(similarity_map(table, grid, *where), cmap="magma")
-    ax.set_title(f"{grid} x {grid}: similarity to position {where}", fontsize=9)
+    shown_map = ax.imshow(similarity_map(table, grid, *where), cmap="magma", vmin=-1, vmax=1)
+    ax.plot(where[1], where[0], "c+", markersize=8)  # the chosen position
+    ax.set_title(f"{grid} x {grid}: position {where} (+)")
     ax.axis("off")
+fig.colorbar(shown_map, ax=axes, shrink=0.8, label="cosine similarity")
 fig.suptitle(f"positional embedding of {config.clip} ({config.clip_weights or 'random weights: a random table, no structure'})",
-             fontsize=9)
+             fontsize=10)
 plt.show()
 
 # %% [markdown]
-# With OpenAI's weights each map is a bright blob around the chosen position, the same blob at both sizes; with random weights (CPU and CI mode) the table is noise and so are the maps.
+# With OpenAI's weights each map is a bright blob around the chosen position, the same blob at both sizes. With random weights (CPU and CI mode) the 14 × 14 table is noise: only the chosen position itself is bright. The blob at 32 × 32 then comes from the bicubic interpolation alone, which blends each new position from its neighbours.
 #
 # ### 3.2 Cost: tokens, FLOPs, memory
 #
@@ -182,17 +225,19 @@ plt.show()
 
 # %%
 # NBVAL_CHECK_OUTPUT
+tokens = {side: (side // 16) ** 2 + 1 for side in (224, 512)}
 for side in (224, 512):
     flops = bench.clip_flops("ViT-B-16", side)
-    print(f"ViT-B/16 dense pass at {side} x {side}: {(side // 16) ** 2 + 1:5d} tokens, {flops['one_pass'] / 1e9:6.1f} GFLOPs "
+    print(f"ViT-B/16 dense pass at {side} x {side}: {tokens[side]:5d} tokens, {flops['one_pass'] / 1e9:6.1f} GFLOPs "
           f"= {flops['break_even_crops']:.1f} crops at 224")
+print(f"tokens x {tokens[512] / tokens[224]:.1f} from 224 to 512 px; {len(clip.visual.transformer.resblocks)} transformer blocks")
 
 # %% [markdown]
 # Throughput and memory of one training step, measured here with random weights and random pixels (the cost of a step depends on neither): `realworld.throughput`, also on the command line as `python -m deop_lite.realworld probe --preset voc [--consumer-gpu] --micro-batch 4`. On a CPU the memory is the process's peak resident size, on a GPU `torch.cuda.max_memory_allocated`.
 
 # %%
 probes = [realworld.throughput(config, "deop", micro_batch=2 if PRESET == "tiny" else 4, steps=PROBE_STEPS)]
-if PROBE_PAPER_SCALE and PRESET == "tiny":  # the real preset's step on this machine, for scale
+if PROBE_PAPER_SCALE and PRESET == "tiny":  # one step of the paper-scale preset on the same device, for scale
     probes.append(realworld.throughput(realworld.preset("voc"), "deop", micro_batch=1, steps=1))
 for p in probes:
     print(f"{p['preset']:13s} {p['stage']} step, {p['clip']} at {p['crop']} px, micro-batch {p['micro_batch']}, "
@@ -204,7 +249,7 @@ for p in probes:
 #
 # `torchrun --nproc_per_node 4 -m deop_lite.realworld train --preset coco --data DIR` starts four processes; each joins the process group (NCCL on GPUs, gloo on CPUs), wraps the trained modules in `DistributedDataParallel` and computes its quarter of every global batch (section 1). DDP's backward averages the gradients over processes, so all four take the step one process would take with the whole batch. Rank 0 alone writes logs and checkpoints, and a checkpoint holds no trace of the number of processes: a run may stop on 4 GPUs (`--stop-at`) and resume on 1.
 #
-# `tests/test_realworld.py` checks both on this CPU with the gloo backend: 2 processes with half the batch each against 1 process with all of it give the same loss at every step and the same weights, and a run paused by 2 processes and finished by 1 ends with the same weights as the uninterrupted one. The test trains in float64 (`RealConfig(float64=True)`): the runs add the same numbers in another order, which in float32 changes a sum by ~1e-7 and, amplified by a few AdamW steps, decides the outcome on the CPU's SIMD kernels; in float64 the weights agree to ~1e-13, and the test asks for 1e-10.
+# `tests/test_realworld.py` checks both on a CPU with the gloo backend: 2 processes with half the batch each against 1 process with all of it give the same loss at every step and the same weights, and a run paused by 2 processes and finished by 1 ends with the same weights as the uninterrupted one. The test trains in float64 (`RealConfig(float64=True)`): two processes add the same numbers in another order than one, and in float32 that rounding difference alone can grow over a few AdamW steps into visibly different weights; in float64 it stays far below the test's tolerance.
 
 # %%
 print(f"one GPU : python -m deop_lite.realworld train --preset {PRESET} --data {data}")
@@ -238,10 +283,14 @@ deop = realworld.build_deop(config, run_dir, device)
 result = realworld.evaluate(deop, val_set, config.eval_short_side, config.eval_max_side)
 (run_dir / "eval_val.json").write_text(json.dumps(result, indent=1))
 paper = realworld.paper_numbers(realworld.preset("voc" if config.dataset == "voc" else "coco"), val_set)
-print(f"{'':10s} {'pAcc':>6s} {'seen':>6s} {'unseen':>7s} {'hIoU':>6s}")
-print(f"{'measured':10s} {result['pAcc']:6.1f} {result['seen']:6.1f} {result['unseen']:7.1f} {result['hIoU']:6.1f}"
-      f"   ({result['images']} images, {result['images_per_s']:.2f} images/s)")
-print(f"{'paper':10s} {'':6s} {paper['seen']:6.1f} {paper['unseen']:7.1f} {paper['hIoU']:6.1f}   (DeOP, ViT-B/16, Table 1)")
+print(f"{val_set.name + ' val, ' + str(result['images']) + ' images':26s} {'pAcc':>6s} {'seen':>6s} {'unseen':>7s} {'hIoU':>6s}")
+print(f"{'measured (' + config.name + ' preset)':26s} {result['pAcc']:6.1f} {result['seen']:6.1f} {result['unseen']:7.1f} "
+      f"{result['hIoU']:6.1f}   ({result['images_per_s']:.2f} images/s)")
+print(f"{'paper, Table 1':26s} {'':6s} {paper['seen']:6.1f} {paper['unseen']:7.1f} {paper['hIoU']:6.1f}   "
+      f"(DeOP, ViT-B/16, every val image)")
+voc = realworld.preset("voc")
+image, size = realworld.eval_input(torch.rand(3, 375, 500), voc.eval_short_side, voc.eval_max_side)  # a common VOC size
+print(f"\nvoc preset's evaluation input: (375, 500) -> resized to {size} -> padded to {tuple(image.shape[-2:])}")
 
 # %%
 predictions = [realworld.predict_label(deop, it["image_raw"], val_set.class_names, config.eval_short_side,
@@ -255,14 +304,32 @@ plt.show()
 #
 # **In CPU and CI mode the numbers above mean nothing** beyond "the path runs": CLIP has random weights, and each stage trained for two steps on ten images. What the cells check is that every piece (data, the three stages, evaluation, JSON) fits together on real VOC images, at the same code path a GPU run takes.
 #
-# **On a GPU** (`PRESET = "voc"`, OpenAI weights, a prepared VOC + SBD folder), compare with the paper's DeOP (ViT-B/16): VOC hIoU 80.8 (seen 88.2, unseen 74.6); COCO-Stuff hIoU 38.2 (seen 38.0, unseen 38.4); trained on COCO-Stuff, mIoU 91.7 on VOC-20, 48.8 on Context-59 and 22.9 on ADE-150. Where yours differ, check in this order:
+# **On a GPU** (`PRESET = "voc"`, OpenAI weights, a prepared VOC + SBD folder), compare with the paper's DeOP (ViT-B/16), evaluated on every image of each validation set (§5.1). The paper's Tables 1 and 2:
 #
-# 1. **Proposals first.** Measure Recall@50 of seen and unseen segments (notebook 01's `proposals.proposal_recall` takes any dataset of this format). Unseen objects the network never proposes cannot be labelled.
+# | trained on | evaluated on | hIoU | seen mIoU | unseen mIoU | mIoU, all classes |
+# |---|---|---|---|---|---|
+# | VOC, 15 seen classes | VOC val (Table 1) | 80.8 | 88.2 | 74.6 | – |
+# | COCO-Stuff, 156 seen classes | COCO-Stuff val (Table 1) | 38.2 | 38.0 | 38.4 | – |
+# | COCO-Stuff, 156 seen classes | VOC-20 (Table 2) | – | – | – | 91.7 |
+# | COCO-Stuff, 156 seen classes | Context-59 (Table 2) | – | – | – | 48.8 |
+# | COCO-Stuff, 156 seen classes | ADE20K-150 (Table 2) | – | – | – | 22.9 |
+#
+# Where yours differ, check in this order:
+#
+# 1. **Proposals first.** Measure the recall of seen and unseen segments (`Recall@50`: notebook 01's `proposals.proposal_recall` takes any dataset of this format). Unseen objects the network never proposes cannot be labelled.
 # 2. **Classification with ground-truth masks** (`DeOP.classify_masks`, notebook 04 §9): separates what CLIP can recognise from what the proposals lose.
-# 3. **The prompt stage.** SimBaseline's authors say learned prompts vary from seed to seed ([its README](https://github.com/MendelXu/zsseg.baseline/blob/master/README.md); in SimBaseline's issue tracker, [#19](https://github.com/MendelXu/zsseg.baseline/issues/19) and [#20](https://github.com/MendelXu/zsseg.baseline/issues/20), users report 21.0 instead of 26.8 unseen mIoU on COCO, 62.9 instead of 72.5 on VOC); train stage 1 with two seeds (`config.seed`) and compare its crop accuracy.
+# 3. **The prompt stage.** SimBaseline's README warns that its prompt training "will be affected by the random seed" and advises running it several times ([its README](https://github.com/MendelXu/zsseg.baseline/blob/master/README.md)); train stage 1 with two seeds (`config.seed`) and compare its crop accuracy. Users of SimBaseline's code report numbers below the SimBaseline paper's, and its author answers the first of them that learned prompts are unstable:
+#
+#    Reported in SimBaseline's issue tracker, beside the SimBaseline paper's numbers as the issues quote them:
+#
+#    | issue | what was run | metric | reported | SimBaseline paper |
+#    |---|---|---|---|---|
+#    | [#19](https://github.com/MendelXu/zsseg.baseline/issues/19) | the released COCO-Stuff model, CLIP's visual encoder not tuned | seen / unseen mIoU | 21.01 / 26.95 | 26.8 / 29.7 |
+#    | [#20](https://github.com/MendelXu/zsseg.baseline/issues/20) | VOC, re-trained with the official configs and a learned prompt | unseen mIoU | 62.85 | 72.5 |
+#
 # 4. **The protocol.** Background ignored on VOC, unseen pixels ignored in training, all classes competing at test time: the JSON lists the per-class IoUs to check against.
 #
-# No GPU has been lent to this project yet, so the throughput and peak memory of the ViT-B/16 preset on a GPU are still to be measured (`python -m deop_lite.realworld probe --preset voc --micro-batch 4` and `--consumer-gpu`); the CPU numbers of section 3.2 give the scale on this machine.
+# The GPU's throughput and peak memory for the ViT-B/16 preset come from the same probe as section 3.2, run on the GPU: `python -m deop_lite.realworld probe --preset voc --micro-batch 4` (add `--consumer-gpu` for bf16 and accumulation). Section 3.2's CPU numbers give the scale of one step.
 
 # %% [markdown]
 # ## Summary
@@ -271,9 +338,13 @@ plt.show()
 # - At 512 px, CLIP's 14 × 14 positional embedding is interpolated to 32 × 32, a pass costs 6.1 crops at 224, and training back-propagates through all of CLIP: memory and throughput, not parameters, set the batch size.
 #
 # ## Exercises
-# 1. Evaluate a run on another dataset (Table 2): prepare `ade150`'s validation split and pass it with `--data`. Which metrics does the JSON report, and why no hIoU?
-# 2. Switch the official code's choices on (`config.ignore_as_void = True`, `severance_mode = "gps_mask"`, class-aware proposals) and train the tiny preset: which ones change the code path, and where?
-# 3. Measure `realworld.throughput` with `bf16=True` on a GPU, with micro-batches of 1, 2, 4 and 8. Where does the throughput stop growing, and what does that say about the best accumulation factor?
+# Each is tagged with what it costs. The first two run in seconds on a CPU, in this notebook.
+#
+# 1. **FLOPs against resolution** *(seconds, CPU)*. Loop `for side in (224, 384, 512, 768)`, call `bench.clip_flops("ViT-B-16", side)` and print its `break_even_crops` beside the token ratio `((side // 16) ** 2 + 1) / 197`. *Hint:* the MLPs and projections grow with the number of tokens T, attention with T². *Expect:* the FLOPs ratio grows faster than the token ratio, and the gap widens with the side, as attention's share grows (at 512 it is already the gap between 6.1 and 5.2 printed in section 3.2).
+# 2. **Four processes, one batch** *(seconds, CPU)*. Split global batch 0 among 4 processes with `datasets.training_batch(train_set, 0, 4, config.crop, rank=r, world_size=4)` and check that the shares concatenate to `whole`; then ask for 3 processes. *Hint:* a sample's crop, scale and flip are drawn from a generator seeded by its position in the stream, not by the process. *Expect:* the 4 shares equal `whole` exactly; 3 processes are refused with an `InputError`, because a global batch of 4 does not split into 3 equal shares.
+# 3. **The official code's choices** *(a re-train of the tiny preset: minutes on a CPU)*. Build `realworld.preset("tiny", ignore_as_void=True)` and, with `dataclasses.replace`, set `proposals.class_aware = True` and `model.severance_mode = "gps_mask"`; train it into a new run folder and evaluate it as in section 5. *Hint:* the run folder is load-or-train, so reusing `RUN_DIR` would load the old stages instead of training. *Expect:* the path runs end to end and the numbers still mean nothing (random CLIP, two steps a stage); the code paths that change are the proposals' loss (a class head and its loss), DeOP's loss (void targets on ignored pixels) and the severed block (its attention now uses the proposals).
+# 4. **Micro-batch against throughput** *(a GPU, minutes)*. On a GPU, run `realworld.throughput(realworld.preset("voc", consumer_gpu=True), "deop", micro_batch=b)` for b = 1, 2, 4 and 8. *Hint:* `peak_memory_gb` is `torch.cuda.max_memory_allocated`. *Expect:* images/s grows with b until the GPU is busy, then flattens, while the peak memory grows about linearly in b; the largest b that fits with headroom sets the accumulation factor (global batch / b).
+# 5. **Table 2 on ADE-150** *(a trained COCO-Stuff run, a dataset download and a GPU: hours)*. Prepare `ade150`'s validation split and pass it with `--data` to `python -m deop_lite.realworld eval`. *Hint:* ADE-150 has no seen / unseen split. *Expect:* the JSON reports mIoU over all classes and no hIoU; compare it with the paper's ADE20K-150 row in section 6.
 #
 # ## The end
 # This is the last notebook. Back to the start: [00_toy_world_and_clip.ipynb](00_toy_world_and_clip.ipynb); the lab book of how the project was built is `docs/experiments.md`.
