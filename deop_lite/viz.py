@@ -156,6 +156,10 @@ def _plot_curves(curves: dict[str, tuple[Sequence[dict], str]], ax, title: str, 
     return ax.figure
 
 
+_SWEEP_CLIPS = {"shipped": "shipped toy CLIP", "like_vit_b16": "toy CLIP like ViT-B/16"}
+"""The sweep's toy CLIPs (``clip`` of each run) as a legend names them."""
+
+
 def plot_severance_sweep(runs: Sequence[dict], key: str = "hIoU"):
     """The severed-blocks sweep (``model.severance_sweep()``): left, ``key`` of baseline+ w/ PS ("ps") and DeOP
     ("deop") on the shipped toy CLIP against the number K of severed blocks, one line style per training length;
@@ -173,11 +177,11 @@ def plot_severance_sweep(runs: Sequence[dict], key: str = "hIoU"):
                     ax.plot(blocks, [final[(clip, variant, b, steps)] for b in blocks], style, color=line_colour, marker="o",
                             ms=4, label=f"{'PS' if variant == 'ps' else 'DeOP (PS + CAL)'}, {steps} steps")
             gain_ax.plot(blocks, [final[(clip, "deop", b, steps)] - final[(clip, "ps", b, steps)] for b in blocks], style,
-                         color=colour, marker="o", ms=4, label=f"{clip.replace('_', ' ')} toy CLIP, {steps} steps")
+                         color=colour, marker="o", ms=4, label=f"{_SWEEP_CLIPS.get(clip, clip)}, {steps} steps")
     gain_ax.axhline(0, color="gray", lw=0.8)
     depth = max(r["blocks"] for r in runs)
     for axis, title, ylabel in ((ax, f"shipped toy CLIP: {key}, last K blocks severed", key),
-                                (gain_ax, "what CAL adds: DeOP − PS", f"Δ {key}")):
+                                (gain_ax, "what CAL adds: DeOP − PS, per toy CLIP", f"Δ {key}")):
         axis.set_xticks(range(1, depth + 1))
         axis.set_xlabel(f"K, severed blocks (of {depth})")
         axis.set_ylabel(ylabel)
@@ -240,9 +244,10 @@ def pipeline_figure(highlight: Sequence[str] | str = (), title: str = "DeOP: dec
     return fig
 
 
-def _tinted_grid(images_raw, masks, titles, outlines=None, ncols: int = 8, size: float = 1.5):
-    """A grid of images, each with its mask (H, W) in [0, 1] tinted orange and, optionally, an outline
-    (H, W) binary drawn in green."""
+def _tinted_grid(images_raw, masks, titles, outlines=None, ncols: int = 8, size: float = 1.5, dim: bool = False,
+                 suptitle: str | None = None):
+    """A grid of images, each with its mask (H, W) in [0, 1] tinted orange (``dim``: the image darkened where
+    the mask is off, which reads on any colour) and, optionally, an outline (H, W) binary drawn in green."""
     nrows = -(-len(images_raw) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows + 0.3), squeeze=False)
     tint = np.array([1.0, 0.35, 0.0])
@@ -251,27 +256,35 @@ def _tinted_grid(images_raw, masks, titles, outlines=None, ncols: int = 8, size:
     for i, (ax, image_raw, mask) in enumerate(zip(axes.flat, images_raw, masks)):
         image = to_hwc(image_raw)
         mask = torch.as_tensor(mask).detach().float().cpu().numpy()[..., None]  # (H, W, 1)
-        ax.imshow(np.clip(image * (1 - 0.6 * mask) + 0.6 * mask * tint, 0, 1))
+        ax.imshow(image * (0.1 + 0.9 * mask ** 2) if dim else np.clip(image * (1 - 0.6 * mask) + 0.6 * mask * tint, 0, 1))
+        if dim and mask.max() > 0.5:
+            ax.contour(mask[..., 0], [0.5], colors="cyan", linewidths=0.8)
         if outlines is not None:
             ax.contour(torch.as_tensor(outlines[i]).float().cpu().numpy(), [0.5], colors="lime", linewidths=1.2)
         if titles is not None:
             ax.set_title(titles[i], fontsize=7)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=9)
     fig.tight_layout()
     return fig
 
 
 def show_proposals(image_raw, mask_probs, titles: Sequence[str] | None = None, ncols: int = 8, size: float = 1.5):
-    """One image's proposals: each mask σ(M_n) (N, H, W) tinted over the image. Returns the figure."""
-    return _tinted_grid([image_raw] * len(mask_probs), mask_probs, titles, ncols=ncols, size=size)
+    """One image's proposals: the image as each mask σ(M_n) (N, H, W) sees it, dark where the mask is low, with
+    the σ = 0.5 contour in cyan (an idle query's panel is dark). Returns the figure."""
+    return _tinted_grid([image_raw] * len(mask_probs), mask_probs, titles, ncols=ncols, size=size, dim=True,
+                        suptitle="each query's mask σ(M_n): the image shows through where it is high; cyan: σ(M_n) = 0.5")
 
 
 def show_segment_matches(images_raw, segments, proposals, titles: Sequence[str], ncols: int = 6, size: float = 1.8):
-    """Ground-truth segments (outlined in green) and the proposal matched to each (tinted orange).
+    """Ground-truth segments (outlined in green) and the proposal matched to each (tinted orange), said in the
+    figure's title.
 
     Args:
         images_raw: (K, 3, H, W) in [0, 1]; segments, proposals: (K, H, W) binary masks; titles: K strings.
     """
-    return _tinted_grid(images_raw, proposals, titles, outlines=segments, ncols=ncols, size=size)
+    return _tinted_grid(images_raw, proposals, titles, outlines=segments, ncols=ncols, size=size,
+                        suptitle="green outline: the ground-truth segment (the truth); orange fill: its best proposal")
 
 
 def plot_per_class(values: dict, ylabel: str, title: str = "", unseen: Sequence[str] = UNSEEN_CLASSES, ax=None):
