@@ -30,21 +30,25 @@ def per_scene_meter(path: str, world, proposals, batch_size: int = 16) -> Segmen
     return meter
 
 
+def paired_gain(model: str, reference: str, scenes: int = 200) -> dict[str, list[float]]:
+    """hIoU, seen and unseen of ``model`` minus ``reference``: metric -> [difference, low, high], the 95 % paired
+    bootstrap interval over the first ``scenes`` validation scenes."""
+    world, proposals = toyworld.segmentation_world("val", scenes, 128), load_proposals()[0]
+    split = (toyworld.SEEN_CLASSES, toyworld.UNSEEN_CLASSES, toyworld.THING_CLASSES)
+    ours, theirs = (per_scene_meter(path, world, proposals) for path in (model, reference))
+    interval = ours.difference_interval(theirs, *split)
+    ours_result, theirs_result = ours.compute(*split), theirs.compute(*split)
+    return {key: [ours_result[key] - theirs_result[key], *interval[key]] for key in ("hIoU", "seen", "unseen")}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="a DeOP variant's .safetensors file")
     parser.add_argument("reference", help="the variant it is compared with")
     parser.add_argument("--scenes", type=int, default=200)
     args = parser.parse_args()
-    world, proposals = toyworld.segmentation_world("val", args.scenes, 128), load_proposals()[0]
-    split = (toyworld.SEEN_CLASSES, toyworld.UNSEEN_CLASSES, toyworld.THING_CLASSES)
-    model, reference = (per_scene_meter(path, world, proposals) for path in (args.model, args.reference))
-    ours, theirs = model.compute(*split), reference.compute(*split)
-    interval = model.difference_interval(reference, *split)
-    for key in ("hIoU", "seen", "unseen"):
-        low, high = interval[key]
-        print(f"{key:>6}: {ours[key]:.1f} - {theirs[key]:.1f} = {ours[key] - theirs[key]:+.1f}, "
-              f"95 % paired interval over {args.scenes} scenes [{low:+.1f}, {high:+.1f}]")
+    for key, (difference, low, high) in paired_gain(args.model, args.reference, args.scenes).items():
+        print(f"{key:>6}: {difference:+.1f}, 95 % paired interval over {args.scenes} scenes [{low:+.1f}, {high:+.1f}]")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 DeOP (PS + CAL) trained with GPS α = 1 in the last K blocks of the toy CLIP, for several K and training lengths.
 Runs what is missing (resumable: each run is an ordinary `python -m deop_lite.model train`, in runs/sweep/), then
 writes every run's final evaluation (200 validation scenes, the shipped refined proposals) and in-training curve
-(48 scenes) to data/deop/severance_sweep.json, which notebook 04 plots.
+(48 scenes) to data/deop/severance_sweep.json, which notebook 04 plots. Each DeOP run also gets CAL's gain over the
+PS run of the same CLIP, K and length, with its 95 % paired bootstrap interval over the 200 scenes (`cal_gain`).
 
     python tools/severance_sweep.py                       # the shipped grid: ps, deop x K = 1..4 x 500, 1000 steps
     python tools/severance_sweep.py --clip like_vit_b16 --blocks 1 2 --steps 500  # the toy CLIP pre-trained like ViT-B/16
@@ -14,6 +15,8 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from paired_gain import paired_gain
 
 from deop_lite import checks
 from deop_lite.clip import TOY_CLIP_LIKE_VIT_B16
@@ -56,6 +59,12 @@ def collect(clip: str, variant: str, blocks: int, steps: int) -> dict:
             "command": " ".join(args)}
 
 
+def cal_gain(clip: str, blocks: int, steps: int) -> dict[str, list[float]]:
+    """DeOP's hIoU, seen and unseen minus PS's, each as [difference, low, high] (95 % paired interval, 200 scenes)."""
+    deop, ps = (command(clip, variant, blocks, steps)[-1] for variant in ("deop", "ps"))
+    return paired_gain(deop, ps, scenes=200)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clip", choices=list(CLIPS), default="shipped")
@@ -71,7 +80,16 @@ def main() -> None:
         list(pool.map(lambda job: run(*job, threads), grid))
     existing = json.loads(Path(args.out).read_text())["runs"] if Path(args.out).exists() else []
     runs = {(r["clip"], r["variant"], r["blocks"], r["steps"]): r for r in existing}
-    runs.update({job: collect(*job) for job in grid})
+    for job in grid:  # a DeOP run's CAL gain is kept while neither its weights nor its PS partner's have changed
+        fresh = collect(*job)
+        clip, _, blocks, steps = job
+        if job not in runs or runs[job]["final"] != fresh["final"]:
+            runs.get((clip, "deop", blocks, steps), {}).pop("cal_gain", None)
+        runs[job] = {**runs.get(job, {}), **fresh}
+    for (clip, variant, blocks, steps), record in runs.items():
+        if variant == "deop" and "cal_gain" not in record and (clip, "ps", blocks, steps) in runs:
+            print(f"CAL's gain, {clip} CLIP, K = {blocks}, {steps} steps", flush=True)
+            record["cal_gain"] = cal_gain(clip, blocks, steps)
     order = lambda r: (list(CLIPS).index(r["clip"]), r["blocks"], r["steps"], r["variant"])
     with checks.atomic_path(args.out) as tmp:
         tmp.write_text(json.dumps({"runs": sorted(runs.values(), key=order)}, indent=1))
