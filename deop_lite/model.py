@@ -454,13 +454,15 @@ def evaluate_deop(model: nn.Module, scenes: int = 200, image_size: int = 128, ba
 
 @torch.no_grad()
 def evaluate_training_free(clip: ClipModel, proposals: nn.Module, mode: str | None, scenes: int = 200,
-                           image_size: int = 128, progress: bool | None = None) -> dict[str, dict]:
+                           image_size: int = 128, progress: bool | None = None,
+                           interval: bool = False) -> dict[str, dict]:
     """One severance mode, training-free, the two ways it can be used (notebook 03, "What came after").
 
     ``mode`` (one of ``severance.MODES`` that reads no masks, or None for the stock CLIP) changes the last block.
     ``"per_patch"`` labels each pixel with its patch's nearest class (how MaskCLIP, SCLIP, ClearCLIP and NACLIP
     segment); ``"mask_pooling"`` is the one-pass baseline: the same patch features pooled in the proposals.
-    Each value is :func:`evaluate_toy`'s result on the first ``scenes`` validation scenes.
+    Each value is :func:`evaluate_toy`'s result on the first ``scenes`` validation scenes (``interval=True``: with
+    each metric's 95 % bootstrap interval over them).
     """
     from .clip import patch_scores
     if mode is not None and (mode not in MODES or mode in MASK_MODES):
@@ -474,8 +476,8 @@ def evaluate_training_free(clip: ClipModel, proposals: nn.Module, mode: str | No
         dense_feats = baseline.dense_features(image_raw, None)  # (B, D, h, w)
         return patch_scores(dense_feats, text_emb, image_raw.shape[-2:]).argmax(1)
 
-    return {"per_patch": evaluate_toy(per_patch, scenes, image_size, progress=progress),
-            "mask_pooling": evaluate_deop(baseline, scenes, image_size, progress=progress)}
+    return {"per_patch": evaluate_toy(per_patch, scenes, image_size, progress=progress, interval=interval),
+            "mask_pooling": evaluate_deop(baseline, scenes, image_size, progress=progress, interval=interval)}
 
 
 def train_briefly(variant: str, steps: int, val_scenes: int = 16) -> DeOP:

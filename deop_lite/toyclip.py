@@ -125,16 +125,17 @@ GATE_SEVERANCE = {"stock": {}, "GPS α=1, last layer": {-1: 1.0},
 
 @torch.no_grad()
 def ground_truth_gate(clip, scenes: int = 200, severance: dict[str, dict[int, float]] | None = None,
-                      progress: bool | None = None) -> dict[str, dict]:
+                      progress: bool | None = None, interval: bool = False) -> dict[str, dict]:
     """Classify the ground-truth masks of ``scenes`` validation scenes (so that proposals play no part) with one
     pass (each ``severance`` setting, training-free) and with multi-pass crops; name -> ``evaluate_deop``'s
-    result (seen, unseen, hIoU, things, per-class IoU). Before anything downstream is trained on a toy world,
-    one pass must read things about as well as crops do (notebook 00)."""
+    result (seen, unseen, hIoU, things, per-class IoU; ``interval=True``: with 95 % bootstrap intervals). Before
+    anything downstream is trained on a toy world, one pass must read things about as well as crops do
+    (notebook 00)."""
     unused = MaskProposalNetwork(ProposalConfig())  # the classifiers are given the masks
     classifiers = {f"one pass, {name}": OnePassBaseline(unused, clip, severance=layers or None)
                    for name, layers in (severance or GATE_SEVERANCE).items()}
     classifiers["multi-pass crops"] = MultiPass(unused, clip)
-    return {name: evaluate_deop(classifier, scenes, masks="ground_truth", progress=progress)
+    return {name: evaluate_deop(classifier, scenes, masks="ground_truth", progress=progress, interval=interval)
             for name, classifier in classifiers.items()}
 
 

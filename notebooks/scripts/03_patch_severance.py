@@ -35,9 +35,9 @@ viz.pipeline_figure("03", title="DeOP pipeline: this notebook builds the highlig
 plt.show()
 
 # %% tags=["parameters"]
-N_VAL = 200  # scenes behind every checked number (fixed, so CI checks the same numbers)
-N_SWEEP = 30 if runtime.CI else 100  # scenes per point of the α sweep (a plot, not checked)
-N_GT = 100  # scenes of the two CLIPs' ground-truth comparison (checked)
+N_VAL = 200  # validation scenes behind Table 4 and the successors' table (the same in CI mode, so are their numbers)
+N_SWEEP = 30 if runtime.CI else 100  # validation scenes per point of the α sweep (fewer in CI mode: the curves' shape)
+N_GT = 100  # validation scenes of the two CLIPs' ground-truth comparison
 
 # %%
 clip = clip_lib.load_clip("toy")
@@ -62,22 +62,29 @@ batch = torch.utils.data.default_collate([val[i] for i in range(50)])
 image = clip.normalize(batch["image_raw"])  # (50, 3, 128, 128)
 segments = batch["label"][:, clip.patch_size // 2::clip.patch_size, clip.patch_size // 2::clip.patch_size]  # (50, 16, 16)
 same = segments.flatten(1)[:, :, None] == segments.flatten(1)[:, None, :]  # (50, 256, 256)
-print(f"uniform attention                : {same.float().mean():.3f}")
+print(f"share of a patch's attention inside its own segment, {len(image)} validation scenes:")
+print(f"uniform attention                : {100 * same.float().mean():.1f} %")
 attention = severance.patch_attention(clip.visual, image, layers={})  # (50, 16, 16, 16, 16), unmodified CLIP
-print(f"stock CLIP, last layer           : {severance.attention_in_segment(attention, segments).mean():.3f}")
+print(f"stock CLIP, last layer           : {100 * severance.attention_in_segment(attention, segments).mean():.1f} %")
 
 # %% [markdown]
-# Less than uniform: in its last layer the toy CLIP's patches look *away* from their own segment, gathering context from the whole image, as a CLIP trained for image-level recognition does. Here is one patch:
+# Less than uniform: in its last layer the toy CLIP's patches look *away* from their own segment, gathering context from the whole image, as a CLIP trained for image-level recognition does. Here is one patch, boxed in every panel; each map has its own colour scale:
 
 # %%
 index, patch = 1, (12, 5)
 mask_probs = proposals.proposal_masks(net, batch["image_raw"][index:index + 1]).sigmoid()  # (1, N, 128, 128)
 owner = mask_probs[0, :, patch[0] * 8 + 4, patch[1] * 8 + 4].argmax()  # the proposal that covers the patch
 one = image[index:index + 1]
-viz.show_attention(batch["image_raw"][index],
-                   {"stock CLIP": severance.patch_attention(clip.visual, one, layers={})[0],
-                    "GPS α=0.5": severance.patch_attention(clip.visual, one, layers={-1: 0.5})[0]},
-                   patch, maps={"its proposal mask": mask_probs[0, owner]})
+fig = viz.show_attention(batch["image_raw"][index],
+                         {"stock CLIP": severance.patch_attention(clip.visual, one, layers={})[0],
+                          "GPS α=0.5": severance.patch_attention(clip.visual, one, layers={-1: 0.5})[0]},
+                         patch, maps={"its proposal mask": mask_probs[0, owner]})
+p = clip.patch_size
+for ax, label in zip(fig.axes[1:], ["attention", "attention", "probability σ(M)"]):  # each map: its scale, the patch boxed
+    ax.add_patch(plt.Rectangle((patch[1] * p, patch[0] * p), p, p, fill=False, ec="cyan", lw=1.5))
+    fig.colorbar(ax.images[-1], ax=ax, fraction=0.046, pad=0.02).set_label(label, fontsize=8)
+fig.suptitle(f"where patch {patch} (boxed) looks in the last layer", fontsize=9)
+fig.tight_layout()
 plt.show()
 
 # %% [markdown]
@@ -141,7 +148,7 @@ print(tuple(mask_attention.shape))
 # | GPS | 0.5 | 1.0 | 16.2 | 15.2 | 17.4 |
 # | GPS | 0.5 | 0.5 | 13.3 | 12.1 | 14.8 |
 #
-# > Interestingly, the best combination is that the last layer has a complete patch severance. — DeOP §5.3
+# > Interestingly, the best combination is that the last layer has a complete patch severance. — DeOP §5, "Analysis on PS"
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -152,9 +159,9 @@ rows = {"baseline (no severance)": {}, "MPS, last layer": {"severance": {-1: 1.0
         "GPS α = 1, last 2 blocks (toy DeOP)": {"severance": model_lib.GPS_TOY},
         "GPS α = 1, last 3 blocks": {"severance": model_lib.last_blocks_severed(3)},
         "GPS α = 1, every block": {"severance": model_lib.last_blocks_severed(4)}}
-table = {name: model_lib.evaluate_deop(model_lib.OnePassBaseline(net, clip, **kwargs), N_VAL, progress=False)
+table = {name: model_lib.evaluate_deop(model_lib.OnePassBaseline(net, clip, **kwargs), N_VAL, progress=False, interval=True)
          for name, kwargs in rows.items()}
-print(metrics.format_table(table))
+print(metrics.format_table(table, ("seen", "unseen", "hIoU", "things")))
 
 # %%
 sweep = {"the last block": lambda a: {-1: a}, "the last 2 blocks (toy DeOP)": lambda a: {k: a for k in model_lib.GPS_TOY},
@@ -175,16 +182,16 @@ ax.set_title(f"GPS, training-free, {N_SWEEP} validation scenes"); ax.legend(fram
 plt.show()
 
 # %% [markdown]
-# What holds and what does not (no training anywhere; proposals refined, notebook 01 §4):
+# What holds and what does not (no training anywhere; proposals refined, notebook 01 §4; 200 validation scenes, each number with its 95 % interval over them):
 #
-# - **Severing the last layer helps, a little, as in the paper.** Fully severing it lifts hIoU from 19.0 to 24.0 (things 11.1 → 16.0), more than α₋₁ = 0.5 (21.7), and the sweep rises steadily with $\alpha_{-1}$ up to 1. GPS beats MPS (22.0), as in the paper; the official code's "GPS with mask" is one point higher still (25.0), a gap that 200 scenes do not settle.
-# - **Severing earlier blocks too helps the shipped toy CLIP, unlike the paper's.** Half-severing the second-to-last block takes hIoU to 33.9 where the paper's ViT-B/16 drops (23.8 → 16.2); the last 2 blocks fully severed give 41.1 (the toy DeOP's setting, `model.GPS_TOY`), the last 3 give 64.4, and every block 74.4 (things 67.5). The next cells show why.
+# - **Severing the last layer helps, less than in the paper.** Fully severing it lifts hIoU from 19.0 to 24.0 (things 11.1 → 16.0), and the sweep rises slowly with $\alpha_{-1}$ up to 1 (it runs on the first 100 of the 200 scenes, so its points differ a little from the table's); the two rows' intervals just touch, so this gain is at the edge of what 200 scenes can tell, and the paper's Table 4 gains far more. MPS (22.0), α₋₁ = 0.5 (21.7), α₋₁ = 1 and the official code's "GPS with mask" (25.0) have overlapping intervals: 200 scenes do not rank them, so the toy world neither confirms nor contradicts the paper's GPS ahead of MPS.
+# - **Severing earlier blocks too helps the shipped toy CLIP, unlike the paper's ViT-B/16.** Half-severing the second-to-last block takes hIoU to 33.9, its interval clear of the last layer's, where the paper's Table 4 drops (half-severing its second-to-last block under a fully severed last one). The last 2 blocks fully severed give 41.1 (the toy DeOP's setting, `model.GPS_TOY`), the last 3 give 64.4, and every block 74.4 (things 67.5), each step's interval clear of the previous one's. The next cells show why.
 # - **What the toy DeOP uses:** the last 2 blocks. Two blocks of mixing are left, as ViT-B/16's first eleven are when the paper severs its last, so the trained components have something to repair (notebook 04 §6).
 
 # %% [markdown]
 # ### Why the toy CLIP can be severed everywhere, and ViT-B/16 cannot
 #
-# > We find that PS may break the embedding space if it is applied in shallower layers (*i.e.* the first layer) and results in poor performance. — DeOP §5.3
+# > Notably, we also attempt to apply PS to more transformer layers in ViT. However, we find that PS may break the embedding space if it is applied in shallower layers (*i.e.* the first layer) and results in poor performance. — DeOP §5, "Analysis on PS"
 #
 # The shipped toy CLIP departs from ViT-B/16 in three ways that decide this (notebook 00 §3): its image embedding is the mean of its patch tokens, its pre-training replaced each block's attention by the identity at random, and two 3×3 convolutions in its stem let each patch token see its neighbours before any attention. A second toy CLIP undoes all three (`ToyClipConfig.like_vit_b16()`: CLS pooling, never severed in pre-training, no stem context; shipped as `data/toy_clip_like_vit_b16.safetensors`). Give both the ground-truth masks, so that proposals play no part, and sever their last K blocks, training-free:
 
@@ -194,13 +201,16 @@ from deop_lite import toyclip
 
 like_vit = clip_lib.load_clip("toy", pretrained=clip_lib.TOY_CLIP_LIKE_VIT_B16)
 settings = {f"last {k}": model_lib.last_blocks_severed(k) or {} for k in range(5)}  # K = 0 ... 4 severed blocks
-severable = {name: toyclip.ground_truth_gate(c, N_GT, settings, progress=False)
+# each classifier is given one ground-truth mask per class, so that proposals play no part
+severable = {name: toyclip.ground_truth_gate(c, N_GT, settings, progress=False, interval=True)
              for name, c in (("shipped toy CLIP", clip), ("toy CLIP like ViT-B/16", like_vit))}
-print(f"hIoU on the ground-truth masks of {N_GT} validation scenes, GPS α = 1 in the last K of 4 blocks:")
-print(f"{'':24s}" + "".join(f"{name:>24s}" for name in severable))
+print(f"hIoU on the ground-truth masks of {N_GT} validation scenes, GPS α = 1 in the last K of 4 blocks "
+      f"[95 % interval over the {N_GT} scenes]:")
+print(f"{'':24s}" + "".join(f"{name:>26s}" for name in severable))
 for row in [f"one pass, {s}" for s in settings] + ["multi-pass crops"]:
+    cells = [(r["hIoU"], *r["interval"]["hIoU"]) for r in (severable[name][row] for name in severable)]
     print(f"{row.replace('last', 'K =').replace('one pass, K = 0', 'one pass, stock'):24s}"
-          + "".join(f"{severable[name][row]['hIoU']:24.1f}" for name in severable))
+          + "".join(f"{f'{v:.1f} [{low:.1f}, {high:.1f}]':>26s}" for v, low, high in cells))
 
 # %%
 fig, ax = plt.subplots(figsize=(5.5, 3))
@@ -212,7 +222,7 @@ ax.set_title(f"ground-truth masks, training-free, {N_GT} scenes"); ax.legend(fra
 plt.show()
 
 # %% [markdown]
-# The claim holds for the CLIP it was made about. Pre-trained like ViT-B/16, the toy CLIP reads ground-truth masks best with its last 3 blocks severed (63.3), and drops to 51.7 when the first block is severed too: severing a shallow block breaks what the blocks after it expect. Its best one pass stays far below one pass per crop (96.6). The shipped toy CLIP, pre-trained with blocks severed at random, gains at every step (95.8 with every block severed, against 96.5 for the crops): it was taught to read its own patch, so it can be severed everywhere. That is a property of its pre-training, not of DeOP, and it is why the toy DeOP severs only two blocks.
+# The claim holds for the CLIP it was made about. Pre-trained like ViT-B/16, the toy CLIP reads ground-truth masks best with its last 3 blocks severed (63.3), and drops to 51.7 when the first block is severed too, the two intervals clear of each other: severing a shallow block breaks what the blocks after it expect. Its best one pass stays far below one pass per crop (96.6). The shipped toy CLIP, pre-trained with blocks severed at random, gains at every step, each interval clear of the previous one's, up to 95.8 with every block severed, within the interval of the crops' 96.5: it was taught to read its own patch, so it can be severed everywhere. That is a property of its pre-training, not of DeOP, and it is why the toy DeOP severs only two blocks.
 
 # %% [markdown]
 # ## 5. What came after
@@ -230,7 +240,7 @@ plt.show()
 #
 # > We introduce three simple modifications to the final layer: removing the residual connection, implementing the self-self attention, and discarding the feed-forward network. — ClearCLIP, abstract
 #
-# > Our method enforces localization of patches in the self-attention of CLIP's vision transformer. — NACLIP, abstract
+# > Our method enforces localization of patches in the self-attention of CLIP's vision transformer which, despite being crucial for dense prediction tasks, has been overlooked in the OVSS literature. — NACLIP, abstract
 #
 # So MaskCLIP is exactly GPS at α = 1 in the last block: its ViT ([mmseg/models/backbones/vit.py](https://github.com/chongzhou96/MaskCLIP/blob/master/mmseg/models/backbones/vit.py)) keeps the residual and the FFN around the value path (`v += x; v = self.ffn(self.norm2(v), identity=v)`), and `severance_mode="maskclip"` equals `mode="gps", layers={-1: 1.0}` (a test checks it). `residual` and `ffn` are separate switches for every mode, so ClearCLIP's ablation (identity attention without either) is `mode="gps", residual=False, ffn=False`. Each attention, by hand, on the tokens entering the last block (`x` from §2):
 
@@ -252,35 +262,36 @@ with torch.no_grad():
 print("MaskCLIP, SCLIP, ClearCLIP and NACLIP by hand == deop_lite.severance")
 
 # %% [markdown]
-# These methods label every pixel with its patch's nearest class (no proposals), so the table below measures each mode both ways: **per patch**, as they are used, and by the one-pass baseline's **mask pooling** of the same refined proposals (§4). Each changes the **last block only**, as its authors do; nothing is trained. The things' mIoU is reported apart, because it is what a one-pass classifier finds hardest (notebook 05).
+# These methods label every pixel with its patch's nearest class (no proposals), so the table below measures each mode both ways: **per patch**, as they are used, and by the one-pass baseline's **mask pooling** of the same refined proposals (§4), on the same 200 scenes as Table 4. Each changes the **last block only**, as its authors do; nothing is trained. The things' mIoU is reported apart, because it is what a one-pass classifier finds hardest (notebook 05).
 
 # %%
 # NBVAL_CHECK_OUTPUT
-N_MODES = 100  # validation scenes per row (fixed, so CI checks the same numbers)
 modes = {"stock CLIP": None, "GPS α=1": "gps", "MaskCLIP": "maskclip", "SCLIP": "sclip",
          "ClearCLIP": "clearclip", "NACLIP": "naclip"}
-after = {name: model_lib.evaluate_training_free(clip, net, mode, scenes=N_MODES) for name, mode in modes.items()}
+after = {name: model_lib.evaluate_training_free(clip, net, mode, N_VAL, progress=False, interval=True)
+         for name, mode in modes.items()}
 print(metrics.format_table({f"{name}, {way.replace('_', ' ')}": row[way] for way in ("per_patch", "mask_pooling")
                             for name, row in after.items()}, ("seen", "unseen", "hIoU", "things")))
 
 # %% [markdown]
-# The same methods on real images, as their authors report them (ViT-B/16, mIoU %, no background class; training-free):
+# On real images, the published mIoU (%), read from the authors' repository rather than their papers; one protocol only: ViT-B/16, training-free, no background class, no post-processing (SCLIP's default, `pamr_steps=0` in [clip_segmentor.py](https://github.com/wangf3014/SCLIP/blob/main/clip_segmentor.py)):
 #
 # | method | VOC-20 | Context-59 | COCO-Stuff | ADE-150 | source |
 # |---|---|---|---|---|---|
 # | SCLIP | 81.5 | 34.5 | 22.8 | 16.5 | [wangf3014/SCLIP](https://github.com/wangf3014/SCLIP) README, "the default setup in this repo" |
-# | MaskCLIP, ClearCLIP, NACLIP | – | – | – | – | not quoted here: ClearCLIP's README gives its table as an image only, and NACLIP's README reports its main numbers with PAMR post-processing, another protocol than SCLIP's; we set side by side only numbers of one protocol that we could read in their source |
+# | MaskCLIP, ClearCLIP, NACLIP | – | – | – | – | not set here: ClearCLIP's README gives its table as an image only, and NACLIP's README reports its main numbers with PAMR post-processing, another protocol |
 #
-# What the toy world shows (the table above, 100 validation scenes, nothing trained):
+# What the toy world shows (the table above: 200 validation scenes, each number with its 95 % interval over them, nothing trained):
 #
-# - **Every successor lifts the stock CLIP per patch**, from hIoU 22.3 to between 26.0 (ClearCLIP) and 32.1 (GPS α = 1, which is MaskCLIP: their rows are equal). SCLIP (30.2) and NACLIP (30.8) are close to it; 100 scenes do not rank them.
-# - **Query–query attention without the residual and the FFN (ClearCLIP) is the weakest of the successors here**, per patch (26.0) and with mask pooling (20.5); on real images ClearCLIP reports the opposite.
-# - **Changing the last block is not enough for the toy CLIP.** The best of these rows reaches hIoU 32.1 per patch; severing more blocks (§4) reaches 41.1 (the last 2) and 74.4 (every block) with mask pooling. Where the mixing happens matters more than how the last block is changed.
+# - **The mask-pooling rows of the stock CLIP and of GPS α = 1 are Table 4's baseline and GPS α₋₁ = 1 rows** (hIoU 19.0 and 24.0): the same measurement, on the same scenes and proposals.
+# - **Per patch, GPS α = 1 (which is MaskCLIP: their rows are equal), SCLIP and NACLIP lift the stock CLIP** from hIoU 23.9 to 33.1, 31.0 and 31.7, each interval clear of the stock CLIP's; 200 scenes do not rank the three. ClearCLIP (27.4) falls below GPS α = 1, clear of its interval, and its own interval overlaps the stock CLIP's.
+# - **Dropping the residual and the FFN costs the things.** ClearCLIP and NACLIP, which drop both, have the lowest things' mIoU per patch (16.3 and 15.8) and with mask pooling (7.6 and 6.3), against 30.0 and 16.0 for GPS α = 1, which keeps both; their intervals are clear of GPS α = 1's.
+# - **Changing the last block is not enough for the toy CLIP.** With mask pooling, the best of these rows reaches hIoU 24.2 (NACLIP, within the intervals of GPS α = 1 and SCLIP); severing more blocks with GPS (§4) reaches 41.1 (the last 2) and 74.4 (every block). Where the mixing happens matters more than how the last block is changed.
 
 # %% [markdown]
 # ## 6. Explore
 #
-# Switch between no severance, GPS, MPS and the training-free methods that came after DeOP (SCLIP, ClearCLIP, NACLIP; MaskCLIP is GPS at α = 1); turn the **severed blocks** dial to choose how many of the toy CLIP's last blocks the mode replaces (1 is the paper's setting, 2 the toy DeOP's), move α (GPS only; disabled otherwise), pick an image, and click a patch in any panel. The middle panel is the training-free one-pass segmentation, with a legend of its colours (unseen classes starred). The right panel is where the chosen patch's output comes from, over all four blocks: the attention rollout of Abnar and Zuidema (2020), $R = \prod_l \tfrac12(I + A_l)$, the half for the residual. As the dial turns, the mixing that severance leaves shrinks until, with every block severed at α = 1, the patch sees only itself.
+# Switch between no severance, GPS, MPS and the training-free methods that came after DeOP (SCLIP, ClearCLIP, NACLIP; MaskCLIP is GPS at α = 1); turn the **severed blocks** dial to choose how many of the toy CLIP's last blocks the mode replaces (1 is the paper's setting, 2 the toy DeOP's), move α (GPS only; disabled otherwise), pick an image, and click a patch in any panel. The middle panel is the training-free one-pass segmentation, with a legend of its colours (unseen classes starred). The right panel is where the chosen patch's output comes from, over all four blocks: the attention rollout of [Abnar and Zuidema](https://aclanthology.org/2020.acl-main.385), $R = \prod_l \tfrac12(I + A_l)$, the half for the residual. As the dial turns, the mixing that severance leaves shrinks until, with every block severed at α = 1, the patch sees only itself.
 #
 # `%matplotlib widget` turns the figure into a live canvas (ipympl, JupyterLab's interactive matplotlib backend) so that a click chooses the patch; where that backend is not available, the patch sliders do the same.
 
@@ -292,17 +303,29 @@ explorer = viz.AlphaExplorer(clip, explore_images, toyworld.CLASS_NAMES, explore
 explorer.widget()
 
 # %% [markdown]
+# A page that shows this notebook without running it (GitHub's, for one) leaves the live widget above blank. Here is its first state as a picture:
+
+# %%
+import io
+
+from IPython.display import Image
+
+picture = io.BytesIO()
+explorer.fig.savefig(picture, format="png", dpi=80)  # the explorer's figure as the widget first drew it
+Image(picture.getvalue())
+
+# %% [markdown]
 # ## Summary
 # - In the toy CLIP's last layer a patch keeps only 15.9 % of its attention inside its own segment, less than uniform attention would (35.7 %): patch tokens are poorly localised.
 # - GPS, $(\alpha E + (1-\alpha)Attn)F_{in}$, and MPS, $M_i = \sum_j M_{j,i} M_j$, each take a few lines and match `deop_lite.severance`.
-# - Without any training, severing the last layer lifts the one-pass baseline from hIoU 19.0 to 24.0 (GPS α = 1), 22.0 (MPS), 25.0 (the official GPS with mask); the last 2 blocks, the toy DeOP's setting, give 41.1, and every block 74.4.
+# - Without any training, severing the last layer lifts the one-pass baseline from hIoU 19.0 to 24.0 (GPS α = 1), a gain at the edge of what 200 scenes can tell; MPS (22.0) and the official GPS with mask (25.0) have intervals that overlap GPS α = 1's, so the three are not ranked. The last 2 blocks, the toy DeOP's setting, give 41.1, and every block 74.4.
 # - The shipped toy CLIP can be severed everywhere because its pre-training severed blocks at random; a toy CLIP pre-trained like ViT-B/16 cannot (on ground-truth masks: 63.3 with the last 3 blocks severed, 51.7 with all 4), as the paper found for ViT-B/16.
-# - MaskCLIP is GPS at α = 1; SCLIP, ClearCLIP and NACLIP are each a few lines on the same block (and match `deop_lite.severance`). On the toy world none beats GPS α = 1 per patch, and none changes the picture that severing more blocks does.
+# - MaskCLIP is GPS at α = 1; SCLIP, ClearCLIP and NACLIP are each a few lines on the same block (and match `deop_lite.severance`). In the toy world none beats GPS α = 1 beyond the 95 % interval, the two that drop the residual and the FFN read things worst, and none changes the picture that severing more blocks does.
 #
 # ## Exercises
-# 1. Sever the last layer with the official code's residual down-weighting (`x = 0.2·x + attn(ln_1(x))` in [third_party/CLIP/clip/model.py](https://github.com/CongHan0808/DeOP/blob/master/third_party/CLIP/clip/model.py), used by its training-free demo). Better or worse in the toy world?
-# 2. Compare `mps_norm="sum"` (Eq. 1 normalised) with the official `"softmax"`.
-# 3. Sever every block the way ClearCLIP's ablation of MaskCLIP does, without the residual and the FFN (`severance.severed_dense_features(..., layers=model_lib.last_blocks_severed(4), residual=False, ffn=False)`), and label each patch with `clip_lib.patch_scores`. Does dropping them help when every block is severed? *(seconds; hint: compare with the same call keeping both.)*
-# 4. Measure the attention share inside the own segment for every layer, not only the last. Where does localisation get lost?
+# 1. **Where is localisation lost?** *(seconds)* Measure §1's share of attention inside the own segment in every layer, not only the last. *Hint:* `severance.patch_attention(clip.visual, image, layer=l, layers={})` for `l` in `range(4)`, then `severance.attention_in_segment(..., segments)` as in §1. *Expect:* every layer stays below uniform attention, and the first layers look away from their own segment even more than the last.
+# 2. **Eq. 1 normalised, or the official softmax?** *(seconds)* Measure the same share under MPS in the last layer with `mps_norm="sum"` and with `mps_norm="softmax"`. *Hint:* `severance.patch_attention(clip.visual, image, layers={-1: 1.0}, mode="mps", mask_probs=masks, mps_norm=...)`, with `masks = proposals.proposal_masks(net, batch["image_raw"]).sigmoid()`. *Expect:* both keep far more of each patch's attention inside its segment than the stock CLIP does, the softmax less than the sum: it gives every token some weight, whichever masks they share.
+# 3. **ClearCLIP's ablation in every block.** *(seconds)* Sever every block the way ClearCLIP's ablation of MaskCLIP does, without the residual and the FFN, and label each patch. *Hint:* `features = severance.severed_dense_features(clip.visual, clip.normalize(images), model_lib.last_blocks_severed(4), residual=False, ffn=False)`, then `clip_lib.patch_scores(features, clip.text_embeddings(toyworld.CLASS_NAMES), images.shape[-2:]).argmax(1)` as the `predict` of `model_lib.evaluate_toy(predict, 100, interval=True)`; compare with the same call keeping both. *Expect:* dropping them costs far more hIoU than the 95 % interval spans: severed in every block and without either, each block is one linear map of its token, and nothing of CLIP's per-token processing (the FFN) is left.
+# 4. **The official code's residual.** *(minutes: a few lines of your own)* The official ViT block scales the shortcut in the last layer of ViT-B/16: `x = alphaShortcut * x + self.attention(self.ln_1(x))` with `alphaShortcut = 0.2` (`ResidualAttentionBlockVit` in [third_party/CLIP/clip/model.py](https://github.com/CongHan0808/DeOP/blob/master/third_party/CLIP/clip/model.py)). Do the same in the toy CLIP's last block with GPS α = 1, and label each patch. *Hint:* in §2's cell set `alpha = 1` and replace `severance.finish_block(last, x, f_out)` by the attention branch alone, `severance.finish_block(last, x, f_out, residual=False, ffn=False)`, plus `0.2 * x`, then the MLP with its own residual, `x + last.mlp(last.ln_2(x))`; with the scale set back to 1 it must give back `severance.severed_dense_features`. To score the 200 scenes, wrap it in a `predict` as in exercise 3. *Expect:* per patch, hIoU moves by a couple of points, inside the 95 % interval over the 200 scenes: the toy world does not tell whether the down-weighting helps.
 #
 # **Next:** [04_classification_anchors.ipynb](04_classification_anchors.ipynb): learn where to pool (CAL), and assemble DeOP.

@@ -245,7 +245,7 @@ plt.show()
 # %% [markdown]
 # ## 6. Why CAL: what it repairs, and when
 #
-# CAL learns where to pool because mask pooling averages patch tokens that have mixed with their neighbours in CLIP's unsevered blocks. So its worth should depend on how much mixing severance leaves. The sweep below trains *baseline+ w/ PS* and DeOP (PS + CAL) with GPS α = 1 in the last K of the toy CLIP's 4 blocks, for 500 and 1,000 steps (`python tools/severance_sweep.py`). It repeats K = 1 and 2 at 500 steps on a second toy CLIP, pre-trained like ViT-B/16 (CLS pooling, never severed in pre-training; notebook 03 §4), with `--clip like_vit_b16`. Each run's command is in `data/deop/severance_sweep.json`, its curve in the [lab book](../docs/experiments.md). Read from the file, evaluated on the same 200 validation scenes as Table 3 (its runs with K = 2 and 500 steps on the shipped CLIP *are* Table 3's PS and DeOP: the cell checks it). The file keeps no per-scene results, so no intervals: Table 3's give the scale.
+# CAL learns where to pool because mask pooling averages patch tokens that have mixed with their neighbours in CLIP's unsevered blocks. So its worth should depend on how much mixing severance leaves. The sweep below trains *baseline+ w/ PS* and DeOP (PS + CAL) with GPS α = 1 in the last K of the toy CLIP's 4 blocks, for 500 and 1,000 steps (`python tools/severance_sweep.py`). It repeats K = 1 and 2 at 500 steps on a second toy CLIP, pre-trained like ViT-B/16 (CLS pooling, never severed in pre-training; notebook 03 §4), with `--clip like_vit_b16`. Each run's command is in `data/deop/severance_sweep.json`, its curve in the [lab book](../docs/experiments.md). Read from the file, evaluated on the same 200 validation scenes as Table 3 (its runs with K = 2 and 500 steps on the shipped CLIP *are* Table 3's PS and DeOP: the cell checks it). Each DeOP run also stores CAL's gain over its PS partner with a 95 % *paired* interval: each bootstrap resample draws the same scenes for both models, so what makes a scene easy or hard for both cancels, and the interval is far narrower than Table 3's intervals of each model alone (`metrics.SegmentationMeter.difference_interval`).
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -259,24 +259,25 @@ for clip_name, title in CLIPS.items():
     print(metrics.format_table({f"{'DeOP' if cal else 'PS  '} K = {b}, {n:4d} steps": final[(clip_name, 'deop' if cal else 'ps', b, n)]
                                 for b, n, cal in runs}, columns=("pAcc", "seen", "unseen", "hIoU")), end="\n\n")
 
-print(f"CAL's gain: DeOP - PS, hIoU (first {N_VAL} validation scenes)")
-print(" " * 45 + "".join(f"  K = {k}" for k in range(1, 5)))
+gain = {(r["clip"], r["blocks"], r["steps"]): r["cal_gain"]["hIoU"] for r in sweep if r["variant"] == "deop"}  # [Δ, low, high]
+print(f"CAL's gain: DeOP - PS, hIoU [95 % paired interval over the first {N_VAL} validation scenes]")
+print(" " * 45 + "".join(f"{f'K = {k}':>21s}" for k in range(1, 5)))
 for clip_name, title in CLIPS.items():
-    for steps in sorted({n for c, v, b, n in final if c == clip_name}):
+    for steps in sorted({n for c, b, n in gain if c == clip_name}):
         print(f"{title + f', {steps} steps':45s}" + "".join(
-            f"{final[(clip_name, 'deop', k, steps)]['hIoU'] - final[(clip_name, 'ps', k, steps)]['hIoU']:+7.1f}"
-            if (clip_name, "deop", k, steps) in final else "      -" for k in range(1, 5)))
+            f"{'{:+.1f} [{:+.1f}, {:+.1f}]'.format(*gain[(clip_name, k, steps)]):>21s}" if (clip_name, k, steps) in gain
+            else f"{'-':>21s}" for k in range(1, 5)))
 
 # %%
 viz.plot_severance_sweep(sweep)
 plt.show()
 
 # %% [markdown]
-# What the sweep says (hIoU on the 200 validation scenes; the shipped toy CLIP unless named). Table 3's 95 % intervals for its two K = 2 runs are about seven points wide, so gaps of a couple of points here are noise.
+# What the sweep says (hIoU on the 200 validation scenes; the shipped toy CLIP unless named; a gain counts when its paired interval leaves out 0).
 #
-# - **CAL repairs mixing.** After 500 steps CAL adds 6.8 and 7.0 points of hIoU when the last 1 or 2 blocks are severed, and nothing once 3 or 4 are (71.4 → 71.1 and 73.6 → 72.8). The fewer blocks are severed, the more each patch token that mask pooling averages has drawn on other segments (the explorer of notebook 03 shows how much), and the more it pays to learn which tokens to pool. With every block severed, mask pooling of the shipped toy CLIP's tokens is exactly the pooling it was pre-trained to classify (its image embedding is the mean of its patch tokens): there is nothing left to repair.
-# - **On the toy CLIP pre-trained like ViT-B/16, the gain at 500 steps holds with one block severed, not with two.** CAL adds 4.6 points with the last block severed (PS 24.4, DeOP 29.0) and 0.2 with the last two (PS 50.7, DeOP 50.9). The 0.2 is nothing. The 4.6 is smaller than the gap at which two of Table 3's intervals stop overlapping (about seven points), so on 200 scenes it is a hint of a gain, not a measured one; and it is not measurably smaller than the shipped CLIP's 6.8. So on this CLIP, the two-block regime chosen for the shipped one is not where CAL pays; one block, the closer analogue of the paper's last of twelve, may be. Mixing left by unsevered blocks is not the whole story: how the CLIP was pre-trained matters too. This CLIP also starts far lower: with one block severed, its PS reaches 24.4 against the shipped CLIP's 50.1.
-# - **Trained longer, CAL loses its gain.** After 1,000 steps DeOP is below PS at every K. Between the two lengths, with two blocks severed, DeOP's unseen mIoU falls from 58.7 to 53.5 while its seen mIoU barely moves (80.4, 79.3), and PS's unseen mIoU rises from 50.7 to 57.3. Unseen mIoU is the noisiest column (Table 3's interval around DeOP's 58.7 is [53.3, 63.3]), so each move alone sits near the edge of the noise; the two point the same way. A likely reason: a decoder that learns where to look from 12 seen classes learns where to look *for them*. The paper's decoder learns from far more:
+# - **CAL repairs mixing.** After 500 steps CAL adds 6.8 [+3.1, +10.1] and 7.0 [+3.7, +10.1] points of hIoU when the last 1 or 2 blocks are severed, and nothing measurable once 3 or 4 are (−0.3 and −0.8, both intervals around 0). The fewer blocks are severed, the more each patch token that mask pooling averages has drawn on other segments (the explorer of notebook 03 shows how much), and the more it pays to learn which tokens to pool. With every block severed, mask pooling of the shipped toy CLIP's tokens is exactly the pooling it was pre-trained to classify (its image embedding is the mean of its patch tokens): there is nothing left to repair.
+# - **On the toy CLIP pre-trained like ViT-B/16, the gain at 500 steps holds with one block severed, not with two.** CAL adds 4.6 [+2.1, +7.0] points with the last block severed (PS 24.4, DeOP 29.0) and 0.2 [−1.6, +1.8] with the last two (PS 50.7, DeOP 50.9): a gain with one block, none with two. So on this CLIP, the two-block regime chosen for the shipped one is not where CAL pays; one block, the closer analogue of the paper's last of twelve, is. Mixing left by unsevered blocks is not the whole story: how the CLIP was pre-trained matters too. This CLIP also starts far lower: with one block severed, its PS reaches 24.4 against the shipped CLIP's 50.1.
+# - **Trained longer, CAL loses its gain.** After 1,000 steps DeOP is below PS at every K, measurably so with 1 block severed (−4.5 [−7.9, −1.7]) and with all 4 (−2.6 [−5.1, −0.3]). Between the two lengths, with two blocks severed, DeOP's unseen mIoU falls from 58.7 to 53.5 while its seen mIoU barely moves (80.4, 79.3), and PS's unseen mIoU rises from 50.7 to 57.3. Unseen mIoU is the noisiest column (Table 3's interval around DeOP's 58.7 is [53.3, 63.3]), so each move alone sits near the edge of the noise; the two point the same way. A likely reason: a decoder that learns where to look from 12 seen classes learns where to look *for them*. The paper's decoder learns from far more:
 #
 # > In particular, on COCO-Stuff, we choose 156 classes as the seen classes and the rest 15 classes as the unseen testing classes. — DeOP, Appendix C
 #
