@@ -69,7 +69,7 @@ print(f"{len(toyworld.CLASS_NAMES)} classes: {len(toyworld.SEEN_CLASSES)} seen, 
 #
 # $$\mathrm{hIoU} = \frac{2\,\mathrm{mIoU}_s\,\mathrm{mIoU}_u}{\mathrm{mIoU}_s + \mathrm{mIoU}_u}$$
 #
-# The tables of this series add two columns: **pAcc**, pixel accuracy (the share of labelled pixels given their true class), and **things**, the mIoU over the 8 thing classes alone. Pixels labelled `IGNORE_INDEX` count in no metric.
+# The tables of this series add two columns: **pAcc**, pixel accuracy (the share of labelled pixels given their true class), and **things**, the mIoU over the 8 thing classes alone. Pixels labelled `IGNORE_INDEX` (`255`) count in no metric.
 
 # %%
 def h_iou(seen, unseen):
@@ -82,9 +82,9 @@ assert h_iou(38.0, 38.4) == metrics.harmonic_mean(38.0, 38.4)
 # %% [markdown]
 # ## 2. The toy world
 #
-# A scene is a canvas of stuff textures in regions (wavy bands, cells or blobs) with things on top. Stuff is texture (grass blades, water ripples, bricks); **things are objects assembled from parts**: a ladybird is a shell with a black head, spots and a midline, a car a body with windows and two wheels, a clock a rim, a face, ticks and hands. COCO-Stuff's definition of things is exactly this:
+# A scene is a canvas of stuff textures in regions (wavy bands, cells or blobs) with things on top. Stuff is texture (grass blades, water ripples, bricks); **things are objects assembled from parts**: a ladybird is a shell with a black head, spots and a midline, a car a body with windows and two wheels, a clock a rim, a face, ticks and hands. Parts are one of the criteria COCO-Stuff lists for telling things from stuff:
 #
-# > Thing classes have identifiable parts (e.g. a car has wheels), whereas stuff classes do not (a piece of grass is still grass, but a wheel is not a car). — Caesar et al., COCO-Stuff, CVPR 2018
+# > Thing classes have identifiable parts [...], whereas stuff classes do not (e.g. a piece of grass is still grass, but a wheel is not a car). — Caesar et al., COCO-Stuff, CVPR 2018
 #
 # Parts are drawn in the thing's own coordinates, so they scale with it: a patch of a large ladybird shows a spot, whatever the ladybird's size, and a patch of a mushroom cap shows white dots on red, not black spots. Each class comes in the colours of its palette (ladybirds are red, orange or yellow), rotated a little and lit from a random side. Each scene has a label map and a caption naming what is visible, in varied wording. Scenes are a pure function of `(split, seed, index)`: no files, byte-identical everywhere.
 #
@@ -140,7 +140,11 @@ fig.tight_layout(rect=(0, 0.17, 1, 1))  # one row: the legend needs a larger sha
 plt.show()
 
 # %% [markdown]
-# **The ZS3 protocol in the data.** Training labels hide the unseen classes: their pixels become `IGNORE_INDEX` (drawn black below), so no loss is ever computed on them. The image itself is kept (as in DeOP's data code), so the model does see unseen objects, unlabelled.
+# **The ZS3 protocol in the data.** Training labels hide the unseen classes: their pixels become `IGNORE_INDEX` (drawn black below), so no loss is ever computed on them. The paper says this about its training images:
+#
+# > During training, we only use images belonging to seen classes in the training dataset, while including all images in the validation dataset. — DeOP §5.1
+#
+# The official data code keeps every training image and relabels the unseen pixels as ignored. This project does the same, so the model does see unseen objects, unlabelled.
 
 # %%
 train_world = toyworld.ToyWorld("train", length=64, config=toyworld.ToyWorldConfig.segmentation())
@@ -203,7 +207,7 @@ print(f"loss {ours.item():.4f}")
 #
 # 1. **A convolutional stem** instead of one linear 8×8 projection: three stride-2 3×3 convolutions, then two more at the token resolution, so a patch token sees about 6×6 patches around it before any attention (a "hybrid" ViT). Early convolutions are a known cure for ViTs trained from scratch on little data (Xiao et al., 2021); the two extra ones give a token room to see a part (a wheel, a spot), not only a colour.
 # 2. **The image embedding is the mean of the patch tokens** (open_clip's `pool_type="avg"`), not the CLS token: what the whole image means is then literally the average of what its patches mean.
-# 3. **Pre-training sees things at the pixel scale of segmentation**: a multi-object pre-training image is a 64-px window of a 128-px segmentation scene, so a patch shows as much of a thing as it will in notebooks 01–06. 40 % of the images are single objects filling a plain background (CLIP's object-centric web photos), and colour words are rare in captions, so that shape and parts, not colour, tell a ladybird from a mushroom.
+# 3. **Pre-training sees things at the pixel scale of segmentation**: a multi-object pre-training image is a 64-px window of a 128-px segmentation scene, so a patch shows as much of a thing as it will in notebooks 01–06. 40 % of the images are single objects filling a plain background (CLIP's object-centric web photos), and a thing is named with its colour only 25 % of the time (§2's cell prints it), so that shape and parts, not colour, tell a ladybird from a mushroom.
 # 4. **Stochastic severance** in pre-training: at each step each block's attention is replaced by the identity (GPS with α = 1, notebook 03) with probability ½, as stochastic depth drops whole blocks. A web-scale CLIP's patch tokens carry what their patch shows; a toy CLIP learns that only when its tokens must sometimes do without mixing. The gate in §4 shows what this buys.
 #
 # The cell below is the series' **load-or-train** pattern: it loads the shipped checkpoint from `data/` when it is there (the normal case), and otherwise trains a tiny stand-in for a few steps, so that the notebook still runs; the command that trains the real one is printed. Every notebook loads its trained parts this way.
@@ -240,7 +244,7 @@ plt.show()
 # %% [markdown]
 # ## 4. Zero-shot classification
 #
-# To classify an image among classes CLIP was never told about, embed one prompt per class ("a photo of a {}.", averaged over a few templates) and pick the class whose text embedding $t_c$ is closest to the image embedding $x$:
+# To classify an image among class names given only at test time, embed one prompt per class ("a photo of a {}.", averaged over a few templates) and pick the class whose text embedding $t_c$ is closest to the image embedding $x$:
 #
 # $$p(c \mid x) = \frac{\exp(\tau\, x^\top t_c)}{\sum_{c'} \exp(\tau\, x^\top t_{c'})}$$
 
@@ -269,7 +273,7 @@ plt.show()
 # %% [markdown]
 # ### The gate: can one pass read what a thing is?
 #
-# DeOP's one pass reads every segment from the same patch tokens, while the multi-pass methods it is compared with (notebook 05) crop each segment and run CLIP on the crop. Before anything is trained on this world we check that one pass *can* read things: the ground-truth masks of 200 validation scenes are classified by the one-pass baseline (mask pooling of the patch tokens, nothing trained) and by one CLIP pass per mask crop. Proposals play no part. One pass must be within 5 points of the crops' thing mIoU, and must give every thing, seen and unseen, some IoU.
+# DeOP's one pass reads every segment from the same patch tokens, while the multi-pass methods it is compared with (notebook 05) crop each segment and run CLIP on the crop. Before anything downstream is trained on this world we check that one pass *can* read things: the ground-truth masks of 200 validation scenes are classified by the one-pass baseline (mask pooling of the patch tokens, nothing trained) and by one CLIP pass per mask crop. Proposals play no part. One pass must be within 5 points of the crops' thing mIoU, and must give every thing, seen and unseen, some IoU.
 #
 # The gate borrows three tools before the notebooks that build them: mask pooling (average the patch tokens inside a mask, then take the nearest class embedding; notebook 01), GPS (a block's attention replaced by the identity; notebook 03) and one CLIP pass per masked crop (notebook 05); here they are black boxes. Given the true masks, each row is an upper bound for its classifier: it asks only whether CLIP can name a segment, not whether anything can find it.
 #
@@ -319,7 +323,7 @@ print(f_v.shape)
 # %% [markdown]
 # The most naive zero-shot segmenter labels each patch with its nearest class embedding, $\hat y_{ij} = \arg\max_c\, t_c^\top F_V[:, i, j]$, upsampled to pixels. How good is it?
 #
-# We score it on the first 200 validation scenes, as notebooks 01 to 05 score their main tables, so notebook 01's row "naive CLIP patches (00)" is this same number; on fewer scenes it prints another (exercise 1). A metric over a few scenes moves with the scenes drawn: beside each number the table prints its 95 % bootstrap interval (the scenes resampled with replacement), and two results whose intervals overlap widely are not told apart by these scenes.
+# We score it on the first 200 validation scenes, as notebooks 01 to 05 score their main tables, so notebook 01's row "naive CLIP patches (notebook 00)" is this same number; on fewer scenes it prints another (exercise 1). A metric over a few scenes moves with the scenes drawn: beside each number the table prints its 95 % bootstrap interval (the scenes resampled with replacement), and two results whose intervals overlap widely are not told apart by these scenes.
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -380,12 +384,12 @@ print("patch size", real.patch_size, "| native size", real.image_size, "| F_V", 
 # |---|---|---|
 # | A toy CLIP of 4 blocks, pre-trained here on captions of toy scenes (the paper: OpenAI's ViT-B/16) | no downloads; it trains on a CPU | every absolute number |
 # | Its image embedding is the mean of its patch tokens, its stem's convolutions let each token see its neighbours, and pre-training severs each block at random (OpenAI's CLIP: the CLS token, a linear patch embedding, never severed) | so that its patch tokens carry class meaning that severance can read | Table 4: severing every block helps it most, where the paper found severing shallow layers harmful; notebook 03 §4 compares a second toy CLIP pre-trained like ViT-B/16, which cannot be severed everywhere |
-# | Severance in the last 2 of its 4 blocks (the paper: the last of ViT-B/16's twelve) | it leaves mixing between patches for CAL to repair, as ViT-B/16 keeps its first eleven blocks | Tables 3 and 5 (notebook 04 §6 and §7) |
+# | Severance in the last 2 of its 4 blocks (the paper: the last of ViT-B/16's twelve) | it leaves mixing between patches for CAL (classification anchor learning, notebook 04) to repair, as ViT-B/16 keeps its first eleven blocks | Tables 3 and 5 (notebook 04 §5 and §7; §6 varies the number of severed blocks) |
 # | Proposals refined along colour edges at test time (the paper: the proposal network's masks as they are) | the network's coarse masks spill over their objects' edges | every toy-world segmentation table (all rows share the same proposals) |
-# | Objects and stuff of no class pasted into the proposal network's training scenes | trained on the seen things alone, the network learns what those look like, not what an object is | unseen Recall@50 (notebook 01 §4) |
-# | Unseen pixels left out of every loss (the official code: background in the proposal network's loss, void targets in DeOP's) | the paper does not say how they enter; left out, they are taught as nothing | the unseen columns, by an amount not measured here (`ProposalConfig(ignored_pixels="negative")` and `DeOPStage(ignore_as_void=True)` train the official way) |
-# | Few seen classes (12) and short training (500 steps) | a CPU; trained longer, CAL's decoder fits its seen classes and loses its unseen gain | Table 3 (notebook 04 §6) |
-# | The loss constants σ(3S − 3) and 2·focal + 0.8·dice | the paper does not give them; they are the official code's ([mask_former/modeling/criterion_decoder.py](https://github.com/CongHan0808/DeOP/blob/master/mask_former/modeling/criterion_decoder.py)) | nothing: they are how DeOP was trained |
+# | Objects and stuff of no class pasted into the proposal network's training scenes | trained on the seen things alone, the network learns what those look like, not what an object is | unseen Recall@50, the share of unseen segments that some proposal covers with IoU $\ge 0.5$ (notebook 01 §4) |
+# | Unseen pixels left out of every loss (the official code: background in the proposal network's loss, void targets in DeOP's, i.e. each unseen pixel a target of an extra learned "void" class) | the paper says only "we only use images belonging to seen classes" (§5.1); the official data code keeps the images and relabels unseen pixels as ignored, as we do; left out of the loss, they are taught as nothing | the unseen columns, by an amount not measured here (`ProposalConfig(ignored_pixels="negative")` and `DeOPStage(ignore_as_void=True)` train the official way) |
+# | Few seen classes (12) and short training (500 steps) | a CPU; trained longer, CAL's decoder fits its seen classes and loses its unseen gain (notebook 04 §6) | Table 3 (notebook 04 §5) |
+# | The loss constants σ(3S − 3), with S the per-pixel class score map of notebook 02 §5, and 2·focal + 0.8·dice | the paper does not give them; they are the official code's ([mask_former/modeling/criterion_decoder.py](https://github.com/CongHan0808/DeOP/blob/master/mask_former/modeling/criterion_decoder.py)) | nothing: they are how DeOP was trained |
 #
 # Each row, read from the package:
 
@@ -413,8 +417,8 @@ print(f"DeOP's loss: P = sigmoid({k:g}·S - {k:g}), {loss['weight_focal'].defaul
 # - §7 lists where the toy world departs from the paper's setting, why, and which tables each departure moves.
 #
 # ## Exercises
-# 1. **Fewer scenes** (seconds). Score the naive labelling on the first 32 validation scenes only: `model_lib.evaluate_toy(lambda x: clip_lib.naive_dense_labels(clip, x, toyworld.CLASS_NAMES), 32, interval=True)`, printed with `metrics.format_table`. *Hint:* an interval's width shrinks roughly as one over the square root of the number of scenes. *Expect:* a wider interval and a lower hIoU than on 200 scenes; check whether the 32-scene interval holds the 200-scene value. A number without its scene count cannot be compared.
-# 2. **Earlier blocks** (seconds). Label patches with the tokens after 0, 1, 2 or 3 blocks: stop the loop of §5 early, then apply `ln_post` and `proj`, and label with `clip_lib.patch_scores(f_v, text_emb, (128, 128)).argmax(1)` (`text_emb` from §4). *Hint:* score with a `SegmentationMeter`, as in §5. *Expect:* the earlier you stop, the higher the hIoU: each block mixes the patch tokens further.
+# 1. **Fewer scenes** (seconds). Score the naive labelling on the first 32 validation scenes only: `model_lib.evaluate_toy(lambda x: clip_lib.naive_dense_labels(clip, x, toyworld.CLASS_NAMES), 32, interval=True)`, printed with `metrics.format_table`. *Hint:* an interval's width shrinks roughly as one over the square root of the number of scenes. *Expect:* a wider interval than on 200 scenes, and an hIoU that may land above or below the 200-scene value; check whether the 32-scene interval holds the 200-scene value. A number without its scene count cannot be compared.
+# 2. **Earlier blocks** (seconds). Label patches with the tokens after 0, 1, 2 or 3 blocks: stop the loop of §5 early, then apply `ln_post` and `proj`, and label with `clip_lib.patch_scores(f_v, text_emb, (128, 128)).argmax(1)` (`text_emb` from §4). *Hint:* score with a `SegmentationMeter`, as in §5. *Expect:* not measured here. Each block mixes the patch tokens further, which argues for stopping early; but the toy CLIP was never trained to read `ln_post` and `proj` from earlier blocks. Which wins? See what happens.
 # 3. **Severed patches, no masks** (seconds). Label patches with every block severed: `severance.severed_dense_features(clip.visual, clip.normalize(x), model_lib.last_blocks_severed(4))` (`from deop_lite import severance`), then `patch_scores` as in exercise 2. *Hint:* it is the severance of the gate's best one-pass row, with no masks to pool over. *Expect:* far above the unsevered labelling, and still below the gate: patches still do not know where objects end (reason 2 above).
 # 4. **ImageNet pixels** (seconds). Feed ImageNet-normalised pixels (`load_clip("toy", pixel_norm="imagenet")`, the official code's choice) to the toy CLIP, and run `toyclip.evaluate_zero_shot` and the labelling of §5. *Hint:* compare the two normalisations' means and standard deviations first (`clip_lib.PIXEL_NORMS`). *Expect:* the zero-shot top-1 stays where it is, and the naive hIoU moves by less than its interval: the two normalisations are close.
 # 5. **Plain CLIP loss** (a re-train of the toy CLIP, about 40 minutes). Re-train it with `caption_groups(captions)` replaced by `torch.arange(len(captions))` in the step loss of `toyclip.train_toy_clip`, writing to another file (`out=`). *Hint:* identical captions change nothing (§3); what changes is paraphrases, which become each other's negatives. *Expect:* to read the difference, if any, in the zero-shot top-1 curve and in the naive hIoU with its interval, not in one number.

@@ -43,7 +43,9 @@ N_VAL = 200  # validation scenes for every number this notebook checks (fixed: C
 #
 # > The network contains two streams: a class-agnostic mask proposal network and a mask classification network. [...] we feed an image into the mask proposal network and CLIP visual encoder to generate N proposal masks M and the image feature map respectively. Then the N proposal masks are applied to the CLIP feature map to obtain N feature embeddings via mask-based pooling [15]. [...] We can formulate these as $F_C = F_T * F_I$ and $O = F_C * M$. — DeOP §3.1
 #
-# The proposal stream is trained (on seen classes only); the CLIP stream stays frozen, so CLIP's knowledge of unseen classes is untouched. Multi-pass methods (SimBaseline, ZegFormer) crop every proposal and run CLIP once per crop; here CLIP sees the whole image **once**.
+# Here $F_T$ is the text embeddings of the class names (§6 below) and $F_I$ the segment embeddings, one per proposal (§5 below).
+#
+# The proposal stream is trained (on seen classes only); the CLIP stream stays frozen, so CLIP's knowledge of unseen classes is untouched. Multi-pass methods (SimBaseline, ZegFormer) crop the proposals whose scores pass a threshold and run CLIP once per crop: $N' \le N$ passes, with $N'$ depending on the image (the paper's Table 1). Here CLIP sees the whole image **once**.
 #
 # ## 2. The proposal network, built up
 #
@@ -86,7 +88,7 @@ print("masks M", tuple(masks.shape))
 # %% [markdown]
 # ## 3. Training on seen classes: matching, losses, and the ignored unseen pixels
 #
-# Each training image has $T$ ground-truth segments (one per class present). The $N > T$ predictions are matched one-to-one to them by the **Hungarian algorithm** (`scipy.optimize.linear_sum_assignment`), minimising MaskFormer's cost
+# Each training image has $T$ ground-truth segments (one per class present, plus the segments of no class added below). The $N > T$ predictions are matched one-to-one to them by the **Hungarian algorithm** (`scipy.optimize.linear_sum_assignment`), minimising MaskFormer's cost
 #
 # $$\mathcal{C}(n, t) = 20\,\mathcal{L}_{focal}(M_n, Y_t) + \mathcal{L}_{dice}(M_n, Y_t),\qquad \mathcal{L}_{dice} = 1 - \frac{2\sum_p \sigma(M_{n,p})\,Y_{t,p} + 1}{\sum_p \sigma(M_{n,p}) + \sum_p Y_{t,p} + 1}$$
 #
@@ -108,7 +110,7 @@ assert [r.tolist() for r in losses.hungarian_match(logits, targets, 20, 1)] == [
 #
 # - **No class head.** The paper removes MaskFormer's class embedding. Then nothing would tell an *unmatched* query what to do, and its arbitrary mask would leak into $O = F_C * M$. We train unmatched queries towards an **empty mask** (focal loss to 0, weight 0.1): an idle query switches itself off, and the loss is still a mask loss only. The official code instead trained a *class-aware* MaskFormer over COCO-Stuff's seen classes plus "no object" and used only its masks ([scripts/train_learned_prompts_maskformer.sh](https://github.com/CongHan0808/DeOP/blob/master/scripts/train_learned_prompts_maskformer.sh)); that is `ProposalConfig(class_aware=True)`.
 # - **Unseen pixels are ignored, not background.** Training labels mark unseen classes `IGNORE_INDEX`; those pixels are left out of every cost and loss, so no query is ever taught that a fish is background (a test checks the gradient there is exactly zero). The official code differs here too: MaskFormer builds each target as `label == class` and scores every pixel, so an ignored pixel is background of every matched mask. That is `ProposalConfig(ignored_pixels="negative")` (`--ignored-pixels negative`); exercise 7 re-trains with it.
-# - **Objects and stuff of no class.** Trained on six seen things alone, the network learns what *those* look like, not what an object is: it splits an unseen fish along its parts and leaves the pieces of an unseen road to no query. So every training scene gets up to two **objects of no class** pasted in (a random body with one to four random parts, `toyworld.draw_object_of_no_class`), and half of them a **stuff of no class** (a random striped texture over a blob of the scene's stuff, behind the things, `toyworld.paint_stuff_of_no_class`), each labelled as a segment of its own (`proposals.training_batch`). No class name is involved, so training stays zero-shot: it teaches that parts which belong together make one segment. The lab book (`docs/experiments.md`) has what each of the two did to unseen recall.
+# - **Objects and stuff of no class.** Trained on six seen things alone, the network learns what *those* look like, not what an object is: it splits an unseen fish along its parts and leaves the pieces of an unseen road to no query. So every training scene gets up to two **objects of no class** pasted in (a random body with one to four random parts, `toyworld.draw_object_of_no_class`), and half of them a **stuff of no class** (a random striped texture over a blob of the scene's stuff, behind the things, `toyworld.paint_stuff_of_no_class`), each labelled as a segment of its own (`proposals.training_batch`). No class name is involved, so training stays zero-shot: it teaches that parts which belong together make one segment. The lab book (`docs/experiments.md`) has what each of the two did to unseen recall (Recall@50: the share of ground-truth segments that some proposal covers with IoU ≥ 0.5, defined in §4).
 #
 # The loop is `deop_lite.train.fit`: AdamW, poly schedule, gradient clipping, periodic recall evaluation, atomic checkpoints that resume to the same weights as an uninterrupted run. The next cell is *load-or-train*, as in every notebook: it loads the shipped network from `data/` if it is there, and otherwise trains a tiny stand-in for a few steps so that the notebook still runs (its numbers are then not the ones below).
 
@@ -248,8 +250,8 @@ for name, classes in groups.items():
 # Read each row against the intervals:
 #
 # - **The car is split along its parts.** It is recalled at 0.46 [0.34, 0.58], below the seen things taken together (0.71 [0.67, 0.74]). A missed car is shared by 3.6 pieces on average [3.2, 4.0], a missed seen thing by 2.9 [2.7, 3.1]; in 32 of the 43 missed cars the best mask covers less than half of the car. The wheels, the windows and the body go to different queries: nothing told the network that *these* parts belong together.
-# - **The fish is recalled like a seen thing** (0.67 [0.57, 0.76], inside the seen things' interval). Its misses are the small fish (456 pixels on average, against 978 for all fish), as for the seen things (631 against 1653 pixels).
-# - **Road, of all the stuff, is cut into pieces.** Road is recalled at 0.40 [0.27, 0.56]; the seen stuff at 0.98 and the unseen grass at 0.94 [0.87, 1.00], the same as seen stuff within the interval. In 22 of road's 28 misses the best mask covers less than half of the road, and 2.5 pieces share a missed road. Our reading, not measured here: road is the only stuff with bright marks on a dark ground (yellow dashes on asphalt), and they cut it into strips as parts cut a car.
+# - **The fish is not told apart from the seen things.** It is recalled at 0.67 [0.57, 0.76], and the seen things' 0.71 lies inside that interval. Its misses are the small fish (456 pixels on average, against 978 for all fish), as for the seen things (631 against 1653 pixels).
+# - **Road's best masks cover too little of it.** Road is recalled at 0.40 [0.27, 0.56]; the seen stuff at 0.98 and the unseen grass at 0.94 [0.87, 1.00], the same as seen stuff within the interval. In 22 of road's 28 misses the best mask covers less than half of the road. The pieces do not tell road apart: 2.5 [2.2, 2.9] per missed road against 1.8 [1.2, 2.5] for the seen stuff, whose intervals overlap. Our reading, not measured here: road is the only stuff with bright marks on a dark ground (yellow dashes on asphalt), and they may cut it into strips as parts cut a car.
 #
 # Our network's own Recall@50, seen (0.808) and unseen (0.610), is above the paper's Table 8, on a far easier world. Objects and stuff of no class in training (§3) lift the unseen recall; the lab book (`docs/experiments.md`) has the runs, and the ones that did not help.
 
@@ -318,7 +320,9 @@ viz.show_segment_matches(
 plt.show()
 
 # %% [markdown]
-# Refinement lifts Recall@50 from 0.808 to 0.850 on seen segments and from 0.610 to 0.683 on unseen ones, a gain of +0.07 [+0.04, +0.10]. Per unseen class: fish 0.67 → 0.78 and car 0.46 → 0.54, road 0.40 → 0.47, grass unchanged at 0.94. The fish's and the car's gains are both above zero and cannot be told apart; road's interval reaches zero. Refinement fixes a mask that spills over its object; it does not join the pieces of a car or a road that several queries share, and those two stay the lowest of the unseen classes. The twelve misses above show both sides: a spilling mask snaps to its object, while a mask that held only a part of its object stays a part.
+# Refinement lifts Recall@50 from 0.808 to 0.850 on seen segments and from 0.610 to 0.683 on unseen ones, a gain of +0.07 [+0.04, +0.10]. Per unseen class: fish 0.67 → 0.78 and car 0.46 → 0.54, road 0.40 → 0.47 (a gain of +0.06: the gain is taken before rounding), grass unchanged at 0.94. The fish's and the car's gains are both above zero and cannot be told apart; road's interval reaches zero. Refinement works on each mask alone, so it cannot join parts of a segment that different queries took. Car and road, whose misses mostly cover too little of them, stay the lowest of the unseen classes.
+#
+# The twelve misses above, before and after (the figure titles): none of the eight whose best mask spills over (prec below 0.5) reaches IoU 0.5 after refinement. The two that cross 0.5, a butterfly and the snow, are masks that held only a part of their segment (prec well above 0.5). Twelve examples show no rule; they only show that refinement does not always cut a spill back.
 
 # %% [markdown]
 # The same measurement on further validation scenes, never used to choose anything (fewer when `DEOP_CI=1`):
@@ -333,7 +337,7 @@ for name, refinement in (("the network's own masks", None), ("refined (TOY_REFIN
           f"({rr['segments']['seen']} seen, {rr['segments']['unseen']} unseen segments)")
 
 # %% [markdown]
-# On those 1,350 unseen segments the network's own masks reach Recall@50 **0.555** and the refined ones 0.636 (seen: 0.812 and 0.852). The network's own unseen recall here lies just below its interval on the first 200 scenes (0.61 [0.56, 0.67]): those scenes are a little easier, and a number measured on 200 scenes can be off by that much. The refinement settings printed above were chosen on an earlier version of the toy world (its things were solid shapes of a single colour), by seen Recall@50 on validation scenes this notebook does not use, and kept.
+# On those 1,350 unseen segments the network's own masks reach Recall@50 **0.555** and the refined ones 0.636 (seen: 0.812 and 0.852). The network's own unseen recall here lies at the lower edge of its interval on the first 200 scenes (0.61 [0.56, 0.67]), so the two are not told apart: a number measured on 200 scenes can be off by that much. The refinement settings printed above were chosen on an earlier version of the toy world (its things were solid shapes of a single colour), by seen Recall@50 on validation scenes this notebook does not use, and kept.
 #
 # **The toy world refines.** Refinement is an argument of inference, not part of the network: `proposals.proposal_masks`, `DeOP.predict`, `MultiPass.predict` and `model.evaluate_deop` take `refinement=`, and its default, `proposals.TOY_REFINEMENT` (the settings above), is what the baseline below, DeOP and its ablations in notebooks 02 to 04, the multi-pass rival in notebook 05 and `deop-lite demo` use. `refinement=None` gives the network's own masks. DeOP's learned parts train on the network's own masks (`model.train_deop` passes `refinement=None`), as DeepLab trained its network without the CRF it applied at test time. The real world passes `refinement=None` too: refinement has not been measured on real images, where colour edges are texture as often as object boundaries. Notebook 04 §9 measures what refinement is worth to DeOP's segmentation.
 
@@ -360,7 +364,7 @@ print(tuple(dense_feats.shape), "->", tuple(segment_emb.shape))
 # %% [markdown]
 # ## 6. Classify every segment, assemble the map
 #
-# $F_C$: a softmax over classes of the temperature-scaled cosine similarity between each segment embedding and each class's text embedding ("a photo of a {}."); then every proposal votes for its classes with its mask, $O = \sum_n F_C[n]\,\sigma(M_n)$, and each pixel takes the arg-max. Every pixel of a toy scene belongs to one of the 16 classes, so no *void* class (a label for "none of these") is needed; a nearly idle query's low mask casts only a small vote.
+# $F_C$: a softmax over classes of the temperature-scaled cosine similarity between each segment embedding (a row of $F_I$) and each class's text embedding (a row of $F_T$, from "a photo of a {}."); then every proposal votes for its classes with its mask, $O = \sum_n F_C[n]\,\sigma(M_n)$, and each pixel takes the arg-max. Every pixel of a toy scene belongs to one of the 16 classes, so no *void* class (a label for "none of these") is needed; a nearly idle query's low mask casts only a small vote.
 
 # %%
 text_emb = clip.text_embeddings(toyworld.CLASS_NAMES, ["a photo of a {}."])  # (C, D)
@@ -380,9 +384,9 @@ plt.show()
 # %% [markdown]
 # ## 7. The baseline, scored as in the paper
 #
-# As in the paper: all 16 class names in the classifier (*generalized* zero-shot semantic segmentation, ZS3: seen and unseen classes compete for every pixel), detectron2's conventions (a class predicted but absent counts as IoU 0). The columns: **pAcc**, the share of pixels labelled right; **seen** and **unseen**, the mIoU over the seen and over the unseen classes; **hIoU**, their harmonic mean, the paper's headline metric; **things**, the mIoU over the eight thing classes, seen and unseen (a toy-world column, not the paper's). Each number comes with its 95 % bootstrap interval over the scenes.
+# As in the paper, zero-shot semantic segmentation (ZS3) is scored in its *generalized* setting: all 16 class names are in the classifier, so seen and unseen classes compete for every pixel. We follow detectron2's conventions (a class predicted but absent counts as IoU 0). The columns: **pAcc**, the share of pixels labelled right; **seen** and **unseen**, the mIoU over the seen and over the unseen classes; **hIoU**, their harmonic mean, the paper's headline metric; **things**, the mIoU over the eight thing classes, seen and unseen (a toy-world column, not the paper's). Each number comes with its 95 % bootstrap interval over the scenes.
 #
-# The first row labels each patch of CLIP's dense features on its own, as notebook 00 does; notebook 00 and the README score it on fewer scenes, so their hIoU differs from this row's by about the width of its interval.
+# The first row labels each patch of CLIP's dense features on its own, as notebook 00 does. Notebook 00 prints the same row, on the same 200 scenes. The README's `make demo` scores it on 64 scenes, so its number differs by sampling.
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -420,7 +424,7 @@ print(metrics.format_table(results))
 #
 # ## Summary
 # - A class-agnostic MaskFormer (1.39 M parameters, 16 queries), trained on seen classes only with unmatched queries pushed to empty masks, unseen pixels ignored, and objects and stuff of no class pasted into its training scenes, reaches Recall@50 0.808 on seen and 0.610 on unseen segments (Recall@30 0.899 / 0.822) on 200 validation scenes, and 0.812 / 0.555 on 1,000 others.
-# - The unseen car is split along its parts (Recall@50 0.46 [0.34, 0.58]) and the unseen road cut into pieces (0.40 [0.27, 0.56]); the unseen fish and grass are recalled like seen things and seen stuff. Refining the masks along colour edges at test time (a label-free, DeepLab-style post-process) lifts unseen Recall@50 to 0.683 here and 0.636 on the 1,000 other scenes; the toy world refines (`proposals.TOY_REFINEMENT`), and DeOP's learned parts train on the network's own masks.
+# - The unseen car is split along its parts (Recall@50 0.46 [0.34, 0.58]), and the unseen road's best masks mostly cover too little of it (0.40 [0.27, 0.56]); the unseen fish and grass are not told apart from seen things and seen stuff. Refining the masks along colour edges at test time (a label-free, DeepLab-style post-process) lifts unseen Recall@50 to 0.683 here and 0.636 on the 1,000 other scenes; the toy world refines (`proposals.TOY_REFINEMENT`), and DeOP's learned parts train on the network's own masks.
 # - The one-pass baseline (mask pooling + "a photo of a {}.") scores hIoU 19.0 on 200 scenes, below naive per-patch labelling (23.9), and ground-truth masks lift it only to 23.4, the same as per-patch labelling within the intervals: the bottleneck is segment classification, as the paper argues.
 #
 # ## Exercises
