@@ -16,7 +16,7 @@
 # # 02 · Prompt learning
 # *Adapt a frozen CLIP to segmentation through a handful of learned vectors, and measure what each kind of prompt buys.*
 #
-# - **You will build:** CoOp-style learned text context and visual prompts (added and prepended), each derived in a few lines and checked against `deop_lite.prompts`; the offline initialisation on seen-class crops; end-to-end training with DeOP's segmentation loss; the toy-world analogue of the paper's supplementary Table 7 and of Table 3's *baseline+* row.
+# - **You will build:** CoOp-style learned text context and visual prompts (added and prepended), most derived in a few lines and checked against `deop_lite.prompts` (prepended prompts shown by their shapes); the offline initialisation on seen-class crops; end-to-end training with DeOP's segmentation loss; the toy-world analogue of the paper's supplementary Table 7 and of Table 3's *baseline+* row.
 # - **You need:** notebooks 00 and 01 (the toy CLIP and the proposal network, both shipped in `data/`).
 # - **Runtime:** as the [README's notebook table](../README.md#notebooks) gives it, measured with the shipped checkpoints; CI mode (`DEOP_CI=1`) is shorter.
 
@@ -53,7 +53,7 @@ print(f"{len(val)} validation scenes; training sees {len(seen)} seen classes, ne
 #
 # > Prompt learning can slightly modify the embedding space of CLIP such that it can better adapt to the task at hand without breaking its visual-language alignment.
 #
-# Only a few new tensors are trained; every CLIP weight stays as it was. How few, for each variant of this notebook:
+# Only a few new tensors are trained; every CLIP weight stays as it was. How few, for each variant of this notebook (void: a learned "no class" embedding, §5). "Learned" counts every learned tensor in the variant's file, and some of them stay frozen while that variant trains: `visual_add` and `visual_prepend` keep the offline text context fixed (`train_text=False` in `model_lib.variant_stage(name)`; §5's live run prints the stage it trains).
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -98,7 +98,7 @@ print("hand-built = deop_lite.prompts.TextPrompts = the fixed template's embeddi
 #
 # $$\mathcal{L}_{\text{offline}} = -\log \frac{\exp(\tau \cos(f(x), t_y))}{\sum_{c \in \text{seen}} \exp(\tau \cos(f(x), t_c))}$$
 #
-# Since the image side is frozen, the crops' embeddings are computed once; each step only runs the text encoder.
+# Here $\tau$ is CLIP's temperature (its logit scale). Since the image side is frozen, the crops' embeddings are computed once; each step only runs the text encoder.
 
 # %%
 item = toyworld.segmentation_world("train", 1)[0]
@@ -129,7 +129,7 @@ for i, (value, index) in enumerate(zip(*similarity.max(-1))):
 # %% [markdown]
 # ## 4. Visual prompts: adding and prepending
 #
-# Supplementary Fig. 7 compares two ways to steer the frozen ViT.
+# Supplementary Fig. 7 shows two ways to steer the frozen ViT; supplementary Table 7 (Appendix C.1) compares them.
 #
 # **Adding** (DeOP's released choice): a learned tensor $P^l$ with one row per token is added to the token sequence $z^l$ at the ViT's input (before `ln_pre`) and at the start of chosen blocks (before `ln_1`, so it stays in the residual stream):
 #
@@ -154,7 +154,7 @@ assert torch.allclose(severed_dense_features(v, image, {}, prompts=zero), clip.d
 print("hand-built = deop_lite.prompts.VisualPrompts; zero prompts = the frozen CLIP")
 
 # %% [markdown]
-# **Prepending** (VPT-deep): $P$ learned tokens are inserted after CLS at chosen blocks, $[x_{\text{cls}}, P^l, z^l]$; a block's prompts replace the previous block's, and all of them are dropped at the output, so the dense features keep their shape. Unlike added prompts, prepended tokens change the attention of every patch even when they are zero.
+# **Prepending** (VPT-deep, Jia et al., ECCV 2022: visual prompt tokens prepended at every block's input): $P$ learned tokens are inserted after CLS at chosen blocks, $[x_{\text{cls}}, P^l, z^l]$; a block's prompts replace the previous block's, and all of them are dropped at the output, so the dense features keep their shape. Unlike added prompts, prepended tokens change the attention of every patch even when they are zero.
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -173,7 +173,7 @@ print("dense features:", tuple(severed_dense_features(v, image, {}, prompts=prep
 #
 # $$S_{c}(x) = \sum_n \operatorname{softmax}_c(\text{logits}_n)\,\sigma(M_n)(x), \qquad P = \sigma(3S - 3), \qquad \mathcal{L} = 2\,\mathrm{Focal}(P, Y) + 0.8\,\mathrm{Dice}(P, Y)$$
 #
-# $$\mathrm{Focal} = \frac{1}{|\Omega|}\sum_{x \in \Omega} \frac{1}{C+1}\sum_{c=1}^{C+1} -\alpha_t\,(1 - p_t)^{\gamma} \log p_t, \qquad p_t = \begin{cases} P_c(x) & Y_c(x) = 1 \\ 1 - P_c(x) & Y_c(x) = 0 \end{cases}, \quad \alpha_t = \begin{cases} 0.25 \\ 0.75 \end{cases}, \quad \gamma = 2$$
+# $$\mathrm{Focal} = \frac{1}{|\Omega|}\sum_{x \in \Omega} \frac{1}{C+1}\sum_{c=1}^{C+1} -\alpha_t\,(1 - p_t)^{\gamma} \log p_t, \qquad p_t = \begin{cases} P_c(x) & Y_c(x) = 1 \\ 1 - P_c(x) & Y_c(x) = 0 \end{cases}, \quad \alpha_t = \begin{cases} 0.25 & Y_c(x) = 1 \\ 0.75 & Y_c(x) = 0 \end{cases}, \quad \gamma = 2$$
 #
 # $$\mathrm{Dice} = 1 - \frac{2 \sum_{x \in \Omega} \sum_{c \le C} P_c(x)\,Y_c(x) + 1}{\sum_{x \in \Omega} \sum_{c \le C} \big(P_c(x) + Y_c(x)\big) + 1} \qquad \text{(void left out; both per image, then averaged over the images)}$$
 #
@@ -308,7 +308,7 @@ plt.show()
 # What holds in the toy world, and what does not (the comparisons printed above; every variant trained for 500 steps):
 #
 # - **Prompt learning lifts pAcc clearly**, as in the paper: 39.9 (offline text prompt) → 60.8 (*baseline+*), far apart.
-# - **The offline text prompt alone does not help.** Its hIoU is 17.7 against the fixed template's 19.0, inside the intervals: these scenes do not tell the two apart. A likely reason: learned on crops of seen classes, it fits their crops rather than scenes. Trained end-to-end, the text prompt is clearly better (24.5); in the paper's table the same step (its first two rows) is small.
+# - **The offline text prompt alone does not help.** Its hIoU is 17.7 against the fixed template's 19.0, inside the intervals: these scenes do not tell the two apart. A likely reason: learned on crops of seen classes, it fits their crops rather than scenes. Trained end-to-end, the text prompt is clearly better (24.5); in the paper's table the same step (its first two rows) is small on hIoU.
 # - **Unlike the paper, the unseen classes gain too.** The paper's unseen column barely moves from its first row to its last; ours rises from 17.2 to 26.7 with *baseline+* (apart), and the seen mIoU from 18.3 to 47.7. The prompts are trained on seen classes only, so what they change in the frozen CLIP carries over to classes they never saw; exercise 3 asks whether it is locality.
 # - **Adding against prepending.** In the paper's table adding is ahead on pAcc and prepending on hIoU (rows "Vision A." and "Vision P."), and both prompts together are best on every column. Here prepending is ahead of adding on both pAcc and hIoU (73.3 against 49.9, 37.5 against 23.2, apart). *Baseline+* is above each of its two parts, as in the paper (hIoU 34.2 against 24.5 and 23.2, apart), but not above prepending alone: 37.5 against 34.2 is inside the intervals. Why adding learns less here is open: the added prompts are 131,584 numbers against 2,560 prepended ones, trained for the same 500 steps; our toy ViT has 4 blocks; and we start added prompts at zero. *Baseline+* keeps the paper's combination, so that Table 3 (notebook 04) is the paper's ladder.
 #
@@ -316,7 +316,7 @@ plt.show()
 
 # %% [markdown]
 # ## Summary
-# - A learned text context is 4 vectors (512 numbers); added visual prompts are 4 × 257 × 128 numbers (8.03 % of the toy CLIP; a real ViT-B/16 with DeOP's prompts: under 2 %). CLIP's own weights never change.
+# - A learned text context is 4 vectors (512 numbers); added visual prompts are 4 × 257 × 128 numbers. With the text context and the void embedding, the *baseline+* variant learns 132,224 numbers, 8.03 % of the toy CLIP (a real ViT-B/16 with DeOP's prompts: under 2 %). CLIP's own weights never change.
 # - Started from "a photo of a", the learned context reproduces the fixed template exactly; added prompts started at zero reproduce the frozen CLIP exactly.
 # - DeOP's segmentation loss, written by hand above, is the package's: the paper names focal and dice loss; $\sigma(3S - 3)$ and $2\,\mathrm{Focal} + 0.8\,\mathrm{Dice}$ are the official code's. Unseen pixels are left out of it here (our choice); the official code teaches them as void.
 # - Offline, on seen-class crops, the context is no better than the fixed template (hIoU 17.7 against 19.0, inside the intervals). Trained end-to-end with added visual prompts (*baseline+*, 500 steps), it reaches pAcc 60.8 and hIoU 34.2, with the unseen mIoU up from 17.2 to 26.7, where the paper's barely moves. Prepended prompts alone do as well (37.5, inside the intervals).
@@ -326,9 +326,9 @@ plt.show()
 #
 # 1. *(seconds)* What did end-to-end training make of the context? Run §3's nearest-word cell on `model_lib.load_deop("text_e2e", proposals=net, clip=clip).learned.text_prompts.ctx`. *Hint:* replace `offline` by the loaded model. *Expect* other nearest words than the offline prompt's, with cosines as low: a learned vector need not sit near any word.
 # 2. *(seconds)* How much of *baseline+*'s gap to a perfect score is classification, and how much is proposals? Evaluate it with ground-truth masks: `model_lib.evaluate_deop(model_lib.load_or_train_deop("baseline_plus", net, clip), N_VAL, masks="ground_truth", interval=True)`, and the fixed-template baseline the same way. *Hint:* `masks="ground_truth"` gives the classifier one perfect mask per class, so the proposals play no part. *Expect* hIoU to rise by more than ten points for *baseline+* and by less for the baseline, and to stay far from a perfect score: most of the gap is classification.
-# 3. *(seconds)* Do the prompts make the patch tokens more local? Measure notebook 03's attention share inside the own segment (its §1) with *baseline+*'s visual prompts: `severance.patch_attention(clip.visual, image, layers={}, prompts=model.learned.visual_prompts)`, then `severance.attention_in_segment`. *Hint:* take `image` and `segments` as notebook 03 §1 does (the label at each patch's centre); `from deop_lite import severance`. *Expect* the opposite: the share falls below the stock CLIP's, more so with the prepended prompts. Whatever the prompts improve, it is not locality, the subject of notebook 03.
+# 3. *(seconds)* Do the prompts make the patch tokens more local? Measure notebook 03's attention share inside the own segment (its §1) with *baseline+*'s visual prompts: `model = model_lib.load_deop("baseline_plus", proposals=net, clip=clip)`, then `severance.patch_attention(clip.visual, image, layers={}, prompts=model.learned.visual_prompts)`, then `severance.attention_in_segment`. For the prepended prompts, load `model_lib.load_deop("visual_prepend", proposals=net, clip=clip)` the same way. *Hint:* take `image` and `segments` as notebook 03 §1 does (the label at each patch's centre); `from deop_lite import severance`. *Expect* the opposite: the share falls below the stock CLIP's, more so with the prepended prompts. Whatever the prompts improve, it is not locality, the subject of notebook 03.
 # 4. *(seconds)* Why $\sigma(3S - 3)$? On §5's batch, compute `losses.deop_segmentation_loss(out["logits"], out["mask_probs"], label, sharpness=k)` for k = 1, 3 and a large k, and plot $\sigma(kS - k)$ for $S$ from 0 to 2. *Hint:* $S = 1$ gives $P = 1/2$ whatever $k$; $S = 0$ gives $\sigma(-k)$. *Expect* that with $k = 1$ a class that no proposal votes for still gets $P = \sigma(-1) \approx 0.27$, so the focal term stays high even for a perfect vote; DeOP's $k = 3$ brings it to $\sigma(-3) \approx 0.05$, and a large $k$ makes $P$ a near step at $S = 1$.
-# 5. *(a re-train of the offline prompt: minutes)* Start the text context from noise, the official choice: `stage = model_lib.variant_stage("text_offline"); stage.model.prompts.ctx_init = None`, then `model_lib.train_deop("text_offline", stage, run_dir="runs/noise", out="runs/noise/text_offline.safetensors")` and evaluate it as in §6. *Hint:* the crops' embeddings are computed first; then each step runs only the text encoder. *Expect* the same place: the crop accuracy of the shipped run, and a scene hIoU inside the shipped offline prompt's interval.
+# 5. *(a re-train of the offline prompt: minutes)* Start the text context from noise, the official choice: `stage = model_lib.variant_stage("text_offline"); stage.model.prompts.ctx_init = None`, then `model_lib.train_deop("text_offline", stage, run_dir="runs/noise", out="runs/noise/text_offline.safetensors")` and evaluate it as in §6. *Hint:* the crops' embeddings are computed first; then each step runs only the text encoder. *Expect* the same place: a crop accuracy like the shipped run's, and a scene hIoU inside the shipped offline prompt's interval. Compare the `crop_acc` column of your run's log (`runs/noise/text_offline_train.log`) with the shipped one's (`data/deop/text_offline_train.log`); it is a fraction, so §3's figure draws it near the bottom of the hIoU axis.
 # 6. *(a re-train of* baseline+*, 500 steps: minutes)* Train it with the official loss: `stage = model_lib.variant_stage("baseline_plus"); stage.ignore_as_void = True`, then `model_lib.train_deop(...)` into a folder of your own as in exercise 5. What happens to the unseen mIoU, and why? *Hint:* void is dropped after the softmax at inference (`DeOP.forward`), so a proposal that has learned "void" gives little weight to any class. *Expect* the unseen column to fall, since every unseen object in training is now taught as void; if it does not, look at which proposals cover the unseen objects, as notebook 04 does for DeOP's unseen errors.
 #
 # **Next:** [03_patch_severance.ipynb](03_patch_severance.ipynb): why patch features are poorly localised, and how cutting attention fixes it without training.

@@ -117,9 +117,9 @@ print(tuple(ours.shape))
 # %% [markdown]
 # ## 3. Mask-guided patch severance (MPS)
 #
-# MPS replaces the attention by one computed from the proposal masks: token $i$ attends to token $k$ as much as they share proposals,
+# MPS replaces the attention by one computed from the proposal masks. Let $M_{j,i}$ be the value of proposal mask $M_j$ at token $i$. Query token $i$ attends to key token $k$ as much as they share proposals:
 #
-# $$M_i = \sum_{j=1}^N M_{j,i}\, M_j$$
+# $$A[i, k] = \sum_{j=1}^N M_{j,i}\, M_{j,k}, \qquad \text{so row } i \text{ of } A \text{ is Eq. 1: } M_i = \sum_{j=1}^N M_{j,i}\, M_j$$
 #
 # Eq. 1 is not normalised; we divide each row by its sum (the official code takes a softmax instead, `mps_norm="softmax"`). CLS belongs to every mask, as in the official code.
 
@@ -137,7 +137,7 @@ print(tuple(mask_attention.shape))
 #
 # ## 4. Table 4 in the toy world
 #
-# The one-pass baseline of notebook 01 (frozen proposals, frozen CLIP, "a photo of a {}."), with severance in the last layer ($\alpha_{-1}$), the last two ($\alpha_{-2}, \alpha_{-1}$), or more blocks. No training anywhere. The paper's Table 4 (COCO-Stuff, ViT-B/16, the baseline without prompt learning):
+# The one-pass baseline of notebook 01 (frozen proposals, frozen CLIP, "a photo of a {}."), with severance in the last layer ($\alpha_{-1}$), the last two ($\alpha_{-2}, \alpha_{-1}$), or more blocks. No training anywhere. Our baseline row uses this fixed template, while the paper's Table 4 baseline uses the text prompt learned offline (paper §3.1; notebook 02 §3 builds it). The paper's Table 4 (COCO-Stuff, ViT-B/16, the baseline without prompt learning):
 #
 # | Type | α₋₂ | α₋₁ | hIoU | Seen | Unseen |
 # |---|---|---|---|---|---|
@@ -185,7 +185,8 @@ plt.show()
 # What holds and what does not (no training anywhere; proposals refined, notebook 01 §4; 200 validation scenes, each number with its 95 % interval over them):
 #
 # - **Severing the last layer helps, less than in the paper.** Fully severing it lifts hIoU from 19.0 to 24.0 (things 11.1 → 16.0), and the sweep rises slowly with $\alpha_{-1}$ up to 1 (it runs on the first 100 of the 200 scenes, so its points differ a little from the table's); the two rows' intervals just touch, so this gain is at the edge of what 200 scenes can tell, and the paper's Table 4 gains far more. MPS (22.0), α₋₁ = 0.5 (21.7), α₋₁ = 1 and the official code's "GPS with mask" (25.0) have overlapping intervals: 200 scenes do not rank them, so the toy world neither confirms nor contradicts the paper's GPS ahead of MPS.
-# - **Severing earlier blocks too helps the shipped toy CLIP, unlike the paper's ViT-B/16.** Half-severing the second-to-last block takes hIoU to 33.9, its interval clear of the last layer's, where the paper's Table 4 drops (half-severing its second-to-last block under a fully severed last one). The last 2 blocks fully severed give 41.1 (the toy DeOP's setting, `model.GPS_TOY`), the last 3 give 64.4, and every block 74.4 (things 67.5), each step's interval clear of the previous one's. The next cells show why.
+# - **Severing earlier blocks too helps the shipped toy CLIP.** Half-severing the second-to-last block takes hIoU to 33.9, its interval clear of the last layer's. The last 2 blocks fully severed give 41.1 (the toy DeOP's setting, `model.GPS_TOY`), the last 3 give 64.4, and every block 74.4 (things 67.5), each step's interval clear of the previous one's.
+# - **The paper's Table 4 drops there.** Half-severing its second-to-last block under a fully severed last one costs it hIoU. The toy row with that setting (proposals, α₋₂ = 0.5) rises instead: the toy world does not reproduce the drop. The next cells use another setting (ground-truth masks, α = 1). They show where severing stops helping a CLIP pre-trained like ViT-B/16: at the first block, as the paper says of shallow layers.
 # - **What the toy DeOP uses:** the last 2 blocks. Two blocks of mixing are left, as ViT-B/16's first eleven are when the paper severs its last, so the trained components have something to repair (notebook 04 §6).
 
 # %% [markdown]
@@ -193,7 +194,7 @@ plt.show()
 #
 # > Notably, we also attempt to apply PS to more transformer layers in ViT. However, we find that PS may break the embedding space if it is applied in shallower layers (*i.e.* the first layer) and results in poor performance. — DeOP §5, "Analysis on PS"
 #
-# The shipped toy CLIP departs from ViT-B/16 in three ways that decide this (notebook 00 §3): its image embedding is the mean of its patch tokens, its pre-training replaced each block's attention by the identity at random, and two 3×3 convolutions in its stem let each patch token see its neighbours before any attention. A second toy CLIP undoes all three (`ToyClipConfig.like_vit_b16()`: CLS pooling, never severed in pre-training, no stem context; shipped as `data/toy_clip_like_vit_b16.safetensors`). Give both the ground-truth masks, so that proposals play no part, and sever their last K blocks, training-free:
+# The shipped toy CLIP departs from ViT-B/16 in three ways that decide this (notebook 00 §3): its image embedding is the mean of its patch tokens, its pre-training replaced each block's attention by the identity at random, and two 3×3 convolutions in its stem let each patch token see its neighbours before any attention. A second toy CLIP undoes all three (`ToyClipConfig.like_vit_b16()`: CLS pooling, never severed in pre-training, no stem context; shipped as `data/toy_clip_like_vit_b16.safetensors`). Give both the ground-truth masks, so that proposals play no part, and sever their last K blocks, training-free. Where does severing stop helping each of them?
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -216,13 +217,14 @@ for row in [f"one pass, {s}" for s in settings] + ["multi-pass crops"]:
 fig, ax = plt.subplots(figsize=(5.5, 3))
 for i, (name, rows) in enumerate(severable.items()):
     ax.plot(range(5), [rows[f"one pass, {s}"]["hIoU"] for s in settings], marker="o", color=f"C{i}", label=f"{name}, one pass")
+    # dashed: the table's "multi-pass crops" row (one CLIP pass per crop)
     ax.axhline(rows["multi-pass crops"]["hIoU"], color=f"C{i}", ls="--", lw=1, label=f"{name}, one pass per crop")
 ax.set_xticks(range(5)); ax.set_xlabel("K, severed blocks (of 4), α = 1"); ax.set_ylabel("hIoU (%)")
 ax.set_title(f"ground-truth masks, training-free, {N_GT} scenes"); ax.legend(frameon=False, fontsize=7); ax.grid(alpha=0.3)
 plt.show()
 
 # %% [markdown]
-# The claim holds for the CLIP it was made about. Pre-trained like ViT-B/16, the toy CLIP reads ground-truth masks best with its last 3 blocks severed (63.3), and drops to 51.7 when the first block is severed too, the two intervals clear of each other: severing a shallow block breaks what the blocks after it expect. Its best one pass stays far below one pass per crop (96.6). The shipped toy CLIP, pre-trained with blocks severed at random, gains at every step, each interval clear of the previous one's, up to 95.8 with every block severed, within the interval of the crops' 96.5: it was taught to read its own patch, so it can be severed everywhere. That is a property of its pre-training, not of DeOP, and it is why the toy DeOP severs only two blocks.
+# The claim holds for the CLIP it was made about. Pre-trained like ViT-B/16, the toy CLIP also gains from severing its second- and third-to-last blocks (44.6, then 63.3, each interval clear of the previous one's). It reads ground-truth masks best with its last 3 blocks severed (63.3), and drops to 51.7 when the first block is severed too, the two intervals clear of each other: severing a shallow block breaks what the blocks after it expect. Its best one pass stays far below multi-pass crops (one CLIP pass per crop: 96.6). The shipped toy CLIP, pre-trained with blocks severed at random, gains at every step, each interval clear of the previous one's, up to 95.8 with every block severed, within the interval of its multi-pass crops (one CLIP pass per crop: 96.5): it was taught to read its own patch, so it can be severed everywhere. That is a property of its pre-training, not of DeOP, and it is why the toy DeOP severs only two blocks.
 
 # %% [markdown]
 # ## 5. What came after
@@ -242,7 +244,7 @@ plt.show()
 #
 # > Our method enforces localization of patches in the self-attention of CLIP's vision transformer which, despite being crucial for dense prediction tasks, has been overlooked in the OVSS literature. — NACLIP, abstract
 #
-# So MaskCLIP is exactly GPS at α = 1 in the last block: its ViT ([mmseg/models/backbones/vit.py](https://github.com/chongzhou96/MaskCLIP/blob/master/mmseg/models/backbones/vit.py)) keeps the residual and the FFN around the value path (`v += x; v = self.ffn(self.norm2(v), identity=v)`), and `severance_mode="maskclip"` equals `mode="gps", layers={-1: 1.0}` (a test checks it). `residual` and `ffn` are separate switches for every mode, so ClearCLIP's ablation (identity attention without either) is `mode="gps", residual=False, ffn=False`. Each attention, by hand, on the tokens entering the last block (`x` from §2):
+# So MaskCLIP is exactly GPS at α = 1 in the last block: its ViT ([mmseg/models/backbones/vit.py](https://github.com/chongzhou96/MaskCLIP/blob/master/mmseg/models/backbones/vit.py)) keeps the residual and the FFN around the value path (`v += x; v = self.ffn(self.norm2(v), identity=v)`), and `severance_mode="maskclip"` equals `mode="gps", layers={-1: 1.0}` (a test checks it). `residual` and `ffn` are separate switches for every mode, so ClearCLIP's ablation (identity attention without either) is `mode="gps", residual=False, ffn=False`. Each attention, by hand, on the tokens entering the last block. The cell reuses $q, k, v$ from §2 (the last block's projections of those tokens); §2 overwrote `x`, so the tokens are recomputed as `x_last`:
 
 # %%
 s = q.shape[-1] ** -0.5  # q, k, v: (1, heads, 257, d) from §2
@@ -262,7 +264,7 @@ with torch.no_grad():
 print("MaskCLIP, SCLIP, ClearCLIP and NACLIP by hand == deop_lite.severance")
 
 # %% [markdown]
-# These methods label every pixel with its patch's nearest class (no proposals), so the table below measures each mode both ways: **per patch**, as they are used, and by the one-pass baseline's **mask pooling** of the same refined proposals (§4), on the same 200 scenes as Table 4. Each changes the **last block only**, as its authors do; nothing is trained. The things' mIoU is reported apart, because it is what a one-pass classifier finds hardest (notebook 05).
+# These methods label every pixel with its patch's nearest class (no proposals), so the table below measures each mode both ways: **per patch**, as they are used, and by the one-pass baseline's **mask pooling** of Table 4's proposals (refined as in notebook 01 §4), on the same 200 scenes as Table 4. Each changes the **last block only**, as its authors do; nothing is trained. The things' mIoU is reported apart, because reading a thing from its patches is what the gate of notebook 00 §4 tests.
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -281,7 +283,7 @@ print(metrics.format_table({f"{name}, {way.replace('_', ' ')}": row[way] for way
 # | SCLIP | 81.5 | 34.5 | 22.8 | 16.5 | [wangf3014/SCLIP](https://github.com/wangf3014/SCLIP) README, "the default setup in this repo" |
 # | MaskCLIP, ClearCLIP, NACLIP | – | – | – | – | not set here: ClearCLIP's README gives its table as an image only, and NACLIP's README reports its main numbers with PAMR post-processing, another protocol |
 #
-# What the toy world shows (the table above: 200 validation scenes, each number with its 95 % interval over them, nothing trained):
+# What the toy world shows (the toy-world table two cells up: 200 validation scenes, each number with its 95 % interval over them, nothing trained):
 #
 # - **The mask-pooling rows of the stock CLIP and of GPS α = 1 are Table 4's baseline and GPS α₋₁ = 1 rows** (hIoU 19.0 and 24.0): the same measurement, on the same scenes and proposals.
 # - **Per patch, GPS α = 1 (which is MaskCLIP: their rows are equal), SCLIP and NACLIP lift the stock CLIP** from hIoU 23.9 to 33.1, 31.0 and 31.7, each interval clear of the stock CLIP's; 200 scenes do not rank the three. ClearCLIP (27.4) falls below GPS α = 1, clear of its interval, and its own interval overlaps the stock CLIP's.
@@ -326,6 +328,6 @@ Image(picture.getvalue())
 # 1. **Where is localisation lost?** *(seconds)* Measure §1's share of attention inside the own segment in every layer, not only the last. *Hint:* `severance.patch_attention(clip.visual, image, layer=l, layers={})` for `l` in `range(4)`, then `severance.attention_in_segment(..., segments)` as in §1. *Expect:* every layer stays below uniform attention, and the first layers look away from their own segment even more than the last.
 # 2. **Eq. 1 normalised, or the official softmax?** *(seconds)* Measure the same share under MPS in the last layer with `mps_norm="sum"` and with `mps_norm="softmax"`. *Hint:* `severance.patch_attention(clip.visual, image, layers={-1: 1.0}, mode="mps", mask_probs=masks, mps_norm=...)`, with `masks = proposals.proposal_masks(net, batch["image_raw"]).sigmoid()`. *Expect:* both keep far more of each patch's attention inside its segment than the stock CLIP does, the softmax less than the sum: it gives every token some weight, whichever masks they share.
 # 3. **ClearCLIP's ablation in every block.** *(seconds)* Sever every block the way ClearCLIP's ablation of MaskCLIP does, without the residual and the FFN, and label each patch. *Hint:* `features = severance.severed_dense_features(clip.visual, clip.normalize(images), model_lib.last_blocks_severed(4), residual=False, ffn=False)`, then `clip_lib.patch_scores(features, clip.text_embeddings(toyworld.CLASS_NAMES), images.shape[-2:]).argmax(1)` as the `predict` of `model_lib.evaluate_toy(predict, 100, interval=True)`; compare with the same call keeping both. *Expect:* dropping them costs far more hIoU than the 95 % interval spans: severed in every block and without either, each block is one linear map of its token, and nothing of CLIP's per-token processing (the FFN) is left.
-# 4. **The official code's residual.** *(minutes: a few lines of your own)* The official ViT block scales the shortcut in the last layer of ViT-B/16: `x = alphaShortcut * x + self.attention(self.ln_1(x))` with `alphaShortcut = 0.2` (`ResidualAttentionBlockVit` in [third_party/CLIP/clip/model.py](https://github.com/CongHan0808/DeOP/blob/master/third_party/CLIP/clip/model.py)). Do the same in the toy CLIP's last block with GPS α = 1, and label each patch. *Hint:* in §2's cell set `alpha = 1` and replace `severance.finish_block(last, x, f_out)` by the attention branch alone, `severance.finish_block(last, x, f_out, residual=False, ffn=False)`, plus `0.2 * x`, then the MLP with its own residual, `x + last.mlp(last.ln_2(x))`; with the scale set back to 1 it must give back `severance.severed_dense_features`. To score the 200 scenes, wrap it in a `predict` as in exercise 3. *Expect:* per patch, hIoU moves by a couple of points, inside the 95 % interval over the 200 scenes: the toy world does not tell whether the down-weighting helps.
+# 4. **The official code's residual.** *(minutes: a few lines of your own)* The official ViT block scales the shortcut in the last layer of ViT-B/16: `x = alphaShortcut * x + self.attention(self.ln_1(x))` with `alphaShortcut = 0.2` (`ResidualAttentionBlockVit` in [third_party/CLIP/clip/model.py](https://github.com/CongHan0808/DeOP/blob/master/third_party/CLIP/clip/model.py)). Do the same in the toy CLIP's last block with GPS α = 1, and label each patch. *Hint:* in §2's cell set `alpha = 1` and replace `severance.finish_block(last, x, f_out)` by the attention branch alone, `severance.finish_block(last, x, f_out, residual=False, ffn=False)`, plus `0.2 * x`, then the MLP with its own residual, `x + last.mlp(last.ln_2(x))`; with the scale set back to 1 it must give back `severance.severed_dense_features`. To score the same scenes as exercise 3, wrap it in a `predict` as in exercise 3. *Expect:* per patch, hIoU moves by a couple of points, inside the 95 % interval over those scenes: the toy world does not tell whether the down-weighting helps.
 #
 # **Next:** [04_classification_anchors.ipynb](04_classification_anchors.ipynb): learn where to pool (CAL), and assemble DeOP.
