@@ -49,6 +49,7 @@ BENCH = bench.BenchConfig.tiny() if runtime.CI else bench.BenchConfig(valid=(10,
 # %%
 # NBVAL_CHECK_OUTPUT
 N_PRIME = 100  # valid proposals: the largest N′ of the benchmark in §4
+# ViT-L/14 runs at 448 px: 448 / 14 = 32, the same 32 x 32 grid (1024 tokens) as ViT-B/16 at 512 / 16
 for name, side, patch in (("ViT-B-16", 512, 16), ("ViT-L-14-336", 448, 14)):
     f = bench.clip_flops(name, side)
     print(f"{name:13s} one pass at {side} ({(side // patch) ** 2} tokens): {f['one_pass'] / 1e9:4.0f} GFLOPs | "
@@ -57,7 +58,7 @@ for name, side, patch in (("ViT-B-16", 512, 16), ("ViT-L-14-336", 448, 14)):
           f"N′ = {N_PRIME} crops cost {N_PRIME / f['break_even_crops']:.0f}× one pass")
 
 # %% [markdown]
-# One ViT-B/16 pass at 512 costs as much as about 6 crops: it holds 1,024 tokens against a crop's 196, and attention grows with the square of the token count. One ViT-L/14 pass at 448 (1,024 tokens too) costs only about 2 crops: a 336-pixel crop already holds 576 tokens. With N′ = 100 valid proposals the multi-pass CLIP work is 16× (ViT-B) or 53× (ViT-L) DeOP's (each model's second line). The proposal network, shared by both, dilutes the end-to-end ratio; the benchmark in §4 measures it.
+# One ViT-B/16 pass at 512 costs as much as about 6 crops: it holds 1,024 tokens against a crop's 196, and attention grows with the square of the token count. ViT-L/14 runs at 448 because its patches are smaller: 448 pixels give it the same 32 × 32 grid of 1,024 tokens that ViT-B/16 gets at 512. That pass costs only about 2 crops: a 336-pixel crop already holds 576 tokens. With N′ = 100 valid proposals the multi-pass CLIP work is 16× (ViT-B) or 53× (ViT-L) DeOP's (each model's second line). The proposal network, shared by both, dilutes the end-to-end ratio; the benchmark in §4 measures it.
 #
 # ## 2. The multi-pass classifier
 #
@@ -167,7 +168,7 @@ for setting, (simbaseline, deop) in PAPER_FPS.items():
 #
 # ## 4. The benchmark
 #
-# `deop-lite bench` (or `deop_lite.bench.run_bench`) builds DeOP in its released configuration (text and visual prompts, GPS in the last layer, a K = 1 query-based CAL decoder) and the multi-pass classifier on **one** proposal network (a ResNet-101 MaskFormer with N = 100 queries at the paper's scale; random weights, which do not change the speed), feeds both the same image and the same masks, exactly N′ of them valid, and times: batch 1, warm-up runs, the median of repeated runs, `torch.cuda.synchronize()` around each call on a GPU, text embeddings cached. It also counts every stage's FLOPs, so that a slow implementation on either side would show up as a speed ratio far from the FLOP ratio.
+# `deop-lite bench` (or `deop_lite.bench.run_bench`) builds DeOP in its released configuration (text and visual prompts, GPS in the last layer, a K = 1 query-based CAL decoder) and the multi-pass classifier on **one** proposal network (a ResNet-101 MaskFormer with N = 100 queries at the paper's scale; random weights, which do not change the speed), feeds both the same image and the same masks, exactly N′ of them valid, and times: batch 1, warm-up runs, the median of repeated runs, `torch.cuda.synchronize()` around each call on a GPU, text embeddings cached. It also counts every stage's FLOPs, so that a slow implementation on either side would show up as a speed ratio far from the FLOP ratio. DeOP's **floor** is the time of the proposals plus one CLIP pass, the least a one-pass method can take; the column "DeOP vs floor" says how far DeOP's total time lies above it.
 
 # %%
 print(BENCH)

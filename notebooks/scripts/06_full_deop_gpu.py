@@ -16,8 +16,8 @@
 # # 06 · Full DeOP at the paper's scale
 # *From the toy world to PASCAL VOC and COCO-Stuff: the same modules, real images, a real CLIP, one GPU or several.*
 #
-# - **You will build:** the real-world path of `deop_lite.datasets` and `deop_lite.realworld`: datasets prepared from their official downloads under the zero-shot protocol, the paper's presets and the same recipe shrunk for one 24 GB GPU, the three training stages (prompts, proposals, DeOP), multi-GPU training with `torchrun`, and the evaluations of Tables 1 and 2 written to JSON.
-# - **You need:** notebooks 01–04 (every model part used here was built there). For real results: a GPU, OpenAI's ViT-B/16 weights and a prepared VOC or COCO-Stuff folder. Without them (CPU mode and CI mode) the very same cells run on the 17 real VOC images shipped in `data/fixtures/voc/`, with a random-initialised ViT-B/16 and a small ResNet-18 MaskFormer for two steps per stage: the path runs end to end, but learns nothing.
+# - **You will build:** the real-world path of `deop_lite.datasets` and `deop_lite.realworld`: datasets prepared from their official downloads under the zero-shot protocol, presets at the paper's scale with the official code's recipe, and the same recipe shrunk for one 24 GB GPU, the three training stages (prompts, proposals, DeOP), multi-GPU training with `torchrun`, and the evaluations of Tables 1 and 2 written to JSON.
+# - **You need:** notebooks 01–04 (every model part used here was built there). For real results: a GPU, OpenAI's ViT-B/16 weights and a prepared VOC or COCO-Stuff folder. Without them (CPU mode and CI mode) the very same cells run on the 17 real VOC images shipped in `data/fixtures/voc/` (6 validate; of the others, those with a seen class left train, section 1), with a random-initialised ViT-B/16 and a small ResNet-18 MaskFormer for two steps per stage: the path runs end to end, but learns nothing.
 # - **Runtime:** as the [README's notebook table](../README.md#notebooks) gives it, measured with the shipped checkpoints; CI mode (`DEOP_CI=1`) is shorter.
 
 # %%
@@ -37,7 +37,7 @@ print(runtime.describe())
 # %% tags=["parameters"]
 GPU = runtime.run_mode() == "GPU"
 PRESET = "voc" if GPU else "tiny"  # "coco" for COCO-Stuff 156/15; "tiny" = the VOC fixture, random CLIP, 2 steps a stage
-CONSUMER_GPU = True  # bf16 autocast + gradient accumulation: the paper's recipe on one 24 GB GPU (section 2)
+CONSUMER_GPU = True  # bf16 autocast + gradient accumulation: the official code's recipe on one 24 GB GPU (section 2)
 RAW_DATA = "~/data/voc"  # the official download, unpacked: VOCdevkit/VOC2012/... (+ SBD), see section 1
 PREPARED = "~/data/deop/voc"  # where the prepared dataset goes
 RUN_DIR = Path("runs/real/notebook") / PRESET  # checkpoints; copy trained files here to evaluate them instead
@@ -58,7 +58,7 @@ print(f"preset {config.name}: CLIP {config.clip} ({config.clip_weights or 'rando
 # %% [markdown]
 # ## 1. The data, under the zero-shot protocol
 #
-# Each dataset is read from its **official download layout** (`datasets.DATASETS[name].layout` says which files, `.download` where to get them) and converted once into one format: a label PNG per image with class indices (255 = ignore) and a JSON index. The paper gives the class split (ZS3Net's, supplementary C) and says only this about the data:
+# Each dataset is read from its **official download layout** (`datasets.DATASETS[name].layout` says which files, `.download` where to get them) and converted once into one format: a label PNG per image with class indices (255 = ignore) and a JSON index. The paper gives the class split (ZS3Net's, supplementary C), describes the datasets (supplementary B.1) and says this about which images train:
 #
 # > During training, we only use images belonging to seen classes in the training dataset, while including all images in the validation dataset.
 #
@@ -72,20 +72,23 @@ print(f"preset {config.name}: CLIP {config.clip} ({config.clip_weights or 'rando
 # |---|---|---|---|
 # | PASCAL VOC2012 + SBD (`voc`) | 20 | pottedplant, sheep, sofa, train, tvmonitor | training and Table 1 |
 # | COCO-Stuff-164k (`coco_stuff`) | 171 | 15 (cow, giraffe, ..., grass, road, tree, wall-concrete) | training and Table 1 |
-# | Pascal Context-59 (`context59`) | 59 | – | Table 2 (a COCO model, every class new) |
+# | Pascal Context-59 (`context59`) | 59 | – | Table 2 (a COCO model evaluated on it) |
 # | ADE20K-150 (`ade150`) | 150 | – | Table 2 |
+#
+# Context-59 and ADE-150 have no seen/unseen split: every class is scored, as the paper's cross-dataset Table 2 does. Many of their classes are also COCO-Stuff classes, so "new" in the cell below means only "not split".
 #
 # The same facts, as `deop_lite.datasets` holds them:
 
 # %%
 # NBVAL_CHECK_OUTPUT
+# "no split": every class of the dataset is scored (Table 2); the classes are not all new to a COCO model
 for name, info in datasets.DATASETS.items():
     unseen = f"{len(info.unseen)} unseen: {', '.join(info.unseen)}" if info.unseen else "no split, every class new to a COCO model"
     print(f"{name:10s} {len(info.class_names):3d} classes, splits {'/'.join(info.splits):9s} | {unseen}")
 print("label of ignored pixels:", metrics.IGNORE_INDEX)
 
 # %% [markdown]
-# The command line does the same as this notebook: `python -m deop_lite.datasets prepare voc --root RAW --out DIR`. It shows a progress bar, skips what is done (re-running is free, an interrupted run resumes) and writes `train_label_count.json`, the per-class pixel counts SimBaseline's loader expects.
+# The command line does the same as this notebook: `python -m deop_lite.datasets prepare voc --root RAW --out DIR`. It shows a progress bar, skips what is done (re-running is free, an interrupted run resumes) and writes `train_label_count.json`, the per-class pixel counts SimBaseline's loader expects. On the fixture, preparation drops one of the listed training images: it shows only VOC's background, which is ignored, and sheep, an unseen class, so no labelled pixel is left. Hence the 10 training images below.
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -126,9 +129,13 @@ viz.show_segmentations(whole["image_raw"], {"training label (seen only)": whole[
 plt.show()
 
 # %% [markdown]
-# ## 2. The presets: the paper's recipe, and the same on one consumer GPU
+# ## 2. The presets: the official code's recipe, and the same on one consumer GPU
 #
-# `realworld.RealConfig.voc()` and `.coco()` mirror the official scripts ([scripts/train_learn_prompts.sh](https://github.com/CongHan0808/DeOP/blob/master/scripts/train_learn_prompts.sh), [scripts/train_learned_prompts_maskformer.sh](https://github.com/CongHan0808/DeOP/blob/master/scripts/train_learned_prompts_maskformer.sh), [scripts/deop_train.sh](https://github.com/CongHan0808/DeOP/blob/master/scripts/deop_train.sh)): CLIP ViT-B/16 at 512 × 512 crops; a MaskFormer with N = 100 queries, 6 decoder layers and hidden size 256 on a ResNet-101; DeOP with 16 learned text-context vectors, visual prompts added at the input and in blocks 1–5, GPS (α = 1 in the last layer) and query-based CAL with K = 1 (8 heads, FFN 1024, dropout 0.1); at test time the short side resized to 512, the long side at most 2048 (VOC) or 2560 (COCO-Stuff). The presets as the package holds them:
+# `realworld.RealConfig.voc()` and `.coco()` mirror the official scripts ([scripts/train_learn_prompts.sh](https://github.com/CongHan0808/DeOP/blob/master/scripts/train_learn_prompts.sh), [scripts/train_learned_prompts_maskformer.sh](https://github.com/CongHan0808/DeOP/blob/master/scripts/train_learned_prompts_maskformer.sh), [scripts/deop_train.sh](https://github.com/CongHan0808/DeOP/blob/master/scripts/deop_train.sh)): CLIP ViT-B/16 at 512 × 512 crops; a MaskFormer with N = 100 queries, 6 decoder layers and hidden size 256 on a ResNet-101; DeOP with 16 learned text-context vectors, visual prompts added at the input and in blocks 1–5, GPS (α = 1 in the last layer) and query-based CAL with K = 1 (8 heads, FFN 1024, dropout 0.1); at test time the short side resized to 512, the long side at most 2048 (VOC) or 2560 (COCO-Stuff). The paper's implementation details give only the batch and the iterations:
+#
+# > The experiments are conducted on 8 Tesla V100 32G GPUs, and the batch size is set to 32. The training iterations are 20k for PASCAL VOC 2012 and 60k for COCO-Stuff. — DeOP §5
+#
+# The learning rates and schedules below, and DeOP's global batch of 16, come from the official scripts and configs, not from the paper. The presets as the package holds them:
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -166,8 +173,8 @@ print(f"DeOP loss : ignore_as_void={c.ignore_as_void}")
 #
 # `.for_consumer_gpu()` shrinks a preset the way nanoGPT's README shrinks GPT-2, keeping what defines the result:
 # - **bf16 autocast** (forward passes only; weights, optimiser and losses stay fp32): about half the activation memory, about twice the matmul speed on Ampere and newer GPUs;
-# - **gradient accumulation**: the global batch stays 16 (DeOP) and 16 / 32 (proposals), made of micro-batches of 4, so learning rates and schedules are the paper's;
-# - nothing else: the same steps, crops, N and CLIP. The run is slower, not different.
+# - **gradient accumulation**: the global batch stays 16 (DeOP) and 16 / 32 (proposals), made of micro-batches of 4, so learning rates and schedules stay the official code's;
+# - nothing else: the same steps, crops, N and CLIP. The run is slower, and bf16 changes its results in the last bits.
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -186,7 +193,7 @@ print("\n".join(rows))
 #
 # ### 3.1 Resolution: interpolating the positional embedding
 #
-# CLIP ViT-B/16 was trained at 224 × 224: 14 × 14 patches, so its positional embedding has 1 + 196 rows. DeOP runs it at 512 × 512, a 32 × 32 grid, *without re-training*: the 14 × 14 table is resized bicubically to 32 × 32 (the CLS row kept) on every forward pass (`clip.resize_pos_embed`, as DeOP's code does). The visual prompts added to the tokens are resized the same way from their 24 × 24 reference grid. Each position's embedding stays most similar to its neighbours', which is all the network needs:
+# CLIP ViT-B/16 was trained at 224 × 224: 14 × 14 patches, so its positional embedding has 1 + 196 rows. DeOP runs it at 512 × 512, a 32 × 32 grid, *without re-training*: the 14 × 14 table is resized bicubically to 32 × 32 (the CLS row kept) on every forward pass (`clip.resize_pos_embed`, as DeOP's code does). The visual prompts added to the tokens are resized the same way from their 24 × 24 reference grid: the official code sizes them for a smaller input (`cfg.INPUT.LEARNPOSITIONRES = 384`, that is 24 × 24 patches; `PromptConfig.real()`). Each position's embedding stays most similar to its neighbours', which is all the network needs:
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -334,7 +341,7 @@ plt.show()
 # %% [markdown]
 # ## Summary
 # - `deop_lite.datasets` reads VOC (+ SBD), COCO-Stuff (PNG maps or COCO JSON through pycocotools), Context-59 and ADE-150 from their official layouts and writes one format with the zero-shot protocol applied to the training labels; preparation is idempotent and resumable and says where to download what is missing.
-# - `deop_lite.realworld` holds the paper's presets (and the same recipe on one 24 GB GPU: bf16 autocast and gradient accumulation, nothing else changed), the three load-or-train stages, `torchrun` multi-GPU training with DDP (tested: 2 processes = 1 process; a run resumes on another number of processes) and the evaluation of Tables 1 and 2 to JSON.
+# - `deop_lite.realworld` holds presets at the paper's scale with the official code's recipe (and the same recipe on one 24 GB GPU: bf16 autocast and gradient accumulation, nothing else changed), the three load-or-train stages, `torchrun` multi-GPU training with DDP (tested: 2 processes = 1 process; a run resumes on another number of processes) and the evaluation of Tables 1 and 2 to JSON.
 # - At 512 px, CLIP's 14 × 14 positional embedding is interpolated to 32 × 32, a pass costs 6.1 crops at 224, and training back-propagates through all of CLIP: memory and throughput, not parameters, set the batch size.
 #
 # ## Exercises
