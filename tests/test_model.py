@@ -107,5 +107,20 @@ def test_the_shipped_severance_sweep_pairs_ps_and_deop_and_names_its_commands():
         assert ("--clip" in r["command"]) == (r["clip"] != "shipped")
         assert f"--variant {r['variant']} --severed-blocks {r['blocks']} --steps {r['steps']}" in r["command"]
         assert {"pAcc", "seen", "unseen", "hIoU"} <= set(r["final"]) and r["curve"][-1]["step"] == r["steps"]
+        if r["variant"] == "deop":  # CAL's gain over the PS run of the same setting, inside its paired interval
+            partner = next(p for p in runs if p["variant"] == "ps" and (p["clip"], p["blocks"], p["steps"]) ==
+                           (r["clip"], r["blocks"], r["steps"]))
+            gain, low, high = r["cal_gain"]["hIoU"]
+            assert gain == pytest.approx(r["final"]["hIoU"] - partner["final"]["hIoU"], abs=1e-6) and low <= gain <= high
     main_line = variant_stage("deop")  # the shipped DeOP is one of the sweep's settings
     assert ("shipped", len(GPS_TOY), main_line.train.steps) in settings and last_blocks_severed(len(GPS_TOY)) == GPS_TOY
+
+
+@pytest.mark.parametrize("variant, expected", [("deop", {"pAcc": 86.27, "seen": 75.94, "unseen": 59.68, "hIoU": 66.83}),
+                                               ("ps", {"pAcc": 85.37, "seen": 73.05, "unseen": 66.60, "hIoU": 69.67})])
+def test_a_shipped_variant_scores_its_pinned_numbers_on_eight_scenes(variant, expected):
+    """A broken or swapped checkpoint shows here, in the unit tests, before any notebook runs (a few seconds). The
+    tolerance leaves room for float32 differences between CPUs' kernels, far below what a wrong file moves."""
+    from deop_lite.model import evaluate_deop, load_deop
+    result = evaluate_deop(load_deop(variant), scenes=8, progress=False)
+    assert {key: result[key] for key in expected} == pytest.approx(expected, abs=0.5)
