@@ -163,9 +163,12 @@ _SWEEP_CLIPS = {"shipped": "shipped toy CLIP", "like_vit_b16": "toy CLIP like Vi
 def plot_severance_sweep(runs: Sequence[dict], key: str = "hIoU"):
     """The severed-blocks sweep (``model.severance_sweep()``): left, ``key`` of baseline+ w/ PS ("ps") and DeOP
     ("deop") on the shipped toy CLIP against the number K of severed blocks, one line style per training length;
-    right, CAL's gain (DeOP − PS), one line per toy CLIP and training length. Returns the figure."""
+    right, CAL's gain (DeOP − PS), one line per toy CLIP and training length, with its 95 % paired interval over
+    the scenes as a band where the runs carry one (``cal_gain``). Returns the figure."""
     fig, (ax, gain_ax) = plt.subplots(1, 2, figsize=(9.5, 3.3))
     final = {(r.get("clip", "shipped"), r["variant"], r["blocks"], r["steps"]): r["final"][key] for r in runs}
+    paired = {(r.get("clip", "shipped"), r["blocks"], r["steps"]): r["cal_gain"][key][1:] for r in runs
+              if r["variant"] == "deop" and key in r.get("cal_gain", {})}  # (low, high)
     styles = dict(zip(sorted({r["steps"] for r in runs}), ("-", "--", ":")))
     for clip, colour in zip(sorted({c for c, *_ in final}, key=lambda c: c != "shipped"), ("k", "tab:purple")):
         for steps, style in styles.items():
@@ -178,16 +181,21 @@ def plot_severance_sweep(runs: Sequence[dict], key: str = "hIoU"):
                             ms=4, label=f"{'PS' if variant == 'ps' else 'DeOP (PS + CAL)'}, {steps} steps")
             gain_ax.plot(blocks, [final[(clip, "deop", b, steps)] - final[(clip, "ps", b, steps)] for b in blocks], style,
                          color=colour, marker="o", ms=4, label=f"{_SWEEP_CLIPS.get(clip, clip)}, {steps} steps")
+            if all((clip, b, steps) in paired for b in blocks):
+                low, high = zip(*(paired[(clip, b, steps)] for b in blocks))
+                gain_ax.fill_between(blocks, low, high, color=colour, alpha=0.12, lw=0)
     gain_ax.axhline(0, color="gray", lw=0.8)
+    bottom, top = gain_ax.get_ylim()
+    gain_ax.set_ylim(bottom, top + 0.5 * (top - bottom))  # room for the legend above the bands
     depth = max(r["blocks"] for r in runs)
     for axis, title, ylabel in ((ax, f"shipped toy CLIP: {key}, last K blocks severed", key),
-                                (gain_ax, "what CAL adds: DeOP − PS, per toy CLIP", f"Δ {key}")):
+                                (gain_ax, "CAL's gain, DeOP − PS (bands: 95 % paired intervals)", f"Δ {key}")):
         axis.set_xticks(range(1, depth + 1))
         axis.set_xlabel(f"K, severed blocks (of {depth})")
         axis.set_ylabel(ylabel)
         axis.set_title(title, fontsize=9)
         axis.grid(alpha=0.3)
-        axis.legend(frameon=False, fontsize=7)
+        axis.legend(frameon=False, fontsize=7, loc="lower right" if axis is ax else "upper right")
     fig.tight_layout()
     return fig
 
