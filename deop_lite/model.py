@@ -444,12 +444,29 @@ def evaluate_deop(model: nn.Module, scenes: int = 200, image_size: int = 128, ba
     model's proposals, post-processed by ``refinement`` (None: the network's own masks); ``"ground_truth"`` gives
     its classifier one ground-truth mask per class instead, so that the proposals play no part. ``interval=True``
     adds each metric's 95 % bootstrap interval over the scenes."""
+    return evaluate_toy(_labeller(model, masks, refinement), scenes, image_size, batch_size, progress, masks, interval)
+
+
+def compare_deop(model: nn.Module, reference: nn.Module, scenes: int = 200, image_size: int = 128,
+                 batch_size: int = 16, progress: bool | None = None,
+                 refinement: Refinement | None = TOY_REFINEMENT) -> dict[str, list[float]]:
+    """How much ``model`` beats ``reference`` (toy DeOP variants) on the first ``scenes`` validation scenes, with
+    the same proposals: metric -> [difference, low, high], the 95 % paired bootstrap interval over the scenes
+    (``metrics.compare_segmentation``; the lab book's CAL gains)."""
+    from .metrics import compare_segmentation
+    world = toyworld.segmentation_world("val", scenes, image_size)
+    return compare_segmentation(_labeller(model, "model", refinement), _labeller(reference, "model", refinement),
+                                world, toyworld.CLASS_NAMES, toyworld.SEEN_CLASSES, toyworld.UNSEEN_CLASSES,
+                                batch_size, progress, thing_classes=toyworld.THING_CLASSES)
+
+
+def _labeller(model: nn.Module, masks: str, refinement: Refinement | None):
+    """The ``predict`` of ``metrics.evaluate_segmentation`` for a toy model: images (and, with ``masks=
+    "ground_truth"``, one mask per class) -> (B, H, W) indices into the toy world's 16 classes."""
     names = toyworld.CLASS_NAMES
     if masks == "model":
-        predict = lambda images: model.predict(images, names, refinement)["label"]
-    else:
-        predict = lambda images, truth: model.classify_masks(images, truth, names)["label"]
-    return evaluate_toy(predict, scenes, image_size, batch_size, progress, masks, interval)
+        return lambda images: model.predict(images, names, refinement)["label"]
+    return lambda images, truth: model.classify_masks(images, truth, names)["label"]
 
 
 @torch.no_grad()

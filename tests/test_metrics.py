@@ -118,3 +118,21 @@ def test_paired_interval_cancels_what_the_scenes_share():
     assert better.difference_interval(better, *split)["hIoU"] == (0.0, 0.0)
     with pytest.raises(ValueError, match="same scenes"):
         better.difference_interval(SegmentationMeter(["a", "b", "c"], per_scene=True), *split)
+
+
+def test_compare_segmentation_gives_the_difference_of_two_evaluations_with_its_paired_interval():
+    from deop_lite.metrics import compare_segmentation, evaluate_segmentation
+    generator = torch.Generator().manual_seed(1)
+    labels = torch.randint(3, (12, 8, 8), generator=generator)
+    dataset = [{"image_raw": torch.rand(3, 8, 8, generator=generator), "label": label} for label in labels]
+    split = (["a", "b", "c"], ["a", "b"], ["c"])
+    noise = torch.randint(3, (12, 8, 8), generator=generator)
+    by_image = {float(item["image_raw"].sum()): i for i, item in enumerate(dataset)}
+    index = lambda images: [by_image[float(image.sum())] for image in images]  # which scenes a batch holds
+    # two labellers: right on 3 of 4 pixels and on 1 of 2; noise elsewhere
+    good = lambda images: torch.where(torch.arange(64).view(8, 8) % 4 > 0, labels[index(images)], noise[index(images)])
+    bad = lambda images: torch.where(torch.arange(64).view(8, 8) % 2 > 0, labels[index(images)], noise[index(images)])
+    gain = compare_segmentation(good, bad, dataset, *split, batch_size=5)
+    measured = evaluate_segmentation(good, dataset, *split)["hIoU"] - evaluate_segmentation(bad, dataset, *split)["hIoU"]
+    assert gain["hIoU"][0] == pytest.approx(measured) and gain["hIoU"][1] <= measured <= gain["hIoU"][2]
+    assert compare_segmentation(good, good, dataset, *split)["hIoU"] == [0.0, 0.0, 0.0]

@@ -1,44 +1,25 @@
 """The gain of one toy DeOP variant over another, with its 95 % paired bootstrap interval (the lab book's CAL gains).
 
 Both models segment the same validation scenes with the shipped refined proposals; each bootstrap resample draws the
-same scenes for both (`metrics.SegmentationMeter.difference_interval`), so what the scenes share cancels.
+same scenes for both (`model.compare_deop`), so what the scenes share cancels.
 
     python tools/paired_gain.py data/deop/deop.safetensors data/deop/ps.safetensors
     python tools/paired_gain.py runs/sweep/deop_k1_s500_like_vit_b16.safetensors runs/sweep/ps_k1_s500_like_vit_b16.safetensors
 """
 import argparse
 
-import torch
-from tqdm.auto import tqdm
-
-from deop_lite import toyworld
-from deop_lite.metrics import SegmentationMeter
-from deop_lite.model import load_deop
-from deop_lite.proposals import TOY_REFINEMENT, load_proposals
+from deop_lite.model import compare_deop, load_deop
+from deop_lite.proposals import load_proposals
 from deop_lite.train import read_metadata
 
 
-@torch.no_grad()
-def per_scene_meter(path: str, world, proposals, batch_size: int = 16) -> SegmentationMeter:
-    model = load_deop(read_metadata(path)["variant"], path=path, proposals=proposals)
-    meter = SegmentationMeter(toyworld.CLASS_NAMES, per_scene=True)
-    for start in tqdm(range(0, len(world), batch_size), desc=path, leave=False):
-        items = [world[i] for i in range(start, min(start + batch_size, len(world)))]
-        images = torch.stack([item["image_raw"] for item in items])  # (B, 3, H, W)
-        label = torch.stack([item["label"] for item in items])  # (B, H, W)
-        meter.update(model.predict(images, toyworld.CLASS_NAMES, TOY_REFINEMENT)["label"], label)
-    return meter
-
-
 def paired_gain(model: str, reference: str, scenes: int = 200) -> dict[str, list[float]]:
-    """hIoU, seen and unseen of ``model`` minus ``reference``: metric -> [difference, low, high], the 95 % paired
-    bootstrap interval over the first ``scenes`` validation scenes."""
-    world, proposals = toyworld.segmentation_world("val", scenes, 128), load_proposals()[0]
-    split = (toyworld.SEEN_CLASSES, toyworld.UNSEEN_CLASSES, toyworld.THING_CLASSES)
-    ours, theirs = (per_scene_meter(path, world, proposals) for path in (model, reference))
-    interval = ours.difference_interval(theirs, *split)
-    ours_result, theirs_result = ours.compute(*split), theirs.compute(*split)
-    return {key: [ours_result[key] - theirs_result[key], *interval[key]] for key in ("hIoU", "seen", "unseen")}
+    """hIoU, seen and unseen of the variant in file ``model`` minus the one in ``reference``: metric ->
+    [difference, low, high], the 95 % paired bootstrap interval over the first ``scenes`` validation scenes."""
+    proposals = load_proposals()[0]
+    ours, theirs = (load_deop(read_metadata(path)["variant"], path=path, proposals=proposals) for path in (model, reference))
+    gain = compare_deop(ours, theirs, scenes, progress=True)
+    return {key: gain[key] for key in ("hIoU", "seen", "unseen")}
 
 
 def main() -> None:
