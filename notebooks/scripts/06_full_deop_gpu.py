@@ -327,9 +327,9 @@ plt.show()
 # 2. **Classification with ground-truth masks** (`DeOP.classify_masks`, notebook 04 §9): separates what CLIP can recognise from what the proposals lose.
 # 3. **The prompt stage.** SimBaseline's README warns that its prompt training "will be affected by the random seed" and advises running it several times ([its README](https://github.com/MendelXu/zsseg.baseline/blob/master/README.md)); train stage 1 with two seeds (`config.seed`) and compare its crop accuracy. Users of SimBaseline's code report numbers below the SimBaseline paper's, and its author answers the first of them that learned prompts are unstable:
 #
-#    Reported in SimBaseline's issue tracker, beside the SimBaseline paper's numbers as the issues quote them:
+#    Reported by users of SimBaseline's code on GitHub, beside the SimBaseline paper's numbers as they quote them:
 #
-#    | issue | what was run | metric | reported | SimBaseline paper |
+#    | report | what was run | metric | reported | SimBaseline paper |
 #    |---|---|---|---|---|
 #    | [#19](https://github.com/MendelXu/zsseg.baseline/issues/19) | the released COCO-Stuff model, CLIP's visual encoder not tuned | seen / unseen mIoU | 21.01 / 26.95 | 26.8 / 29.7 |
 #    | [#20](https://github.com/MendelXu/zsseg.baseline/issues/20) | VOC, re-trained with the official configs and a learned prompt | unseen mIoU | 62.85 | 72.5 |
