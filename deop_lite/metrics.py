@@ -35,6 +35,16 @@ METRICS = ("pAcc", "mIoU", "seen", "unseen", "hIoU", "things")
 """The summary metrics of :meth:`SegmentationMeter.compute`, in the order tables print them."""
 
 
+def bootstrap_counts(scenes: int, samples: int = 1000, seed: int = 0) -> torch.Tensor:
+    """(samples, S) float64: how many times each of the S scenes is drawn in each bootstrap resample (S draws with
+    replacement; a fixed seed, so intervals are reproducible). Any per-scene sum (S, ...) resamples as
+    ``counts @ sums``; every interval of this package draws its scenes here."""
+    generator = torch.Generator().manual_seed(seed)
+    draws = torch.randint(scenes, (samples, scenes), generator=generator)  # (samples, S)
+    return torch.zeros(samples, scenes, dtype=torch.float64).scatter_add_(
+        1, draws, torch.ones(samples, scenes, dtype=torch.float64))  # (samples, S)
+
+
 def _percentiles(rows: list[dict[str, float]], level: float) -> dict[str, tuple[float, float]]:
     """metric -> the central ``level`` interval of its values over bootstrap ``rows``."""
     tail = (1 - level) / 2 * 100
@@ -100,14 +110,9 @@ class SegmentationMeter:
                             level)
 
     def _resampling_counts(self, samples: int, seed: int) -> torch.Tensor:
-        """(samples, S) how many times each of the S scenes is drawn in each resample (with replacement)."""
         if not self.scene_confusions:
             raise ValueError("intervals need the per-scene confusions: build the meter with per_scene=True")
-        scenes = len(self.scene_confusions)
-        generator = torch.Generator().manual_seed(seed)
-        draws = torch.randint(scenes, (samples, scenes), generator=generator)  # (samples, S)
-        return torch.zeros(samples, scenes, dtype=torch.float64).scatter_add_(
-            1, draws, torch.ones(samples, scenes, dtype=torch.float64))  # (samples, S)
+        return bootstrap_counts(len(self.scene_confusions), samples, seed)  # (samples, S)
 
     def _bootstrap(self, counts: torch.Tensor, seen_classes: Sequence[str], unseen_classes: Sequence[str],
                    thing_classes: Sequence[str] | None) -> list[dict[str, float]]:

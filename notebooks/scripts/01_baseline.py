@@ -220,8 +220,7 @@ plt.show()
 # NBVAL_CHECK_OUTPUT
 def scene_bootstrap(values, scenes, draws=1000):
     """Mean of per-segment values (S,) and its 95 % bootstrap interval, the N_VAL scenes resampled with replacement."""
-    picks = torch.randint(N_VAL, (draws, N_VAL), generator=torch.Generator().manual_seed(0))  # (draws, N_VAL)
-    times = torch.zeros(draws, N_VAL).scatter_add_(1, picks, torch.ones(draws, N_VAL))[:, scenes]  # (draws, S)
+    times = metrics.bootstrap_counts(N_VAL, draws).float()[:, scenes]  # (draws, S): how often each segment's scene is drawn
     means = (times * values).sum(1) / times.sum(1)  # (draws,): NaN where no segment was drawn
     return values.mean().item(), means.nanquantile(0.025).item(), means.nanquantile(0.975).item()
 

@@ -73,7 +73,7 @@ correct = patch_class == truth
 counts = torch.stack([(correct & interior).sum((1, 2)), interior.sum((1, 2)),  # (S, 4) per scene: right inside, inside,
                       (correct & ~interior).sum((1, 2)), (~interior).sum((1, 2))], 1).double()  # right on the border, border
 for scenes in (50, N_VAL):
-    drawn = counts[torch.randint(scenes, (1000, scenes), generator=torch.Generator().manual_seed(0))].sum(1)  # (1000, 4) resampled
+    drawn = metrics.bootstrap_counts(scenes) @ counts[:scenes]  # (1000, 4): the four sums over each resample of the scenes
     gaps = 100 * (drawn[:, 0] / drawn[:, 1] - drawn[:, 2] / drawn[:, 3])  # interior minus border accuracy, per resample
     low, high = gaps.quantile(torch.tensor([0.025, 0.975], dtype=torch.double)).tolist()
     right_inside, inside, right_border, border = counts[:scenes].sum(0).tolist()
