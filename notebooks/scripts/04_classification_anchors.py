@@ -67,8 +67,9 @@ with torch.no_grad():
     dense_feats = severance.severed_dense_features(clip.visual, clip.normalize(batch["image_raw"]), model_lib.GPS_TOY)  # (S, D, 16, 16)
     patch_class = torch.einsum("bdhw,cd->bchw", dense_feats, clip.text_embeddings(names)).argmax(1)  # (S, 16, 16)
 truth = batch["label"][:, 4::8, 4::8]  # (S, 16, 16): the class at each patch centre
-neighbours = F.unfold(truth[:, None].float(), 3, padding=1).view(-1, 9, 16, 16)  # (S, 9, 16, 16), zero-padded
-interior = (neighbours == truth[:, None]).all(1)  # (S, 16, 16), border of the image counts as border
+framed = F.pad(truth[:, None].float(), (1, 1, 1, 1), value=-1)  # (S, 1, 18, 18): -1, no class, around the image
+neighbours = F.unfold(framed, 3).view(-1, 9, 16, 16)  # (S, 9, 16, 16): each patch's 3 x 3 neighbourhood
+interior = (neighbours == truth[:, None]).all(1)  # (S, 16, 16); a patch on the image's edge counts as border
 correct = patch_class == truth
 counts = torch.stack([(correct & interior).sum((1, 2)), interior.sum((1, 2)),  # (S, 4) per scene: right inside, inside,
                       (correct & ~interior).sum((1, 2)), (~interior).sum((1, 2))], 1).double()  # right on the border, border
@@ -82,7 +83,7 @@ for scenes in (50, N_VAL):
           f"points, 95 % interval [{low:.1f}, {high:.1f}]")
 
 # %% [markdown]
-# The guess fails in the toy world. On 50 scenes border patches look weaker, but the interval of the gap reaches below zero; on 200 scenes they are right as often as interior ones (69.9 % against 69.4 %). A lesson in noise as well: 50 scenes would have told a story that 200 do not. So whatever CAL learns here, it is not to avoid borders; §6 and §9 show where its gain comes from.
+# The guess fails in the toy world. On 50 scenes border patches look weaker, but the interval of the gap reaches below zero; on 200 scenes they are right as often as interior ones (70.4 % against 68.2 %: the interval of the gap holds zero). A lesson in noise as well: 50 scenes would have told a story that 200 do not. So whatever CAL learns here, it is not to avoid borders; §6 and §9 show where its gain comes from.
 #
 # CAL lets the network learn the weights: a heatmap $H_n$ over the patch grid for each proposal $n$, used for the pooling instead of the mask.
 
@@ -423,11 +424,11 @@ plt.show()
 # - **With ground-truth masks the classifier does much better: the proposals are the limit.** With those masks DeOP reaches hIoU 91.6, the training-free pass with the same two severed blocks 64.3: what separates 67.8 from 91.6 is the proposals. Refining them along colour edges moves hIoU from 64.6 to 67.8, at many times the time per scene (the ratio printed by the timing cell above); the two intervals overlap, so 200 scenes do not measure that gain.
 # - **At inference, the trained decoder and mask pooling are level.** DeOP's own prompts with mask pooling in place of its decoder score 67.4 against DeOP's 67.8, while PS scores 60.8 (its interval ends where the other two begin). So the gain of Table 3's last row over PS comes mostly from what CAL does *during training*: the prompts trained beside it are better prompts. §6 shows the other side: trained for longer, DeOP loses the unseen classes that PS gains.
 # - **Query-based beats conv-based CAL; the depth K does not measurably matter** (Table 5): 67.8 / 68.6 / 67.7 for K = 1, 3, 5, inside each other's intervals, against 53.4 for the conv decoder, which does not beat mask pooling here.
-# - **Border patches are not weaker witnesses here** (section 1): with the toy DeOP's two blocks severed they are right as often as interior ones on 200 scenes (69.9 % against 69.4 %), although 50 scenes suggested otherwise.
+# - **Border patches are not weaker witnesses here** (section 1): with the toy DeOP's two blocks severed they are right as often as interior ones on 200 scenes (70.4 % against 68.2 %, a gap inside its interval), although 50 scenes suggested otherwise.
 
 # %% [markdown]
 # ## Summary
-# - Mask pooling weighs every patch of a mask alike; in the toy world, border patches are right as often as interior ones (69.9 % against 69.4 % on their own), so CAL has no border to avoid. CAL learns a heatmap per proposal: Eq. 3's query decoder (mask after the softmax, raw CLIP features pooled head by head) or Eq. 4's conv decoder; both, written by hand, match `deop_lite.anchors`, and mask pooling is the special case H = M / ΣM.
+# - Mask pooling weighs every patch of a mask alike; in the toy world, border patches are right as often as interior ones (70.4 % against 68.2 % on their own, not told apart), so CAL has no border to avoid. CAL learns a heatmap per proposal: Eq. 3's query decoder (mask after the softmax, raw CLIP features pooled head by head) or Eq. 4's conv decoder; both, written by hand, match `deop_lite.anchors`, and mask pooling is the special case H = M / ΣM.
 # - DeOP = frozen proposals + frozen CLIP with prompts and GPS in the last 2 of its 4 blocks + CAL + learned text, trained for 500 steps with DeOP's loss on seen classes: pAcc 88.9, hIoU 67.8 (seen 80.4, unseen 58.7) on 200 validation scenes, the best row of Table 3 at the chosen two severed blocks and 500 steps. With ground-truth masks it reaches 91.6: the proposals are the limit.
 # - CAL's gain depends on the mixing that severance leaves and on the CLIP: on the shipped toy CLIP, 6.8 and 7.0 hIoU with the last 1 or 2 blocks severed, none with 3 or 4; after 1,000 steps the gain turns into a loss, measurable with 1 and with 4 blocks severed; on a toy CLIP pre-trained like ViT-B/16, 4.6 with one block severed and 0.2 with two.
 #
