@@ -120,8 +120,12 @@ class ConvHeatmapDecoder(nn.Module):
         return F.normalize(segment_emb, dim=-1, eps=1e-6), heatmaps
 
 
-def build_anchor_decoder(config: AnchorConfig, dim: int, num_queries: int) -> nn.Module | None:
-    """The decoder that ``config`` asks for, or None for plain mask-based pooling."""
+def build_anchor_decoder(config: AnchorConfig, dim: int, num_queries: int | None) -> nn.Module | None:
+    """The decoder that ``config`` asks for, or None for plain mask-based pooling (``num_queries``: N, needed by the
+    query-based decoder, which has one anchor query per mask)."""
+    if config.kind == "query" and num_queries is None:
+        raise InputError("the query-based anchor decoder (CAL) has one query per mask: pass num_queries, the proposal "
+                         "network's N")
     if config.kind == "query":
         return QueryHeatmapDecoder(dim, num_queries, config)
     return ConvHeatmapDecoder(dim, config) if config.kind == "conv" else None

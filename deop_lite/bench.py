@@ -34,10 +34,11 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 from . import checks, runtime
 from .anchors import AnchorConfig
 from .clip import load_clip
-from .model import DeOP, DeOPConfig
+from .model import DeOP, DeOPConfig, MaskClassifier
 from .multipass import MultiPass
 from .prompts import PromptConfig
 from .proposals import MaskProposalNetwork, ProposalConfig, proposal_masks
+from .severance import GPS_LAST
 
 
 @dataclass
@@ -61,7 +62,7 @@ class BenchConfig:
 
 
 def build_models(config: BenchConfig) -> tuple[DeOP, MultiPass]:
-    """DeOP (prompts, GPS, CAL; the released configuration) and the multi-pass baseline, sharing one
+    """DeOP (prompts, GPS, CAL; the released configuration) and the multi-pass classifier, sharing one
     random-weight proposal network (ResNet-101 MaskFormer at the paper's scale) and one CLIP."""
     if config.clip == "toy":
         clip = load_clip("toy", device=config.device)
@@ -74,9 +75,10 @@ def build_models(config: BenchConfig) -> tuple[DeOP, MultiPass]:
         prompts = PromptConfig.real()
     proposal_config.num_queries = config.num_queries
     proposals = MaskProposalNetwork(proposal_config).to(config.device).eval()
-    deop_config = DeOPConfig(prompts, severance={-1: 1.0}, anchors=config.anchors, void=True)
-    deop = DeOP(proposals, clip, deop_config).to(config.device).eval().requires_grad_(False)  # inference only
-    return deop, MultiPass(proposals, clip)
+    deop_config = DeOPConfig(prompts, severance=GPS_LAST, anchors=config.anchors, void=True)
+    classifier = MaskClassifier(clip, deop_config, config.num_queries)
+    deop = DeOP(proposals, classifier).to(config.device).eval().requires_grad_(False)  # inference only
+    return deop, MultiPass(clip)
 
 
 def synthetic_masks(num_queries: int, valid: int, size: int, device="cpu") -> torch.Tensor:
@@ -155,7 +157,7 @@ def run_bench(config: BenchConfig, progress: bool | None = None) -> dict:
     image = torch.rand(1, 3, config.short_side, config.short_side, device=config.device)
     autocast = (torch.autocast(device_type=torch.device(config.device).type, dtype=torch.bfloat16) if config.bf16
                 else contextlib.nullcontext())
-    deop.text_embeddings(names)  # computed once beforehand and cached, in both methods
+    deop.classifier.text_embeddings(names)  # computed once beforehand and cached, in both methods
     multipass.text_embeddings(names)
     time_it = lambda calls: median_seconds(calls, config.warmup, config.repeats, config.device)
     rows = []
@@ -183,12 +185,13 @@ def measure(deop: DeOP, multipass: MultiPass, image: torch.Tensor, masks: torch.
     ``classify``, and ``clip_passes_and_rest`` = classify - crops (one batched CLIP call on N' crops). The two
     residuals are differences of medians timed apart: a negative one is timing noise and is reported as 0.
     """
-    dense_feats = deop.dense_features(image, masks)  # (1, D, h, w)
-    deop_calls = {"clip_pass": lambda: deop.dense_features(image, masks),
-                  "anchors": lambda: deop.learned.anchor_decoder(dense_feats, masks),
-                  "classify": lambda: deop(image, names, masks)}
+    classifier = deop.classifier
+    dense_feats = classifier.dense_features(image, masks)  # (1, D, h, w)
+    deop_calls = {"clip_pass": lambda: classifier.dense_features(image, masks),
+                  "anchors": lambda: classifier.learned.anchor_decoder(dense_feats, masks),
+                  "classify": lambda: classifier(image, masks, names)}
     multi_calls = {"crops": lambda: multipass.crops(image[0], masks[0]),
-                   "classify": lambda: multipass.classify_masks(image, masks, names)}
+                   "classify": lambda: multipass(image, masks, names)}
     seconds = time_it({**{f"deop {k}": fn for k, fn in deop_calls.items()},
                        **{f"multi {k}": fn for k, fn in multi_calls.items()}})  # interleaved
     deop_s = {stage: seconds[f"deop {stage}"] for stage in deop_calls}

@@ -11,7 +11,7 @@ One condition is not a mistake but has a fix that only the user can make: :class
 anything else is a bug and keeps its traceback.
 
 >>> class_names(" ladybird, Grass ,sky ", vocabulary=("sky", "grass", "ladybird"))
-["ladybird", "grass", "sky"]
+['ladybird', 'grass', 'sky']
 """
 from __future__ import annotations
 

@@ -34,11 +34,13 @@ def demo(out: Path, n_scenes: int) -> dict:
     out = checks.output_folder(out)
     from .clip import TOY_CLIP_CHECKPOINT as TOY_CLIP
     from .clip import load_clip, naive_dense_labels
-    from .metrics import evaluate_segmentation, format_table
-    from .model import OnePassBaseline, checkpoint_path, last_blocks_severed, load_deop
-    from .proposals import load_proposals
+    from .metrics import format_table
+    from .model import DeOP, one_pass_baseline
+    from .severance import last_blocks_severed
+    from .stages import checkpoint_path, load_deop, load_proposals
     from .toyclip import evaluate_zero_shot
     from .train import read_metadata
+    from .world import evaluate, segments
 
     print(runtime.describe())
     clip = load_clip("toy")
@@ -55,21 +57,20 @@ def demo(out: Path, n_scenes: int) -> dict:
     proposal_net = load_proposals()[0]
     models = {title: load_deop(variant, proposals=proposal_net, clip=clip) for title, variant in
               (("one-pass baseline", "baseline"), ("baseline+", "baseline_plus"), ("baseline+ w/ PS", "ps"), ("DeOP", "deop"))}
-    models["every block severed, untrained"] = OnePassBaseline(proposal_net, clip, severance=last_blocks_severed(4))
-    predictors = {"naive CLIP patches": lambda x: naive_dense_labels(clip, x, names),
-                  **{title: (lambda x, m=m: m.predict(x, names)["label"]) for title, m in models.items()}}
+    models["every block severed, untrained"] = DeOP(proposal_net, one_pass_baseline(clip, last_blocks_severed(4, 4)))
+    world = toyworld.ToyWorld()
+    predictors = {"naive CLIP patches": lambda batch: naive_dense_labels(clip, batch["image_raw"], names),
+                  **{title: segments(m, world, world.refinement) for title, m in models.items()}}
     print(f"toy DeOP: {checkpoint_path('deop').relative_to(runtime.PROJECT_ROOT)} "
           f"(re-train: {models['DeOP'].metadata['summary']['command']})")
-    val = toyworld.segmentation_world("val", n_scenes)
     print(f"segmentation of {n_scenes} validation scenes, all {len(names)} classes (unseen: "
           f"{', '.join(toyworld.UNSEEN_CLASSES)}):")
-    results = {name: evaluate_segmentation(predict, val, names, toyworld.SEEN_CLASSES, toyworld.UNSEEN_CLASSES,
-                                           progress=False, thing_classes=toyworld.THING_CLASSES)
-               for name, predict in predictors.items()}
+    results = {name: evaluate(predict, world, n_scenes, progress=False) for name, predict in predictors.items()}
     print(format_table(results) + "\n(mIoU over the seen and the unseen classes, their harmonic mean hIoU, and the "
           "things' mIoU)")
+    val = world.validation_set(n_scenes)
     batch = torch.utils.data.default_collate([val[i] for i in range(min(4, n_scenes))])
-    columns = {"ground truth": batch["label"], **{n: predictors[n](batch["image_raw"]) for n in ("one-pass baseline", "DeOP")}}
+    columns = {"ground truth": batch["label"], **{n: predictors[n](batch) for n in ("one-pass baseline", "DeOP")}}
     with checks.atomic_path(out / "segmentation.png") as tmp:
         viz.show_segmentations(batch["image_raw"], columns).savefig(tmp, dpi=100, bbox_inches="tight")
     print(f"wrote {out / 'confusion.png'} and {out / 'segmentation.png'}")
@@ -145,7 +146,7 @@ def segment(image_path: Path, class_names: str | Sequence[str], clip_name: str, 
 
     from . import viz
     from .clip import load_clip, patch_scores
-    from .severance import severed_dense_features
+    from .severance import GPS_LAST, severed_dense_features
 
     class_names = checks.class_names(class_names, toyworld.CLASS_NAMES if clip_name == "toy" else None)
     out = checks.output_folder(out)
@@ -154,13 +155,13 @@ def segment(image_path: Path, class_names: str | Sequence[str], clip_name: str, 
     for note in notes:
         print(f"note: {note}")
     if clip_name == "toy":
-        from .model import load_deop
-        label = load_deop("deop").predict(image_raw[None], class_names)["label"][0]  # (H, W)
+        from .stages import load_deop
+        label = load_deop("deop").predict(image_raw[None], class_names, toyworld.REFINEMENT)["label"][0]  # (H, W)
         method = "toy DeOP"
     else:
         clip = load_clip(clip_name, pretrained=weights or "openai")
         with torch.no_grad():
-            dense_feats = severed_dense_features(clip.visual, clip.normalize(image_raw[None]), {-1: 1.0})  # (1, D, h, w)
+            dense_feats = severed_dense_features(clip.visual, clip.normalize(image_raw[None]), GPS_LAST)  # (1, D, h, w)
             label = patch_scores(dense_feats, clip.text_embeddings(class_names), image_raw.shape[-2:]).argmax(1)[0]
         method = f"{clip_name}, training-free (GPS, α = 1)"
     stem = image_path.stem

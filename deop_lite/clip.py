@@ -1,7 +1,8 @@
 """CLIP in both worlds behind one API: the toy CLIP shipped in ``data/`` and real open_clip models.
 
 The toy CLIP is defined here (a word tokenizer over the toy vocabulary, a small ViT with a convolutional
-stem, its checkpoint); ``deop_lite.toyclip`` pre-trains it. Both are open_clip ``CLIP`` modules, so later
+stem, its checkpoint); ``stages.train_toy_clip`` pre-trains it (with ``deop_lite.toyclip``'s objective). Both are
+open_clip ``CLIP`` modules, so later
 stages (patch severance, visual prompts) hook the same ``VisionTransformer`` blocks whichever world they run in.
 
 Pixel normalisation: we feed **CLIP's own** mean/std (``OPENAI_DATASET_MEAN/STD``) to both worlds, the
@@ -9,9 +10,12 @@ statistics CLIP was trained with. The official DeOP code feeds ImageNet-normalis
 (DeOP's mask_former/zero_shot_clipfeat_upsample_vit16_query2D_maskvit.py, most likely an oversight);
 ``ClipModel(..., pixel_norm="imagenet")`` reproduces that choice.
 
->>> clip = load_clip("toy")                                    # doctest: +SKIP
->>> dense_feats = clip.dense_features(clip.normalize(image_raw))  # (B, D, H/8, W/8), unit norm
->>> text_emb = clip.text_embeddings(["ladybird", "grass"])          # (2, D), unit norm
+>>> clip = load_clip("toy")
+>>> image_raw = torch.rand(2, 3, 128, 96)                          # (B, 3, H, W) in [0, 1]
+>>> clip.dense_features(clip.normalize(image_raw)).shape           # (B, D, H/8, W/8), unit norm
+torch.Size([2, 128, 16, 12])
+>>> clip.text_embeddings(["ladybird", "grass"]).shape               # (2, D), unit norm
+torch.Size([2, 128])
 """
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ import logging
 import math
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import open_clip
@@ -30,9 +34,9 @@ from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 from torch import nn
 from torchvision.ops import Conv2dNormActivation
 
-from . import checks, runtime, toyworld
+from . import runtime
 from .checks import InputError
-from .train import TrainConfig, load_weights, save_weights
+from .train import TrainConfig, load_weights
 
 PIXEL_NORMS = {"clip": (OPENAI_DATASET_MEAN, OPENAI_DATASET_STD), "imagenet": (IMAGENET_MEAN, IMAGENET_STD)}
 REAL_TEMPLATES = ("a photo of a {}.", "a photo of the {}.", "a bad photo of a {}.", "a close-up photo of a {}.",
@@ -88,7 +92,6 @@ class ClipModel:
 
     def normalize(self, image_raw: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) float in [0, 1] -> (B, 3, H, W) normalised with ``pixel_norm``'s mean and std."""
-        check_image(image_raw)
         mean, std = (torch.tensor(v, device=image_raw.device).view(1, 3, 1, 1) for v in PIXEL_NORMS[self.pixel_norm])
         return (image_raw - mean) / std
 
@@ -115,12 +118,6 @@ class ClipModel:
         emb = F.normalize(self.model.encode_text(tokens), dim=-1)  # (C * T, D)
         emb = emb.view(len(class_names), len(templates), -1).mean(1)  # (C, D)
         return F.normalize(emb, dim=-1)
-
-
-def check_image(image: torch.Tensor, multiple_of: int = 1) -> None:
-    """Raise :class:`~deop_lite.checks.InputError` unless ``image`` is a (B, 3, H, W) float tensor with H, W
-    multiples of ``multiple_of`` (the patch size); normalised images, so any value range."""
-    checks.image_batch(image, "image", min_side=multiple_of, multiple_of=multiple_of, in_unit_range=False)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -153,7 +150,6 @@ def embed_image(visual, image: torch.Tensor, prompts=None) -> tuple[torch.Tensor
     Returns:
         tokens (B, 1 + h*w, W) ready for the first block, and the grid (h, w).
     """
-    check_image(image, visual.patch_size[0])
     x = visual.conv1(image)  # (B, W, h, w)
     batch, width, h, w = x.shape
     x = x.flatten(2).transpose(1, 2)  # (B, h*w, W)
@@ -219,21 +215,12 @@ def masked_crops(image_raw: torch.Tensor, masks: torch.Tensor, size: int,
 # The toy CLIP: a word-level tokenizer over the toy vocabulary and a small open_clip ViT
 
 TOY_CLIP_CHECKPOINT = runtime.DATA_DIR / "toy_clip.safetensors"
-TOY_CLIP_TRAIN_COMMAND = "python -m deop_lite.toyclip train"
-"""The shipped toy CLIP, and the command that re-trains it (``deop_lite.toyclip``: captions, contrastive loss)."""
+TOY_CLIP_TRAIN_COMMAND = "python -m deop_lite.stages train clip"
+"""The shipped toy CLIP, and the command that re-trains it (``stages.train_toy_clip``: captions, contrastive loss)."""
 TOY_CLIP_LIKE_VIT_B16 = runtime.DATA_DIR / "toy_clip_like_vit_b16.safetensors"
 """A second toy CLIP, ``ToyClipConfig.like_vit_b16()`` (CLS pooling, never severed in pre-training, no stem context):
-``load_clip("toy", pretrained=TOY_CLIP_LIKE_VIT_B16)``. Re-train it with ``python -m deop_lite.toyclip train
+``load_clip("toy", pretrained=TOY_CLIP_LIKE_VIT_B16)``. Re-train it with ``python -m deop_lite.stages train clip
 --like-vit-b16 --out data/toy_clip_like_vit_b16.safetensors --run-dir runs/toy_clip_like_vit_b16``."""
-
-
-def toy_vocabulary() -> list[str]:
-    """Every word and punctuation mark the toy world's captions and prompts can use, sorted."""
-    texts = [*toyworld.CAPTION_TEMPLATES, *toyworld.PROMPT_TEMPLATES, *toyworld.CLASS_NAMES, *toyworld.COLOURS, "and , an the"]
-    words = set()
-    for text in texts:
-        words.update(split_words(re.sub(r"\{\w*\}", " ", text)))
-    return sorted(words)
 
 
 def split_words(text: str) -> list[str]:
@@ -349,21 +336,16 @@ def build_toy_clip(config: ToyClipConfig, vocab_size: int) -> open_clip.CLIP:
     return model
 
 
-def save_toy_clip(model: open_clip.CLIP, tokenizer: WordTokenizer, config: ToyClipConfig, path: str | Path,
-                  summary: dict | None = None) -> None:
-    """Write weights + config + vocabulary (+ training summary) to one safetensors file."""
-    save_weights(model, path, {"config": asdict(config), "vocabulary": tokenizer.vocabulary, "summary": summary or {}})
-
-
-def load_toy_clip(path: str | Path = TOY_CLIP_CHECKPOINT) -> tuple[open_clip.CLIP, WordTokenizer]:
-    """Load a toy CLIP written by :func:`save_toy_clip`, with clear errors for missing or corrupt files."""
+def load_toy_clip(path: str | Path = TOY_CLIP_CHECKPOINT) -> tuple[open_clip.CLIP, WordTokenizer, tuple[str, ...]]:
+    """A toy CLIP as its pre-training stage wrote it (``stages.train_toy_clip``): the model, its tokenizer over the
+    stored vocabulary, and the prompt templates of its world; clear errors for missing or corrupt files."""
     def build(metadata: dict) -> open_clip.CLIP:
         config = ToyClipConfig.from_dict(metadata["config"])
         return build_toy_clip(config, WordTokenizer(metadata["vocabulary"]).vocab_size)
 
     model, metadata = load_weights(path, build, TOY_CLIP_TRAIN_COMMAND)
     context_length = ToyClipConfig.from_dict(metadata["config"]).context_length
-    return model, WordTokenizer(metadata["vocabulary"], context_length)
+    return model, WordTokenizer(metadata["vocabulary"], context_length), tuple(metadata["templates"])
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -388,8 +370,8 @@ def load_clip(name: str = "toy", pretrained: str | Path | None = "openai", devic
     """
     if name == "toy":
         path = TOY_CLIP_CHECKPOINT if pretrained in (None, "openai") else Path(pretrained)
-        model, tokenizer = load_toy_clip(path)
-        clip = ClipModel(model, tokenizer, "toy", toyworld.PROMPT_TEMPLATES, pixel_norm)
+        model, tokenizer, templates = load_toy_clip(path)
+        clip = ClipModel(model, tokenizer, "toy", templates, pixel_norm)
     else:
         model = _create_real_clip(name, pretrained, quick_gelu)
         clip = ClipModel(model, open_clip.get_tokenizer(name), name, REAL_TEMPLATES, pixel_norm)

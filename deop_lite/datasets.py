@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from . import checks, runtime
 from .metrics import IGNORE_INDEX
+from .world import World
 
 # ----------------------------------------------------------------------------------------------------
 # Class lists and zero-shot splits
@@ -446,19 +447,54 @@ def training_sample(dataset, position: int, crop: int, seed: int = 0) -> tuple[t
     return image.clamp(0, 1), label
 
 
-def training_batch(dataset, step: int, batch_size: int, crop: int, seed: int = 0, rank: int = 0,
-                   world_size: int = 1) -> dict:
-    """This process's share of global batch ``step``: samples step·B + [rank·B/W, (rank+1)·B/W).
+def training_batch(dataset, step: int, batch_size: int, crop: int, seed: int = 0, share: int = 0,
+                   shares: int = 1) -> dict:
+    """Share ``share`` of ``shares`` (processes x micro-batches) of global batch ``step``: samples
+    step·B + [share·B/S, (share+1)·B/S).
 
     One process with batch B and W processes with B/W each see exactly the same samples, which is what
     makes a multi-GPU run equal a single-GPU one (and lets a run resume on another number of GPUs).
     """
-    if batch_size % world_size:
-        raise checks.InputError(f"the global batch size {batch_size} must be divisible by the number of processes {world_size}")
-    share = batch_size // world_size
-    positions = range(step * batch_size + rank * share, step * batch_size + (rank + 1) * share)
+    if batch_size % shares:
+        raise checks.InputError(f"the global batch size {batch_size} must be divisible by the number of processes "
+                                f"and micro-batches {shares}")
+    size = batch_size // shares
+    positions = range(step * batch_size + share * size, step * batch_size + (share + 1) * size)
     samples = [training_sample(dataset, p, crop, seed) for p in positions]
     return {"image_raw": torch.stack([s[0] for s in samples]), "label": torch.stack([s[1] for s in samples])}
+
+
+class DatasetWorld(World):
+    """A prepared real dataset as a :class:`~deop_lite.world.World`: its training split read DeOP's way
+    (:func:`training_batch`: random scale, ``crop`` x ``crop`` crop, flip), its validation split at full size,
+    no post-processing of proposals.
+
+    Args:
+        root: the prepared folder (``python -m deop_lite.datasets prepare``).
+        crop: the side of the training crops (512 in the paper).
+        seed: the training stream's seed.
+        val_split: the split :meth:`validation_set` reads.
+    """
+    refinement = None
+
+    def __init__(self, root: str | Path, crop: int = 512, seed: int = 0, val_split: str = "val"):
+        self.root, self.crop, self.seed, self.val_split = Path(root), crop, seed, val_split
+        self.train = SegmentationDataset(root, "train")
+        self.name, self.class_names = self.train.name, self.train.class_names
+        self.seen_classes, self.unseen_classes = self.train.seen_classes, self.train.unseen_classes
+
+    def training_batch(self, step: int, batch_size: int, share: int = 0, shares: int = 1) -> dict:
+        return training_batch(self.train, step, batch_size, self.crop, self.seed, share, shares)
+
+    def training_set(self) -> SegmentationDataset:
+        return self.train
+
+    def validation_set(self, scenes: int | None = None) -> torch.utils.data.Dataset:
+        val = SegmentationDataset(self.root, self.val_split)
+        return val if scenes is None else torch.utils.data.Subset(val, range(min(scenes, len(val))))
+
+    def __repr__(self) -> str:
+        return f"DatasetWorld({self.name} at {self.root}, crop {self.crop})"
 
 
 @checks.command("python -m deop_lite.datasets")

@@ -13,20 +13,8 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torchvision.ops import sigmoid_focal_loss
 
-from .metrics import IGNORE_INDEX
-
-
-def semantic_targets(label: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> tuple[torch.Tensor, torch.Tensor]:
-    """One target segment per class present in a label map (MaskFormer's semantic targets).
-
-    Args:
-        label: (H, W) int64 class ids or ``ignore_index``.
-    Returns:
-        classes (T,) int64 and masks (T, H, W) float in {0, 1}.
-    """
-    classes = label.unique()
-    classes = classes[classes != ignore_index]
-    return classes, (label[None] == classes[:, None, None]).float()
+from .metrics import IGNORE_INDEX, semantic_targets
+from .model import semantic_map
 
 
 def pairwise_focal_cost(logits: torch.Tensor, targets: torch.Tensor, positive_weight: float = 0.25,
@@ -56,10 +44,14 @@ def pairwise_dice_cost(logits: torch.Tensor, targets: torch.Tensor) -> torch.Ten
     return 1 - (numerator + 1) / (denominator + 1)
 
 
-def dice_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """1 - Dice per matched pair: logits, targets (M, P) -> (M,)."""
-    prob = logits.sigmoid()
-    return 1 - (2 * (prob * targets).sum(-1) + 1) / (prob.sum(-1) + targets.sum(-1) + 1)
+def dice_loss(probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """1 - Dice (smoothed by 1) of each row: probabilities, targets (M, P) -> (M,)."""
+    return 1 - (2 * (probs * targets).sum(-1) + 1) / (probs.sum(-1) + targets.sum(-1) + 1)
+
+
+def half_resolution(label: torch.Tensor) -> torch.Tensor:
+    """The labels DeOP's segmentation loss is computed on: every second pixel, (B, H, W) -> (B, H/2, W/2)."""
+    return label[:, 1::2, 1::2]
 
 
 @torch.no_grad()
@@ -79,7 +71,7 @@ def hungarian_match(logits: torch.Tensor, targets: torch.Tensor, weight_focal: f
     return torch.as_tensor(rows, dtype=torch.long), torch.as_tensor(cols, dtype=torch.long)
 
 
-def mask_proposal_loss(outputs: dict, label: torch.Tensor, config, class_map: torch.Tensor | None = None) -> dict:
+def mask_proposal_loss(outputs: dict, label: torch.Tensor, config, label_map: torch.Tensor | None = None) -> dict:
     """MaskFormer's set loss, summed over the last and (with deep supervision) every earlier decoder layer.
 
     Args:
@@ -87,19 +79,19 @@ def mask_proposal_loss(outputs: dict, label: torch.Tensor, config, class_map: to
         label: (B, H, W) int64 training labels (unseen already IGNORE_INDEX).
         config: a ``ProposalConfig`` (loss weights, ``empty_weight``, ``class_aware``, ``loss_stride``: the
             losses are computed on every ``loss_stride``-th label pixel, the masks upsampled to that size).
-        class_map: (256,) int64 mapping label ids to class-head indices; needed when class-aware.
+        label_map: (256,) int64 mapping label ids to class-head indices; needed when class-aware.
     Returns:
         dict with ``loss`` (scalar to minimise) and detached parts ``focal``, ``dice``, ``empty``/``class``.
     """
     stride = config.loss_stride
     label = label[..., stride // 2::stride, stride // 2::stride]  # (B, H/s, W/s), nearest subsampling
     layers = [outputs] + (list(outputs["aux"]) if config.deep_supervision else [])
-    parts = [_layer_loss(layer, label, config, class_map) for layer in layers]
+    parts = [_layer_loss(layer, label, config, label_map) for layer in layers]
     total = {k: sum(p[k] for p in parts) for k in parts[0]}
     return {"loss": total.pop("loss"), **{k: v.item() / len(parts) for k, v in total.items()}}
 
 
-def _layer_loss(out: dict, label: torch.Tensor, config, class_map) -> dict:
+def _layer_loss(out: dict, label: torch.Tensor, config, label_map) -> dict:
     masks = F.interpolate(out["masks"], size=label.shape[-2:], mode="bilinear", align_corners=False)  # (B, N, H, W)
     zero = masks.sum() * 0
     focal, dice, empty, cls = zero, zero, zero, zero
@@ -115,16 +107,16 @@ def _layer_loss(out: dict, label: torch.Tensor, config, class_map) -> dict:
         class_cost, log_probs = None, None
         if config.class_aware:
             log_probs = out["logits"][b].log_softmax(-1)  # (N, K+1)
-            class_cost = -config.weight_class * log_probs.exp()[:, class_map[classes]]  # (N, T)
+            class_cost = -config.weight_class * log_probs.exp()[:, label_map[classes]]  # (N, T)
         rows, cols = hungarian_match(logits, targets, config.weight_focal, config.weight_dice, class_cost)
         if len(rows):
             focal = focal + sigmoid_focal_loss(logits[rows], targets[cols], reduction="none").mean(-1).mean()
-            dice = dice + dice_loss(logits[rows], targets[cols]).mean()
+            dice = dice + dice_loss(logits[rows].sigmoid(), targets[cols]).mean()
         unmatched = torch.ones(len(logits), dtype=torch.bool, device=logits.device)
         unmatched[rows] = False
         if config.class_aware:
             target_classes = torch.full((len(logits),), log_probs.shape[-1] - 1, device=logits.device)
-            target_classes[rows] = class_map[classes[cols]].to(logits.device)
+            target_classes[rows] = label_map[classes[cols]].to(logits.device)
             weights = torch.ones(log_probs.shape[-1], device=logits.device)
             weights[-1] = config.empty_weight
             cls = cls + F.nll_loss(log_probs, target_classes, weight=weights)
@@ -163,7 +155,7 @@ def deop_segmentation_loss(logits: torch.Tensor, mask_probs: torch.Tensor, label
     """
     n_classes = logits.shape[-1] - 1
     mask_probs = F.interpolate(mask_probs, size=label.shape[-2:], mode="bilinear", align_corners=False)
-    scores = torch.einsum("bnc,bnhw->bchw", logits.softmax(-1), mask_probs)  # (B, C + 1, H, W)
+    scores = semantic_map(logits.softmax(-1), mask_probs)  # (B, C + 1, H, W)
     probs = torch.sigmoid(sharpness * scores - sharpness).clamp(1e-4, 1 - 1e-4)  # (B, C + 1, H, W)
     ignored = label == IGNORE_INDEX  # (B, H, W)
     target_ids = torch.where(ignored, torch.full_like(label, n_classes), label)  # ignored -> void channel
@@ -179,6 +171,6 @@ def deop_segmentation_loss(logits: torch.Tensor, mask_probs: torch.Tensor, label
     focal = ((focal * counted).flatten(1).sum(1) / counted.flatten(1).sum(1).clamp(min=1)).mean()
     # Dice over the real channels of each image, void excluded, counted pixels only.
     p, t = (x[:, :n_classes] * counted[:, None] for x in (probs, targets))  # (B, C, H, W)
-    dice = 1 - (2 * (p * t).flatten(1).sum(1) + 1) / (p.flatten(1).sum(1) + t.flatten(1).sum(1) + 1)  # (B,)
+    dice = dice_loss(p.flatten(1), t.flatten(1))  # (B,)
     loss = weight_focal * focal + weight_dice * dice.mean()
     return {"loss": loss, "seg_focal": focal.detach().item(), "seg_dice": dice.mean().detach().item()}

@@ -16,6 +16,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from . import runtime
 
 IGNORE_INDEX = 255
 """The label of pixels that are never scored or trained on (VOC's boundaries, and unseen classes in training labels),
@@ -29,6 +32,19 @@ def seen_label_map(class_names: Sequence[str], seen_classes: Sequence[str]) -> t
     for i, name in enumerate(seen_classes):
         label_map[list(class_names).index(name)] = i
     return label_map
+
+
+def semantic_targets(label: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> tuple[torch.Tensor, torch.Tensor]:
+    """One target segment per class present in a label map (MaskFormer's semantic targets).
+
+    Args:
+        label: (H, W) int64 class ids or ``ignore_index``.
+    Returns:
+        classes (T,) int64 and masks (T, H, W) float in {0, 1}.
+    """
+    classes = label.unique()
+    classes = classes[classes != ignore_index]
+    return classes, (label[None] == classes[:, None, None]).float()
 
 
 METRICS = ("pAcc", "mIoU", "seen", "unseen", "hIoU", "things")
@@ -203,20 +219,19 @@ def ground_truth_masks(label: torch.Tensor, num_classes: int) -> torch.Tensor:
 @torch.no_grad()
 def evaluate_segmentation(predict, dataset, class_names: Sequence[str], seen_classes: Sequence[str],
                           unseen_classes: Sequence[str], batch_size: int = 16, progress: bool | None = None,
-                          thing_classes: Sequence[str] | None = None, masks: str = "model", interval: bool = False) -> dict:
+                          thing_classes: Sequence[str] | None = None, interval: bool = False) -> dict:
     """Run ``predict`` over a dataset and return :meth:`SegmentationMeter.compute` with the ZS3 split (and
     ``scenes``, how many), with ``interval=True`` also each metric's 95 % bootstrap interval over the scenes.
 
     Args:
-        predict: with ``masks="model"``, (B, 3, H, W) raw images in [0, 1] -> (B, H, W) class indices into
-            ``class_names``; with ``masks="ground_truth"``, (images, masks (B, C, H, W)) -> (B, H, W): the
-            classifier alone, given one ground-truth mask per class (:func:`ground_truth_masks`), so that
-            proposals play no part.
+        predict: a batch {"image_raw": (B, 3, H, W) in [0, 1], "label": (B, H, W)} -> (B, H, W) class indices into
+            ``class_names``. A segmenter reads the images only; a classifier given the ground-truth masks
+            (:func:`ground_truth_masks`) reads the labels too (``world.classifies_ground_truth``).
         dataset: items with ``image_raw`` (3, H, W) and full ``label`` (H, W), ids indexing ``class_names``.
         progress: show a progress bar; default: not in CI mode.
         thing_classes: also report ``things``, their mIoU.
     """
-    meter = _accumulate(predict, dataset, class_names, batch_size, progress, masks, per_scene=interval)
+    meter = _accumulate(predict, dataset, class_names, batch_size, progress, per_scene=interval)
     result = {**meter.compute(seen_classes, unseen_classes, thing_classes), "scenes": len(dataset)}
     if interval:
         result["interval"] = meter.interval(seen_classes, unseen_classes, thing_classes)
@@ -226,11 +241,11 @@ def evaluate_segmentation(predict, dataset, class_names: Sequence[str], seen_cla
 @torch.no_grad()
 def compare_segmentation(predict, reference, dataset, class_names: Sequence[str], seen_classes: Sequence[str],
                          unseen_classes: Sequence[str], batch_size: int = 16, progress: bool | None = None,
-                         thing_classes: Sequence[str] | None = None, masks: str = "model") -> dict[str, list[float]]:
+                         thing_classes: Sequence[str] | None = None) -> dict[str, list[float]]:
     """How much ``predict`` beats ``reference`` on the same scenes (both as in :func:`evaluate_segmentation`):
     metric -> [difference, low, high], with the 95 % paired bootstrap interval of
     :meth:`SegmentationMeter.difference_interval`."""
-    ours, theirs = (_accumulate(model, dataset, class_names, batch_size, progress, masks, per_scene=True)
+    ours, theirs = (_accumulate(model, dataset, class_names, batch_size, progress, per_scene=True)
                     for model in (predict, reference))
     split = (seen_classes, unseen_classes, thing_classes)
     interval, ours_result, theirs_result = ours.difference_interval(theirs, *split), ours.compute(*split), \
@@ -238,19 +253,14 @@ def compare_segmentation(predict, reference, dataset, class_names: Sequence[str]
     return {key: [ours_result[key] - theirs_result[key], *interval[key]] for key in interval}
 
 
-def _accumulate(predict, dataset, class_names: Sequence[str], batch_size: int, progress: bool | None, masks: str,
+def _accumulate(predict, dataset, class_names: Sequence[str], batch_size: int, progress: bool | None,
                 per_scene: bool) -> SegmentationMeter:
     """``predict`` run over ``dataset`` into a meter (see :func:`evaluate_segmentation`)."""
-    from tqdm.auto import tqdm
-
-    from . import runtime
-    if masks not in ("model", "ground_truth"):
-        raise ValueError(f'masks must be "model" or "ground_truth", got {masks!r}')
     meter = SegmentationMeter(class_names, per_scene=per_scene)
     for start in tqdm(range(0, len(dataset), batch_size), desc="evaluate", leave=False,
                       disable=runtime.CI if progress is None else not progress):
         items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-        images, label = torch.stack([it["image_raw"] for it in items]), torch.stack([it["label"] for it in items])
-        pred = predict(images) if masks == "model" else predict(images, ground_truth_masks(label, len(class_names)))
-        meter.update(pred.cpu(), label)
+        batch = {"image_raw": torch.stack([it["image_raw"] for it in items]),  # (B, 3, H, W)
+                 "label": torch.stack([it["label"] for it in items])}  # (B, H, W)
+        meter.update(predict(batch).cpu(), batch["label"])
     return meter

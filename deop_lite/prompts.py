@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .clip import ClipModel, resize_pos_embed
+from .clip import ClipModel, masked_crops, resize_pos_embed
 
 VISUAL_MODES = ("none", "add", "prepend")
 
@@ -196,32 +196,27 @@ def build_prompts(clip: ClipModel, config: PromptConfig) -> tuple[TextPrompts | 
 # Offline initialisation of the text context (SimBaseline's stage 1, its mask_former/proposal_classification.py)
 
 @torch.no_grad()
-def segment_crop_embeddings(clip: ClipModel, world, class_names: Sequence[str], per_class: int,
-                            max_scenes: int = 20_000, label_names: Sequence[str] | None = None,
-                            strict: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """CLIP image embeddings of ``per_class`` ground-truth segments of each class, cut out of ``world``.
+def segment_crop_embeddings(clip: ClipModel, dataset, class_names: Sequence[str], per_class: int,
+                            label_names: Sequence[str], max_scenes: int = 20_000) -> tuple[torch.Tensor, torch.Tensor]:
+    """CLIP image embeddings of up to ``per_class`` ground-truth segments of each class, cut out of ``dataset``.
 
     Each segment is shown to CLIP alone (``clip.masked_crops``: box crop, outside painted CLIP's mean
-    colour, resized to CLIP's input size), as is and mirrored. Scenes are read in order, so the pool is
-    a function of the world's seed.
+    colour, resized to CLIP's input size), as is and mirrored. Images are read in order, so the pool is
+    a function of the dataset.
 
     Args:
-        world: a ``ToyWorld`` or a real ``datasets.SegmentationDataset`` whose labels hold the training
-            classes (unseen pixels ignored).
+        dataset: items with ``image_raw`` and ``label`` (ids into ``label_names``; unseen pixels ignored): a
+            world's ``training_set()``.
         class_names: the training classes (the order of the returned indices).
-        label_names: the names of the label ids (default: the toy world's classes).
-        strict: raise when a class has fewer than ``per_class`` segments in the first ``max_scenes``
-            scenes; otherwise use what there is (a small real dataset).
+        per_class: segments per class; a small real dataset may hold fewer, and then all of them are used.
     Returns:
-        embeddings (K, D) unit norm, class indices (K,) into ``class_names``; K = 2 x per_class x C.
+        embeddings (K, D) unit norm, class indices (K,) into ``class_names``; K = 2 x per_class x C at most.
     """
-    from .clip import masked_crops
-    from .toyworld import CLASS_NAMES
-    label_names = list(label_names or CLASS_NAMES)
+    label_names = list(label_names)
     wanted = {label_names.index(name): i for i, name in enumerate(class_names)}
     crops, targets, counts = [], [], dict.fromkeys(wanted.values(), 0)
-    for index in range(min(max_scenes, len(world))):
-        item = world[index]
+    for index in range(min(max_scenes, len(dataset))):
+        item = dataset[index]
         for label_id in item["label"].unique().tolist():
             target = wanted.get(label_id)
             if target is None or counts[target] == per_class:
@@ -232,8 +227,8 @@ def segment_crop_embeddings(clip: ClipModel, world, class_names: Sequence[str], 
         if min(counts.values()) == per_class:
             break
     else:
-        if strict or not crops:
-            raise RuntimeError(f"fewer than {per_class} segments of some class in {max_scenes} scenes: {counts}")
+        if not crops:
+            raise RuntimeError(f"no segment of any of {list(class_names)} in the first {max_scenes} images")
     crops = torch.cat(crops)  # (K/2, 3, S, S)
     crops = torch.cat([crops, crops.flip(-1)])  # (K, 3, S, S): mirrored copies
     embeddings = torch.cat([clip.encode_image(clip.normalize(chunk.to(clip.device))).cpu() for chunk in crops.split(256)])

@@ -5,8 +5,9 @@
     masks M = MLP(Q) · E  -> (B, N, H/4, W/4) logits
 
 At inference the masks may be refined along the image's colour edges (:class:`Refinement`, a label-free
-post-process): an argument of every function that yields proposals, ``TOY_REFINEMENT`` by default (the toy world
-is the default world), ``None`` for the network's own masks (the real world, and DeOP's training).
+post-process): an argument of every function that yields proposals, ``None`` (the network's own masks) by default.
+The toy world refines its proposals at evaluation (``toyworld.REFINEMENT``); the real world and DeOP's training
+do not.
 
 The paper removes MaskFormer's class head and keeps the mask components. Without any head, a query that
 the Hungarian matching leaves unmatched would get no signal at all, and its (arbitrary) mask would pollute
@@ -28,10 +29,8 @@ import hashlib
 import math
 import weakref
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision
@@ -39,10 +38,7 @@ from torch import nn
 from torchvision.models.feature_extraction import create_feature_extractor
 from torchvision.ops import Conv2dNormActivation, FrozenBatchNorm2d
 
-from . import checks, runtime, toyworld
-from .losses import mask_proposal_loss, semantic_targets
-from .metrics import IGNORE_INDEX, format_table, seen_label_map
-from .train import TrainConfig, check_stage_args, load_weights, stage_cli, train_stage
+from .metrics import IGNORE_INDEX, format_table, semantic_targets
 from .transformer import DecoderLayer, sine_position_encoding
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -60,11 +56,11 @@ class ProposalConfig:
     pretrained_backbone: bool = False  # torchvision's ImageNet weights (real world; must be in torch's cache)
     toy_widths: tuple[int, int, int, int] = (32, 64, 96, 128)  # res2..res5 channels of the toy backbone
     num_queries: int = 16  # N
-    hidden_dim: int = 96
+    dim: int = 96  # the transformer decoder's width (MaskFormer's hidden_dim)
     mask_dim: int = 64
-    dec_layers: int = 3
-    nheads: int = 4
-    dim_feedforward: int = 384
+    layers: int = 3  # decoder layers (dec_layers)
+    heads: int = 4  # attention heads (nheads)
+    ffn_dim: int = 384  # the decoder's feed-forward width (dim_feedforward)
     dropout: float = 0.0
     class_aware: bool = False  # the official code's choice: a class head over the seen classes + no-object
     num_classes: int = 12  # seen classes, for class_aware
@@ -84,8 +80,8 @@ class ProposalConfig:
     def real(cls) -> ProposalConfig:
         """The paper's scale: ResNet-101, 100 queries, hidden 256, 6 decoder layers (paper §5; SimBaseline's
         configs/coco-stuff-164k-171/maskformer_R50_bs32_60k.yaml)."""
-        return cls(backbone="resnet101", pretrained_backbone=True, num_queries=100, hidden_dim=256, mask_dim=256,
-                   dec_layers=6, nheads=8, dim_feedforward=2048, dropout=0.1, num_classes=156)
+        return cls(backbone="resnet101", pretrained_backbone=True, num_queries=100, dim=256, mask_dim=256,
+                   layers=6, heads=8, ffn_dim=2048, dropout=0.1, num_classes=156)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -177,16 +173,16 @@ class MaskProposalNetwork(nn.Module):
         self.config = config
         self.backbone = ToyBackbone(config.toy_widths) if config.backbone == "toy" else \
             ResNetBackbone(config.backbone, config.pretrained_backbone)
-        self.pixel_decoder = PixelDecoder(self.backbone.channels[1:], config.hidden_dim, config.mask_dim)  # res2..res5
-        self.input_proj = nn.Conv2d(self.backbone.channels[-1], config.hidden_dim, 1)  # res5 -> the decoder's memory
-        self.query_pos = nn.Embedding(config.num_queries, config.hidden_dim)
-        self.layers = nn.ModuleList(DecoderLayer(config.hidden_dim, config.nheads, config.dim_feedforward,
-                                                 config.dropout) for _ in range(config.dec_layers))
-        self.decoder_norm = nn.LayerNorm(config.hidden_dim)
-        self.mask_embed = nn.Sequential(nn.Linear(config.hidden_dim, config.hidden_dim), nn.ReLU(),
-                                        nn.Linear(config.hidden_dim, config.hidden_dim), nn.ReLU(),
-                                        nn.Linear(config.hidden_dim, config.mask_dim))
-        self.class_embed = nn.Linear(config.hidden_dim, config.num_classes + 1) if config.class_aware else None
+        self.pixel_decoder = PixelDecoder(self.backbone.channels[1:], config.dim, config.mask_dim)  # res2..res5
+        self.input_proj = nn.Conv2d(self.backbone.channels[-1], config.dim, 1)  # res5 -> the decoder's memory
+        self.query_pos = nn.Embedding(config.num_queries, config.dim)
+        self.layers = nn.ModuleList(DecoderLayer(config.dim, config.heads, config.ffn_dim,
+                                                 config.dropout) for _ in range(config.layers))
+        self.decoder_norm = nn.LayerNorm(config.dim)
+        self.mask_embed = nn.Sequential(nn.Linear(config.dim, config.dim), nn.ReLU(),
+                                        nn.Linear(config.dim, config.dim), nn.ReLU(),
+                                        nn.Linear(config.dim, config.mask_dim))
+        self.class_embed = nn.Linear(config.dim, config.num_classes + 1) if config.class_aware else None
 
     def normalize(self, image_raw: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) in [0, 1] -> ImageNet-normalised, the torchvision backbones' convention."""
@@ -203,7 +199,6 @@ class MaskProposalNetwork(nn.Module):
         return out
 
     def forward(self, image: torch.Tensor) -> dict:
-        checks.image_batch(image, "image", min_side=32, multiple_of=32, in_unit_range=False)  # normalised (B, 3, H, W)
         features = self.backbone(image)  # res1..res5
         mask_features = self.pixel_decoder(features)  # E (B, C_m, H/4, W/4)
         memory = self.input_proj(features[-1])  # (B, d, h, w), res5
@@ -286,11 +281,6 @@ class Refinement:
                              f"for the network's own masks pass refinement=None")
 
 
-TOY_REFINEMENT = Refinement()
-"""The toy world's post-process (notebook 01 §4 measures what it buys). The real world uses none: it has not been
-measured on real images, where colour edges are texture as often as object boundaries."""
-
-
 class ProposalCache:
     """The refined proposals of each image, computed once per process (a bounded LRU memo).
 
@@ -365,7 +355,7 @@ PROPOSAL_CACHE = ProposalCache()
 
 @torch.no_grad()
 def proposal_masks(model: MaskProposalNetwork, image_raw: torch.Tensor, size: tuple[int, int] | None = None,
-                   refinement: Refinement | None = TOY_REFINEMENT) -> torch.Tensor:
+                   refinement: Refinement | None = None) -> torch.Tensor:
     """Mask logits (B, N, H, W) at the image's resolution (bilinear), refined along colour edges by ``refinement``
     (None: the network's own masks), then resized to ``size``.
 
@@ -422,18 +412,17 @@ def best_proposals(masks: torch.Tensor, label: torch.Tensor) -> dict:
 
 
 @torch.no_grad()
-def proposal_recall(model: MaskProposalNetwork, dataset, thresholds=(0.3, 0.5), batch_size: int = 16,
-                    seen_classes=None, class_names=None, refinement: Refinement | None = TOY_REFINEMENT) -> dict:
-    """Recall@IoU of ground-truth segments (paper Table 8) over a dataset with full labels.
+def proposal_recall(model: MaskProposalNetwork, dataset, class_names, seen_classes, thresholds=(0.3, 0.5),
+                    batch_size: int = 16, refinement: Refinement | None = None) -> dict:
+    """Recall@IoU of ground-truth segments (paper Table 8) over a dataset with full labels (ids into
+    ``class_names``; ``seen_classes`` splits them).
 
     A segment (all pixels of one class in one image) is recalled at threshold t when some proposal
-    reaches IoU >= t with it. ``refinement=None`` measures the network's own masks.
+    reaches IoU >= t with it. ``refinement``: the proposals' post-process (None: the network's own masks).
     Returns {"all"|"seen"|"unseen": {"R@30": ..., "R@50": ...}, "segments": counts,
     "per_class": {class name: {"R@30": ..., "R@50": ..., "segments": n}}}.
     """
-    from .toyworld import CLASS_NAMES, SEEN_CLASSES
-    class_names = class_names or CLASS_NAMES
-    seen_ids = {class_names.index(c) for c in (seen_classes or SEEN_CLASSES)}
+    seen_ids = {list(class_names).index(c) for c in seen_classes}
     best, is_seen, segment_classes = [], [], []
     for start in range(0, len(dataset), batch_size):
         items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
@@ -455,148 +444,6 @@ def proposal_recall(model: MaskProposalNetwork, dataset, thresholds=(0.3, 0.5), 
     return result
 
 
-# ----------------------------------------------------------------------------------------------------
-# Training on seen classes only, and the shipped checkpoint
-
-DEFAULT_CHECKPOINT = runtime.DATA_DIR / "toy_proposals.safetensors"
-TRAIN_COMMAND = "python -m deop_lite.proposals train"
-
-
-@dataclass
-class ProposalStage:
-    """Everything that defines a proposal-network training run on the toy world."""
-    model: ProposalConfig = field(default_factory=ProposalConfig)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        steps=3000, lr=4e-4, weight_decay=0.05, warmup_steps=100, schedule="poly", grad_clip=1.0,
-        log_every=50, checkpoint_every=500))
-    batch_size: int = 8
-    image_size: int = 128
-
-    @classmethod
-    def tiny(cls) -> ProposalStage:
-        """A few steps of a small network: tests and CI smoke runs."""
-        model = ProposalConfig(toy_widths=(8, 16, 16, 32), hidden_dim=32, mask_dim=16, dec_layers=2, nheads=2,
-                               dim_feedforward=64, num_queries=8)
-        return cls(model=model, batch_size=2, image_size=64,
-                   train=TrainConfig(steps=4, warmup_steps=1, schedule="poly", log_every=2, checkpoint_every=2))
-
-    @classmethod
-    def from_dict(cls, d: dict) -> ProposalStage:
-        # refine_*: inference settings that older checkpoints stored here; now the Refinement argument of inference
-        model = checks.known_fields(ProposalConfig, {k: v for k, v in d["model"].items() if not k.startswith("refine_")},
-                                    "the proposal network's metadata")
-        model["toy_widths"] = tuple(model["toy_widths"])
-        return cls(model=ProposalConfig(**model), train=TrainConfig(**d["train"]), batch_size=d["batch_size"],
-                   image_size=d["image_size"])
-
-
-NO_CLASS_OBJECTS = 2  # objects of no class pasted into each training scene (toyworld.draw_object_of_no_class)
-
-
-def training_batch(world: toyworld.ToyWorld, step: int, batch_size: int, segments_of_no_class: bool = True) -> dict:
-    """Batch ``step`` of the training stream: scenes step*B .. step*B+B-1 (a function of the step), each with
-    up to ``NO_CLASS_OBJECTS`` objects of no class pasted in and, in half of them, a stuff of no class, labelled
-    as segments of their own (ids 16, 17 and 18); ``segments_of_no_class=False`` leaves the scenes as drawn."""
-    images, label_maps = [], []
-    for i in range(batch_size):
-        index = step * batch_size + i
-        scene = world.scene(index)
-        image, label = scene.image.astype(np.float32), toyworld.hide_unseen(scene.label)
-        rng = np.random.default_rng((7, index))
-        if segments_of_no_class and rng.random() < 0.5:
-            toyworld.paint_stuff_of_no_class(rng, image, label, 18)
-        for k in range(rng.integers(NO_CLASS_OBJECTS + 1) if segments_of_no_class else 0):
-            toyworld.draw_object_of_no_class(rng, image, label, 16 + k)
-        images.append(torch.from_numpy(image).permute(2, 0, 1) / 255.0)
-        label_maps.append(torch.from_numpy(label.astype(np.int64)))
-    return {"image_raw": torch.stack(images), "label": torch.stack(label_maps)}
-
-
-def train_proposals(stage: ProposalStage, run_dir: str | Path = "runs/proposals",
-                    out: str | Path = DEFAULT_CHECKPOINT, val_scenes: int = 200) -> MaskProposalNetwork:
-    """Train the proposal network on seen classes only (resumable), measure recall, save safetensors."""
-    runtime.set_seed(stage.train.seed)
-    model = MaskProposalNetwork(stage.model)
-    train_world = toyworld.segmentation_world("train", 10 ** 9, stage.image_size)
-    val_world = toyworld.segmentation_world("val", 48, stage.image_size)
-    class_map = seen_label_map(toyworld.CLASS_NAMES, toyworld.SEEN_CLASSES) if stage.model.class_aware else None
-
-    def step_loss(step: int):
-        # A class head has no class for a segment of no class: the class-aware variant trains on labelled ones only.
-        batch = training_batch(train_world, step, stage.batch_size, segments_of_no_class=not stage.model.class_aware)
-        losses = mask_proposal_loss(model(model.normalize(batch["image_raw"])), batch["label"], stage.model, class_map)
-        return losses.pop("loss"), losses
-
-    def evaluate():
-        recall = proposal_recall(model, val_world)
-        return {f"{k}_{m}": v for k in ("seen", "unseen") for m, v in recall[k].items()}
-
-    final_world = toyworld.segmentation_world("val", val_scenes, stage.image_size)
-    train_stage("proposal network", model, step_loss, stage.train, run_dir, out, evaluate,
-                final_evaluation=lambda: {"recall": proposal_recall(model, final_world), "val_scenes": val_scenes},
-                report=lambda final: format_recall(final["recall"]), metadata={"stage": asdict(stage)},
-                command=TRAIN_COMMAND, settings=stage)
-    return model
-
-
 def format_recall(recall: dict) -> str:
     """:func:`proposal_recall`'s result as a table: all / seen / unseen segments by Recall@30 and Recall@50."""
     return format_table({split: recall[split] for split in ("all", "seen", "unseen")}, ("R@30", "R@50"), decimals=3)
-
-
-def load_proposals(path: str | Path = DEFAULT_CHECKPOINT) -> tuple[MaskProposalNetwork, dict]:
-    """The shipped (or another saved) proposal network in eval mode, and its metadata."""
-    return load_weights(path, lambda meta: MaskProposalNetwork(ProposalStage.from_dict(meta["stage"]).model),
-                        TRAIN_COMMAND)
-
-
-def add_evaluation_arguments(parser, what: str) -> None:
-    """``--scenes N`` (validation scenes for ``what``) and ``--refine-iterations T`` of a toy stage's ``eval``."""
-    parser.add_argument("--scenes", type=int, default=200, help=f"validation scenes for {what}")
-    parser.add_argument("--refine-iterations", type=int, default=TOY_REFINEMENT.iterations,
-                        help="refine the proposals along colour edges this many times (proposals.Refinement; "
-                             "0: the network's own masks; default: %(default)s, the toy world's)")
-
-
-def evaluation_arguments(args) -> Refinement | None:
-    """Check what :func:`add_evaluation_arguments` parsed; the :class:`Refinement` asked for, or None for 0."""
-    checks.at_least(args.scenes, 1, "--scenes")
-    checks.at_least(args.refine_iterations, 0, "--refine-iterations")
-    return replace(TOY_REFINEMENT, iterations=args.refine_iterations) if args.refine_iterations else None
-
-
-@checks.command("python -m deop_lite.proposals")
-def main(argv=None) -> None:
-    parser, train, evaluate = stage_cli("python -m deop_lite.proposals", "Train (on seen classes only) or evaluate "
-                                        "the toy mask proposal network.", DEFAULT_CHECKPOINT, "runs/proposals")
-    train.add_argument("--class-aware", action="store_true", help="the official code's class-aware MaskFormer")
-    train.add_argument("--ignored-pixels", choices=IGNORED_PIXEL_MODES, default="excluded",
-                       help="ignored (unseen) pixels left out of the mask losses, or background of every matched "
-                            "mask as in the official MaskFormer loss")
-    train.add_argument("--seed", type=int, help="override the training seed (initialisation; the scenes stay fixed)")
-    add_evaluation_arguments(evaluate, "Recall@30/50")
-    evaluate.add_argument("--first-scene", type=int, default=0, help="index of the first validation scene")
-    args = parser.parse_args(argv)
-    check_stage_args(args)
-    if args.command == "eval":
-        refinement = evaluation_arguments(args)
-        checks.at_least(args.first_scene, 0, "--first-scene")
-    if args.command == "train":
-        stage = ProposalStage.tiny() if args.tiny else ProposalStage()
-        stage.model.class_aware = args.class_aware
-        stage.model.ignored_pixels = args.ignored_pixels
-        if args.seed is not None:
-            stage.train.seed = args.seed
-        if args.steps is not None:
-            stage.train.steps = args.steps
-        train_proposals(stage, args.run_dir, args.out)
-    else:
-        model, meta = load_proposals(args.checkpoint)
-        stage = ProposalStage.from_dict(meta["stage"])
-        world = toyworld.segmentation_world("val", args.first_scene + args.scenes, stage.image_size)
-        scenes = torch.utils.data.Subset(world, range(args.first_scene, args.first_scene + args.scenes))
-        print(format_recall(proposal_recall(model, scenes, refinement=refinement)))
-
-
-if __name__ == "__main__":
-    main()

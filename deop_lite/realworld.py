@@ -1,6 +1,7 @@
-"""DeOP at the paper's scale: presets, the three training stages, multi-GPU, evaluation (paper §5; DeOP's scripts/deop_train.sh).
+"""DeOP at the paper's scale: presets, multi-GPU, evaluation (paper §5; DeOP's scripts/deop_train.sh).
 
-The same modules as the toy world, fed by ``deop_lite.datasets`` and a real open_clip CLIP:
+The same modules and the same stages (``deop_lite.stages``) as the toy world, run on a real dataset's world
+(``datasets.DatasetWorld``) with a real open_clip CLIP:
 
     stage 1  prompts    the text context, learned offline on seen-class segment crops   -> prompts.safetensors
     stage 2  proposals  the MaskFormer proposal network, trained on seen classes        -> proposals.safetensors
@@ -13,7 +14,7 @@ from its ``last.pt`` when interrupted. One process or many:
     torchrun --nproc_per_node 4 -m deop_lite.realworld train --preset coco --data ~/data/deop/coco_stuff
     python -m deop_lite.realworld eval --preset voc --data ~/data/deop/voc --json results/voc.json
 
-Multi-GPU: the global batch of every step is fixed by the step number (``datasets.training_batch``);
+Multi-GPU: the global batch of every step is fixed by the step number (``world.World.training_batch``);
 each of W processes takes 1/W of it (and 1/A of that per micro-batch with gradient accumulation A), and
 ``DistributedDataParallel`` averages the gradients, so W processes take the steps one process would take.
 Checkpoints hold no trace of W: a run may resume on another number of GPUs.
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import resource
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -29,19 +31,20 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from torch import nn
 from tqdm.auto import tqdm
 
-from . import checks, runtime
+from . import checks, runtime, stages
 from .anchors import AnchorConfig
 from .clip import ClipModel, load_clip
-from .datasets import SegmentationDataset, dataset_info, prepare, training_batch
-from .losses import deop_segmentation_loss, mask_proposal_loss
-from .metrics import SegmentationMeter, seen_label_map
-from .model import GPS_PAPER, DeOP, DeOPConfig, LearnedParts
-from .prompts import PromptConfig, build_prompts, crop_classification_loss, segment_crop_embeddings
+from .datasets import DatasetWorld, SegmentationDataset, dataset_info, prepare
+from .losses import deop_segmentation_loss, half_resolution, mask_proposal_loss
+from .metrics import SegmentationMeter
+from .model import DeOP, DeOPConfig, LearnedParts, MaskClassifier
+from .prompts import PromptConfig
 from .proposals import MaskProposalNetwork, ProposalConfig
-from .train import TrainConfig, fit, load_weights, rank, save_weights, world_size
+from .severance import GPS_LAST
+from .stages import DeOPStage, ProposalStage, Run
+from .train import TrainConfig, distributed, load_weights, rank, world_size
 
 STAGES = ("prompts", "proposals", "deop")
 
@@ -74,7 +77,7 @@ class RealConfig:
     eval_max_side: int = 2048
     proposals: ProposalConfig = field(default_factory=ProposalConfig.real)
     model: DeOPConfig = field(default_factory=lambda: DeOPConfig(
-        PromptConfig.real(), severance=dict(GPS_PAPER), anchors=AnchorConfig("query", 1, 8, 1024, 0.1), void=True))
+        PromptConfig.real(), severance=GPS_LAST, anchors=AnchorConfig("query", 1, 8, 1024, 0.1), void=True))
     crops_per_class: int = 128  # stage 1 data: SimBaseline's SAMPLE_PER_CLASS (VOC 128, COCO 32)
     ignore_as_void: bool = False  # True: the official loss (unseen pixels supervised as void)
     stages: dict[str, StageConfig] = field(default_factory=dict)
@@ -114,8 +117,8 @@ class RealConfig:
     def tiny(cls) -> RealConfig:
         """CI: the VOC fixture, a random-initialised ViT-B/16 at 224 px, a small ResNet-18 MaskFormer with
         10 queries, a few steps per stage. Shows that the path runs, not what it learns."""
-        proposals = ProposalConfig(backbone="resnet18", num_queries=10, hidden_dim=64, mask_dim=64, dec_layers=2,
-                                   nheads=4, dim_feedforward=128, num_classes=15)
+        proposals = ProposalConfig(backbone="resnet18", num_queries=10, dim=64, mask_dim=64, layers=2, heads=4,
+                                   ffn_dim=128, num_classes=15)
         few = dict(steps=2, warmup_steps=0, log_every=1, checkpoint_every=2)
         return cls("tiny", "voc", clip_weights=None, crop=224, eval_short_side=224, eval_max_side=320,
                    proposals=proposals, crops_per_class=2, stages={
@@ -166,7 +169,7 @@ def prepare_fixture(out: str | Path) -> Path:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Processes, devices, micro-batches
+# Processes, devices, precision
 
 def init_distributed() -> torch.device:
     """Join the process group when started by torchrun (NCCL on GPUs, gloo on CPUs); return this process's device."""
@@ -176,49 +179,6 @@ def init_distributed() -> torch.device:
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return device
-
-
-def distributed(module: nn.Module, device: torch.device) -> nn.Module:
-    """``module`` wrapped in DistributedDataParallel when several processes run, else itself."""
-    if world_size() == 1:
-        return module
-    return nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
-
-
-def accumulated_step(micro_loss: Callable[[int, int], tuple[torch.Tensor, dict]], ddp: nn.Module,
-                     accumulate: int) -> tuple[torch.Tensor, dict]:
-    """Run one optimiser step's micro-batches for ``fit``.
-
-    ``micro_loss(share, shares)`` computes the loss of this process's share ``share`` of the global batch
-    cut into ``shares`` pieces (``datasets.training_batch``'s rank and world size). All but the last
-    micro-batch are back-propagated here without gradient synchronisation; the last is returned for
-    ``fit`` to back-propagate, which makes DDP average the accumulated gradients over processes.
-
-    The returned tensor's *gradient* is the last micro-batch's loss / A; its *value* is the mean loss over
-    every micro-batch of every process (the number the log should show); metrics are averaged the same way.
-    """
-    shares, first = world_size() * accumulate, rank() * accumulate
-    values, logs = [], []
-    for micro in range(accumulate):
-        last = micro == accumulate - 1
-        sync = contextlib.nullcontext() if last or not hasattr(ddp, "no_sync") else ddp.no_sync()
-        with sync:
-            loss, metrics = micro_loss(first + micro, shares)
-            loss = loss / accumulate
-            if not last:
-                loss.backward()
-        values.append(loss.detach() * accumulate)
-        logs.append(metrics)
-    means = [sum(float(m[k]) for m in logs) / accumulate for k in logs[0]]
-    summary = torch.tensor([torch.stack(values).mean().item(), *means], dtype=torch.float64)
-    if world_size() > 1:
-        dist.all_reduce(summary)
-        summary /= world_size()
-    return loss + (summary[0].to(loss) - loss).detach(), dict(zip(logs[0], summary[1:].tolist()))
-
-
-def _autocast(config: RealConfig, device: torch.device):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16)
 
 
 @contextlib.contextmanager
@@ -237,84 +197,72 @@ def _default_dtype(config: RealConfig):
         torch.set_default_dtype(previous)
 
 
-def _to_device(images: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A batch of images on ``device`` in the default dtype (float32, or float64: see :func:`_default_dtype`)."""
-    return images.to(device, torch.get_default_dtype())
-
-
 def _clip(config: RealConfig, device: torch.device) -> ClipModel:
     runtime.set_seed(config.seed)  # random weights (tests) must be the same in every process
     return load_clip(config.clip, pretrained=config.clip_weights, device=device, pixel_norm=config.pixel_norm)
 
 
-def _save(module: nn.Module, path: Path, config: RealConfig, stage: str, extra: dict) -> None:
-    if rank() == 0:
-        save_weights(module, path, {"real_config": asdict(config), "stage": stage, "torch": torch.__version__, **extra})
-    if world_size() > 1:
-        dist.barrier()
-
-
 # ----------------------------------------------------------------------------------------------------
-# The three stages
+# The three stages: ``deop_lite.stages`` run on the dataset's world, with this preset's configs
 
-def train_prompts(config: RealConfig, data: Path, run_dir: Path, device: torch.device, stop_at: int | None = None) -> Path:
-    """Stage 1 (SimBaseline's offline prompt learning): the text context that classifies seen-class segment
-    crops best. The crops' CLIP embeddings are computed once (by rank 0) and cached in the run folder."""
+def text_prompt_stage(config: RealConfig) -> DeOPStage:
+    """Stage 1's config: the preset's text context alone, on seen-class crops."""
     stage = config.stages["prompts"]
-    clip, dataset = _clip(config, device), SegmentationDataset(data, "train")
-    text_prompts = build_prompts(clip, replace(config.model.prompts, visual="none"))[0].to(device)
-    cache = run_dir / "prompts" / "crop_embeddings.pt"
-    if rank() == 0 and not cache.exists():
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        embeddings, targets = segment_crop_embeddings(clip, dataset, dataset.seen_classes, config.crops_per_class,
-                                                      label_names=dataset.class_names, strict=False)
-        with checks.atomic_path(cache) as tmp:
-            torch.save({"embeddings": embeddings, "targets": targets}, tmp)
-    if world_size() > 1:
-        dist.barrier()
-    crops = torch.load(cache)
-    print(f"stage 1 (prompts): {len(crops['targets'])} seen-class segment crops (mirrored copies included)")
-    ddp = distributed(text_prompts, device)
-
-    def micro_loss(step: int, share: int, shares: int):
-        batch = torch.randint(len(crops["targets"]), (stage.batch_size,), generator=torch.Generator().manual_seed(step))
-        batch = batch.chunk(shares)[share]  # (B / shares,): this process's micro-batch of the step's global batch
-        return crop_classification_loss(ddp(dataset.seen_classes), crops["embeddings"][batch].to(device),
-                                        crops["targets"][batch].to(device), clip.model.logit_scale.exp())
-
-    return _fit_stage("prompts", text_prompts, micro_loss, ddp, config, run_dir, stop_at)
+    return DeOPStage(DeOPConfig(replace(config.model.prompts, visual="none")), objective="crops",
+                     train=replace(stage.train, seed=config.seed), batch_size=stage.batch_size,
+                     crops_per_class=config.crops_per_class)
 
 
-def train_proposals(config: RealConfig, data: Path, run_dir: Path, device: torch.device, stop_at: int | None = None) -> Path:
-    """Stage 2: the MaskFormer proposal network on seen classes only (``proposals.mask_proposal_loss``)."""
-    dataset = SegmentationDataset(data, "train")
+def proposal_stage(config: RealConfig) -> ProposalStage:
+    """Stage 2's config."""
+    stage = config.stages["proposals"]
+    return ProposalStage(config.proposals, replace(stage.train, seed=config.seed), stage.batch_size)
+
+
+def deop_stage(config: RealConfig) -> DeOPStage:
+    """Stage 3's config."""
+    stage = config.stages["deop"]
+    return DeOPStage(config.model, ignore_as_void=config.ignore_as_void, train=replace(stage.train, seed=config.seed),
+                     batch_size=stage.batch_size)
+
+
+def _run(config: RealConfig, name: str, run_dir: Path, device: torch.device, stop_at: int | None) -> Run:
+    """Where stage ``name`` writes (``run_dir/name/``, ``run_dir/name.safetensors``) and how its steps run: this
+    process's device, the preset's micro-batches and precision, DistributedDataParallel across processes; no
+    evaluation during training (:func:`evaluate` runs apart)."""
+    return Run(run_dir / name, run_dir / f"{name}.safetensors", device, config.stages[name].accumulate, config.bf16,
+               stop_at, eval_scenes=0, val_scenes=0, wrap=lambda module: distributed(module, device))
+
+
+def _metadata(config: RealConfig, stage) -> dict:
+    return {"real_config": asdict(config), "stage": asdict(stage)}
+
+
+def train_prompts(config: RealConfig, world: DatasetWorld, run_dir: Path, device: torch.device,
+                  stop_at: int | None = None) -> bool:
+    """Stage 1 (``stages.train_text_prompts``); True once every step has run."""
+    stage = text_prompt_stage(config)
+    classifier = MaskClassifier(_clip(config, device), stage.model).to(device)
+    return stages.train_text_prompts(world, stage, _run(config, "prompts", run_dir, device, stop_at), classifier,
+                                     metadata=_metadata(config, stage)) is not None
+
+
+def train_proposals(config: RealConfig, world: DatasetWorld, run_dir: Path, device: torch.device,
+                    stop_at: int | None = None) -> bool:
+    """Stage 2 (``stages.train_proposals``); True once every step has run."""
+    run = _run(config, "proposals", run_dir, device, stop_at)
+    stages.train_proposals(world, proposal_stage(config), run)
+    return run.out.exists()
+
+
+def train_deop(config: RealConfig, world: DatasetWorld, run_dir: Path, device: torch.device,
+               stop_at: int | None = None) -> bool:
+    """Stage 3 (``stages.train_deop``) on the proposals and text context of stages 1 and 2; True once every step
+    has run."""
     runtime.set_seed(config.seed)
-    model = MaskProposalNetwork(config.proposals).to(device)
-    class_map = seen_label_map(dataset.class_names, dataset.seen_classes).to(device) if config.proposals.class_aware else None
-    ddp = distributed(model, device)
-
-    def micro_loss(step: int, share: int, shares: int):
-        batch = _training_batch(dataset, config, "proposals", step, share, shares)
-        with _autocast(config, device):
-            outputs = ddp(model.normalize(_to_device(batch["image_raw"], device)))  # masks (B, N, H/4, W/4) and aux
-        losses = mask_proposal_loss(_full_precision(outputs), batch["label"].to(device), config.proposals, class_map)
-        return losses.pop("loss"), losses
-
-    return _fit_stage("proposals", model, micro_loss, ddp, config, run_dir, stop_at)
-
-
-def _training_batch(dataset: SegmentationDataset, config: RealConfig, stage: str, step: int, share: int,
-                    shares: int) -> dict:
-    """Share ``share`` of ``shares`` of the stage's global batch ``step`` (``datasets.training_batch``)."""
-    return training_batch(dataset, step, config.stages[stage].batch_size, config.crop, config.seed, share, shares)
-
-
-def _full_precision(outputs: dict) -> dict:
-    """The proposal network's outputs in the default dtype, out of bf16 autocast (the losses and the matching
-    are computed in full precision)."""
-    dtype = torch.get_default_dtype()
-    return {"masks": outputs["masks"].to(dtype), "aux": [_full_precision(aux) for aux in outputs.get("aux", [])],
-            **({"logits": outputs["logits"].to(dtype)} if "logits" in outputs else {})}
+    stage = deop_stage(config)
+    return stages.train_deop(world, stage, _run(config, "deop", run_dir, device, stop_at), build_deop(
+        config, run_dir, device), _metadata(config, stage)) is not None
 
 
 def build_deop(config: RealConfig, run_dir: Path | None, device: torch.device, proposals_path: Path | None = None,
@@ -325,51 +273,17 @@ def build_deop(config: RealConfig, run_dir: Path | None, device: torch.device, p
     proposals_path = proposals_path or run_dir / "proposals.safetensors"
     proposals = load_weights(proposals_path, lambda meta: MaskProposalNetwork(config.proposals), retrain)[0]
     clip = _clip(config, device)
+    num_queries = config.proposals.num_queries
     learned = None
     deop_path = deop_path or (run_dir / "deop.safetensors" if run_dir else None)
     if deop_path is not None and deop_path.exists():
-        learned = load_weights(deop_path, lambda meta: LearnedParts(clip, config.model, config.proposals.num_queries),
-                               retrain)[0]
-    model = DeOP(proposals, clip, config.model, learned).to(device)
+        learned = load_weights(deop_path, lambda meta: LearnedParts(clip, config.model, num_queries), retrain)[0]
+    model = DeOP(proposals, MaskClassifier(clip, config.model, num_queries, learned)).to(device)
     prompts_path = prompts_path or (run_dir / "prompts.safetensors" if run_dir else None)
     if learned is None and prompts_path is not None and prompts_path.exists() and model.learned.text_prompts is not None:
-        text = build_prompts(clip, replace(config.model.prompts, visual="none"))[0]
-        text.load_state_dict(load_weights(prompts_path, lambda meta: text, retrain)[0].state_dict())
-        model.learned.text_prompts.load_state_dict(text.state_dict())
+        text = load_weights(prompts_path, lambda meta: LearnedParts(clip, text_prompt_stage(config).model), retrain)[0]
+        model.learned.text_prompts.load_state_dict(text.text_prompts.state_dict())
     return model
-
-
-def train_deop(config: RealConfig, data: Path, run_dir: Path, device: torch.device, stop_at: int | None = None) -> Path:
-    """Stage 3: DeOP's learned parts end to end with its segmentation loss; proposals and CLIP frozen."""
-    dataset = SegmentationDataset(data, "train")
-    runtime.set_seed(config.seed)
-    model = build_deop(config, run_dir, device)
-    label_map, seen = seen_label_map(dataset.class_names, dataset.seen_classes), list(dataset.seen_classes)
-    ddp = distributed(model, device)
-
-    def micro_loss(step: int, share: int, shares: int):
-        batch = _training_batch(dataset, config, "deop", step, share, shares)
-        label = label_map[batch["label"]][:, 1::2, 1::2].to(device)  # (b, H/2, W/2) seen-class indices
-        with _autocast(config, device):
-            outputs = ddp(_to_device(batch["image_raw"], device), seen, refinement=None)  # no refinement in the real world
-        dtype = torch.get_default_dtype()
-        losses = deop_segmentation_loss(outputs["logits"].to(dtype), outputs["mask_probs"].to(dtype), label,
-                                        ignore_as_void=config.ignore_as_void)
-        return losses.pop("loss"), losses
-
-    return _fit_stage("deop", model.learned, micro_loss, ddp, config, run_dir, stop_at)
-
-
-def _fit_stage(name: str, module: nn.Module, micro_loss: Callable[[int, int, int], tuple[torch.Tensor, dict]],
-               ddp: nn.Module, config: RealConfig, run_dir: Path, stop_at: int | None) -> Path:
-    """Train ``module`` with ``micro_loss(step, share, shares)`` (``fit`` + :func:`accumulated_step`) in
-    ``run_dir/name``; write ``run_dir/name.safetensors`` once every step has run (not after a ``stop_at`` pause)."""
-    stage, out = config.stages[name], run_dir / f"{name}.safetensors"
-    fit(module, lambda step: accumulated_step(lambda *share: micro_loss(step, *share), ddp, stage.accumulate),
-        stage.train, run_dir / name, stop_at=stop_at)
-    if stop_at is None or stop_at >= stage.train.steps:
-        _save(module, out, config, name, {"steps": stage.train.steps})
-    return out
 
 
 TRAINERS = {"prompts": train_prompts, "proposals": train_proposals, "deop": train_deop}
@@ -383,12 +297,13 @@ def train(config: RealConfig, data: str | Path, run_dir: str | Path, stages=STAG
         with checks.atomic_path(run_dir / "config.json") as tmp:
             tmp.write_text(json.dumps(asdict(config), indent=1))
         print(f"{config.name}: {world_size()} process(es) on {device}; data {data}; run folder {run_dir}")
+    world = DatasetWorld(data, config.crop, config.seed)
     for name in stages:
         tic = time.perf_counter()
         if (run_dir / f"{name}.safetensors").exists():  # load-or-train: a finished stage is not run again
             continue
         with _default_dtype(config):
-            finished = TRAINERS[name](config, data, run_dir, device, stop_at).exists()
+            finished = TRAINERS[name](config, world, run_dir, device, stop_at)
         if not finished:
             if rank() == 0:
                 print(f"stage {name}: paused at step {stop_at} (--stop-at); run the same command again to resume")
@@ -409,7 +324,6 @@ def throughput(config: RealConfig, stage: str = "deop", micro_batch: int = 1, st
     peak is ``torch.cuda.max_memory_allocated``; on a CPU the process's peak resident memory (which also
     counts Python and every model built so far). Returns {images_per_s, s_per_step, peak_memory_gb, ...}.
     """
-    import resource
     device = device or runtime.default_device()
     config = replace(config, clip_weights=None, proposals=replace(config.proposals, pretrained_backbone=False))
     runtime.set_seed(config.seed)
@@ -420,15 +334,15 @@ def throughput(config: RealConfig, stage: str = "deop", micro_batch: int = 1, st
 
         def loss_of(images, label):
             outputs = module(module.normalize(images))
-            return mask_proposal_loss(_full_precision(outputs), label, config.proposals)["loss"]
+            return mask_proposal_loss(stages.full_precision(outputs), label, config.proposals)["loss"]
     elif stage == "deop":
-        deop = DeOP(proposals, _clip(config, device), config.model).to(device)
+        deop = DeOP(proposals, MaskClassifier(_clip(config, device), config.model, config.proposals.num_queries)).to(device)
         module = deop.learned
 
         def loss_of(images, label):
-            outputs = deop(images, seen, refinement=None)  # the real world refines no proposals (proposals.TOY_REFINEMENT)
+            outputs = deop(images, seen)  # the network's own masks: the real world refines no proposals
             return deop_segmentation_loss(outputs["logits"].float(), outputs["mask_probs"].float(),
-                                          label[:, 1::2, 1::2])["loss"]
+                                          half_resolution(label))["loss"]
     else:
         raise ValueError(f"throughput is measured for the 'proposals' and 'deop' stages, not {stage!r}")
     optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-6)
@@ -441,7 +355,7 @@ def throughput(config: RealConfig, stage: str = "deop", micro_batch: int = 1, st
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         tic = time.perf_counter()
-        with _autocast(config, device):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
             loss = loss_of(images, label)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -28,9 +28,16 @@ code does it; s = 1/√d, attention per head):
 Every mode takes ``residual`` and ``ffn`` switches for the severed blocks (default: the mode's own), so that
 e.g. ClearCLIP's ablation can be taken apart.
 
->>> dense = severed_dense_features(clip.visual, image, layers={-1: 1.0})   # doctest: +SKIP
+Every function takes one :class:`Severance` value: which blocks, in which mode, with which α, keeping what.
+
+>>> Severance("gps", {-1: 1.0})           # the paper's GPS: the last block fully severed
+Severance(mode='gps', alphas={-1: 1.0}, residual=None, ffn=None, mps_norm='sum')
+>>> Severance().severs                     # the stock CLIP: nothing severed
+False
 """
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +53,80 @@ KEEPS = {"gps": (True, True), "mps": (True, True), "gps_mask": (True, True), "ma
 NACLIP_STD = 5.0
 """σ of NACLIP's Gaussian neighbourhood, in patches (its official default)."""
 MPS_NORMS = ("sum", "softmax")
+
+
+@dataclass(frozen=True)
+class Severance:
+    """How CLIP's ViT is severed: one value in place of loose arguments.
+
+    Args:
+        mode: one of :data:`MODES` (module docstring).
+        alphas: {block index: α}; negative indices count from the end. α is read by "gps" only (the weight on the
+            identity); the other modes replace the attention of those blocks entirely. Empty (the default): nothing
+            is severed, the stock CLIP, whatever the mode.
+        residual, ffn: keep the severed blocks' attention residual / FFN (None: what ``mode`` keeps, :data:`KEEPS`).
+        mps_norm: "sum" (Eq. 1 row-normalised, the paper's idea) or "softmax" (the official code); "mps" only.
+    """
+    mode: str = "gps"
+    alphas: dict[int, float] = field(default_factory=dict)
+    residual: bool | None = None
+    ffn: bool | None = None
+    mps_norm: str = "sum"
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise InputError(f"severance mode must be one of {MODES}, got {self.mode!r}")
+        if self.mps_norm not in MPS_NORMS:
+            raise InputError(f"mps_norm must be one of {MPS_NORMS}, got {self.mps_norm!r}")
+        if not isinstance(self.alphas, dict):
+            raise InputError(f"alphas must be a dict {{block index: α}}, e.g. {{-1: 1.0}} for the last block, "
+                             f"got {self.alphas!r}")
+        for index, alpha in self.alphas.items():
+            if not 0 <= alpha <= 1:
+                raise InputError(f"α must lie in [0, 1] (the weight on the identity), got {alpha} for block {index}")
+
+    @property
+    def severs(self) -> bool:
+        """Whether any block is severed (False: the stock CLIP)."""
+        return bool(self.alphas)
+
+    @property
+    def reads_masks(self) -> bool:
+        """Whether the severed blocks read the masks being classified ("mps", "gps_mask")."""
+        return self.severs and self.mode in MASK_MODES
+
+    @property
+    def keeps(self) -> tuple[bool, bool]:
+        """(residual, FFN) that the severed blocks keep."""
+        default = KEEPS[self.mode]
+        return (default[0] if self.residual is None else self.residual, default[1] if self.ffn is None else self.ffn)
+
+    def blocks(self, n_blocks: int) -> dict[int, float]:
+        """{block index in 0..n_blocks-1: α} for a ViT of ``n_blocks`` blocks."""
+        severed = {}
+        for index, alpha in self.alphas.items():
+            if not -n_blocks <= index < n_blocks:
+                raise InputError(f"block index {index} is out of range for a ViT with {n_blocks} blocks")
+            severed[index % n_blocks] = alpha
+        return severed
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Severance:
+        """Inverse of ``dataclasses.asdict`` after a JSON round trip (int block indices restored)."""
+        return cls(**{**d, "alphas": {int(k): float(v) for k, v in d["alphas"].items()}})
+
+
+NONE = Severance()
+"""Nothing severed: the stock CLIP."""
+GPS_LAST = Severance("gps", {-1: 1.0})
+"""GPS with α = 1 in the last block: MaskCLIP's trick, and the paper's patch severance in DeOP (Table 4's best)."""
+
+
+def last_blocks_severed(k: int, blocks: int, mode: str = "gps") -> Severance:
+    """α = 1 in the last ``k`` of ``blocks`` blocks (``NONE`` for k = 0)."""
+    if not 0 <= k <= blocks:
+        raise InputError(f"this CLIP has {blocks} blocks: sever between 0 and {blocks} of them, got {k}")
+    return Severance(mode, {block: 1.0 for block in range(blocks - k, blocks)})
 
 
 def qkv(block, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -120,46 +201,20 @@ def mps_attention(memberships: torch.Tensor, norm: str = "sum") -> torch.Tensor:
     return affinity.softmax(-1) if norm == "softmax" else affinity / affinity.sum(-1, keepdim=True).clamp(min=1e-6)
 
 
-def _check_layers(layers: dict[int, float] | None, n_blocks: int) -> dict[int, float]:
-    """Validate {layer index: α} (default {-1: 1.0}) and return it with non-negative indices."""
-    layers = {-1: 1.0} if layers is None else layers
-    if not isinstance(layers, dict):
-        raise InputError(f"layers must be a dict {{layer index: α}}, e.g. {{-1: 1.0}} for the last layer, got {layers!r}")
-    severed = {}
-    for index, alpha in layers.items():
-        if not -n_blocks <= index < n_blocks:
-            raise InputError(f"layer index {index} is out of range for a ViT with {n_blocks} blocks")
-        if not 0 <= alpha <= 1:
-            raise InputError(f"α must lie in [0, 1] (the weight on the identity), got {alpha} for layer {index}")
-        severed[index % n_blocks] = alpha
-    return severed
-
-
 class _Severed:
-    """Runs a ViT's blocks with severance in chosen layers (shared by features and attention maps)."""
+    """Runs a ViT's blocks under a :class:`Severance` (shared by features, attention maps and rollouts)."""
 
-    def __init__(self, visual, image, layers, mode, mask_probs, mps_norm, prompts=None, residual: bool | None = None,
-                 ffn: bool | None = None, naclip_std: float = NACLIP_STD):
-        if mode not in MODES:
-            raise InputError(f"mode must be one of {MODES}, got {mode!r}")
-        if mode in MASK_MODES and mask_probs is None:
-            raise InputError(f"mode {mode!r} needs mask_probs (B, N, H, W): proposal or ground-truth masks")
-        if mode in MASK_MODES and (not isinstance(mask_probs, torch.Tensor) or mask_probs.ndim != 4
-                                   or len(mask_probs) != len(image)):
-            shape = tuple(mask_probs.shape) if isinstance(mask_probs, torch.Tensor) else type(mask_probs).__name__
-            raise InputError(f"mask_probs must be (B, N, H, W) with the images' batch size {len(image)}, got {shape}")
-        if mps_norm not in MPS_NORMS:
-            raise InputError(f"mps_norm must be one of {MPS_NORMS}, got {mps_norm!r}")
-        if naclip_std <= 0:
-            raise InputError(f"naclip_std must be positive (in patches), got {naclip_std}")
-        self.visual, self.mode, self.mps_norm, self.prompts = visual, mode, mps_norm, prompts
-        self.residual = KEEPS[mode][0] if residual is None else residual
-        self.ffn = KEEPS[mode][1] if ffn is None else ffn
-        self.naclip_std = naclip_std
+    def __init__(self, visual, image: torch.Tensor, severance: Severance, mask_probs: torch.Tensor | None = None,
+                 prompts=None):
+        if severance.reads_masks and mask_probs is None:
+            raise InputError(f"mode {severance.mode!r} needs mask_probs (B, N, H, W): proposal or ground-truth masks")
+        self.visual, self.severance, self.prompts = visual, severance, prompts
+        self.residual, self.ffn = severance.keeps
         self.blocks = visual.transformer.resblocks
-        self.severed = _check_layers(layers, len(self.blocks))
+        self.severed = severance.blocks(len(self.blocks))
         self.tokens, self.grid = embed_image(visual, image, prompts)  # (B, 1 + h*w, W)
-        self.memberships = token_memberships(mask_probs.to(self.tokens.dtype), self.grid) if mode in MASK_MODES else None
+        self.memberships = (token_memberships(mask_probs.to(self.tokens.dtype), self.grid) if severance.reads_masks
+                            else None)  # (B, 1 + h*w, N)
         self.block_inputs: dict[int, torch.Tensor] = {}  # filled by run(): what each block received
 
     def _extra(self, index: int) -> int:
@@ -180,13 +235,13 @@ class _Severed:
             self.block_inputs[index] = tokens
             if index not in self.severed:
                 tokens = block(tokens)
-            elif self.mode == "gps":
+            elif self.severance.mode == "gps":
                 tokens = gps_block(block, tokens, self.severed[index], self.residual, self.ffn)
             else:
                 q, k, v = qkv(block, tokens)  # (B, heads, L, d)
-                if self.mode == "maskclip":
+                if self.severance.mode == "maskclip":
                     mixed = v  # identity attention
-                elif self.mode == "gps_mask":  # identity attention, gain Σ_n σ(M_n) per token (N for CLS)
+                elif self.severance.mode == "gps_mask":  # identity attention, gain Σ_n σ(M_n) per token (N for CLS)
                     mixed = self._memberships(index).sum(-1)[:, None, :, None] * v
                 else:
                     mixed = self._attention(index, q, k) @ v  # (B, heads, L, d)
@@ -196,25 +251,25 @@ class _Severed:
     def _attention(self, index: int, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         """The attention a severed block ``index`` applies to V: (B, heads or 1, L, L)."""
         eye = torch.eye(q.shape[-2], dtype=q.dtype, device=q.device)
-        if self.mode == "gps":
+        if self.severance.mode == "gps":
             alpha = self.severed[index]
             return alpha * eye + (1 - alpha) * self_attention(q, k)
-        if self.mode == "mps":
-            return mps_attention(self._memberships(index), self.mps_norm)[:, None]  # one attention for all heads
-        if self.mode == "gps_mask":
+        if self.severance.mode == "mps":
+            return mps_attention(self._memberships(index), self.severance.mps_norm)[:, None]  # one attention for all heads
+        if self.severance.mode == "gps_mask":
             return eye * self._memberships(index).sum(-1)[:, None, :, None]
-        if self.mode == "maskclip":
+        if self.severance.mode == "maskclip":
             return eye.expand(*q.shape[:2], -1, -1)
-        if self.mode == "sclip":
+        if self.severance.mode == "sclip":
             return self_correlation(q) + self_correlation(k)
-        if self.mode == "clearclip":
+        if self.severance.mode == "clearclip":
             return self_correlation(q)
-        omega = gaussian_neighbourhood(self.grid, self.naclip_std, self._extra(index)).to(q)  # (L, L), naclip
+        omega = gaussian_neighbourhood(self.grid, NACLIP_STD, self._extra(index)).to(q)  # (L, L), naclip
         return (k @ k.transpose(-1, -2) * k.shape[-1] ** -0.5 + omega).softmax(-1)
 
     def patch_attention(self, layer: int) -> torch.Tensor:
         """The effective patch-to-patch attention of ``layer``, averaged over heads: (B, h*w, h*w)."""
-        index = _check_layers({layer: 0.0}, len(self.blocks)).popitem()[0]
+        index = Severance(alphas={layer: 0.0}).blocks(len(self.blocks)).popitem()[0]
         if index not in self.block_inputs:
             self.run(stop=index + 1)
         q, k, _ = qkv(self.blocks[index], self.block_inputs[index])
@@ -223,8 +278,8 @@ class _Severed:
         return attn[:, first:, first:]  # (B, h*w, h*w)
 
 
-def severed_features_and_rollout(visual, image: torch.Tensor, layers: dict[int, float] | None = None,
-                                 mode: str = "gps", mask_probs: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def severed_features_and_rollout(visual, image: torch.Tensor, severance: Severance = NONE,
+                                 mask_probs: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`severed_dense_features` and where each patch's output comes from, over *all* blocks (attention
     rollout, Abnar & Zuidema 2020): with A_l the patch-to-patch attention of block l (heads averaged, CLS and
     prompt tokens dropped, rows renormalised to 1) and the residual counted as half,
@@ -233,7 +288,7 @@ def severed_features_and_rollout(visual, image: torch.Tensor, layers: dict[int, 
 
     Row i of R is how much of patch i's output each patch's input feeds. With every block severed at α = 1 it
     is the identity: no patch sees another. Returns F_V (B, D, h, w) and R (B, h, w, h, w)."""
-    run = _Severed(visual, image, {} if layers is None else layers, mode, mask_probs, "sum")
+    run = _Severed(visual, image, severance, mask_probs)
     dense_feats = project_patches(visual, run.run(), run.grid)  # (B, D, h, w)
     rollout = None
     for index in range(len(run.blocks)):
@@ -245,66 +300,54 @@ def severed_features_and_rollout(visual, image: torch.Tensor, layers: dict[int, 
     return dense_feats, rollout.reshape(rollout.shape[0], *run.grid, *run.grid)
 
 
-def severed_dense_features(visual, image: torch.Tensor, layers: dict[int, float] | None = None, mode: str = "gps",
-                           mask_probs: torch.Tensor | None = None, mps_norm: str = "sum", prompts=None, *,
-                           residual: bool | None = None, ffn: bool | None = None,
-                           naclip_std: float = NACLIP_STD) -> torch.Tensor:
-    """Dense CLIP features F_V (B, D, h, w) with patch severance in chosen layers.
+def severed_dense_features(visual, image: torch.Tensor, severance: Severance = NONE,
+                           mask_probs: torch.Tensor | None = None, prompts=None) -> torch.Tensor:
+    """Dense CLIP features F_V (B, D, h, w) under ``severance``.
 
     Args:
         visual: an open_clip ``VisionTransformer`` (toy or real, any grid).
         image: (B, 3, H, W) normalised pixels.
-        layers: {layer index: α}; negative indices count from the end. Default {-1: 1.0}. α is read by
-            "gps" only; the other modes replace the attention of those layers entirely.
-        mode: one of :data:`MODES` (module docstring): DeOP's "gps", "mps", "gps_mask", or the training-free
-            successors "maskclip", "sclip", "clearclip", "naclip".
-        mask_probs: (B, N, H', W') proposal probabilities σ(M) (or ground-truth masks); needed by "mps" and
+        severance: a :class:`Severance` (default ``NONE``: the stock CLIP).
+        mask_probs: (B, N, H', W') proposal probabilities σ(M) (or ground-truth masks); read by "mps" and
             "gps_mask".
-        mps_norm: "sum" (Eq. 1 row-normalised) or "softmax" (the official code).
         prompts: optional ``deop_lite.prompts.VisualPrompts`` (added or prepended); prompt tokens count as
             members of every mask, like CLS.
-        residual, ffn: keep the severed blocks' attention residual / FFN (default: what ``mode`` keeps, ``KEEPS``).
-        naclip_std: σ of NACLIP's Gaussian neighbourhood, in patches.
     """
-    run = _Severed(visual, image, layers, mode, mask_probs, mps_norm, prompts, residual, ffn, naclip_std)
+    run = _Severed(visual, image, severance, mask_probs, prompts)
     return project_patches(visual, run.run(), run.grid)
 
 
-def severed_image_embedding(visual, image: torch.Tensor, layers: dict[int, float], mode: str = "gps") -> torch.Tensor:
-    """The image embedding (B, D), not normalised, of a CLIP whose chosen layers are severed: pooled as the
-    model pools (``visual.pool_type``: the mean of the patch tokens, or CLS), then ``ln_post`` and ``proj``
-    in open_clip's order. With no severed layer it equals ``visual(image)``. Differentiable."""
-    tokens = _Severed(visual, image, layers, mode, None, "sum", None, None, None, NACLIP_STD).run()  # (B, 1 + h*w, W)
-    tokens = visual.ln_post(tokens)
+def severed_image_embedding(visual, image: torch.Tensor, severance: Severance) -> torch.Tensor:
+    """The image embedding (B, D), not normalised, of a CLIP under ``severance`` (a mode that reads no masks):
+    pooled as the model pools (``visual.pool_type``: the mean of the patch tokens, or CLS), then ``ln_post`` and
+    ``proj`` in open_clip's order. With nothing severed it equals ``visual(image)``. Differentiable."""
+    tokens = visual.ln_post(_Severed(visual, image, severance).run())  # (B, 1 + h*w, W)
     pooled = tokens[:, 1:].mean(1) if visual.pool_type == "avg" else tokens[:, 0]  # (B, W)
     return pooled @ visual.proj  # (B, D)
 
 
 @torch.no_grad()
-def severed_features_and_attention(visual, image: torch.Tensor, layers: dict[int, float] | None = None,
-                                   mode: str = "gps", mask_probs: torch.Tensor | None = None, mps_norm: str = "sum",
-                                   layer: int = -1, prompts=None, *, residual: bool | None = None,
-                                   ffn: bool | None = None, naclip_std: float = NACLIP_STD) -> tuple[torch.Tensor, torch.Tensor]:
+def severed_features_and_attention(visual, image: torch.Tensor, severance: Severance = NONE,
+                                   mask_probs: torch.Tensor | None = None, layer: int = -1,
+                                   prompts=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Both :func:`severed_dense_features` and :func:`patch_attention` of ``layer`` from one pass of the ViT."""
-    run = _Severed(visual, image, {} if layers is None else layers, mode, mask_probs, mps_norm, prompts, residual, ffn,
-                   naclip_std)
+    run = _Severed(visual, image, severance, mask_probs, prompts)
     dense_feats = project_patches(visual, run.run(), run.grid)  # (B, D, h, w)
     attn = run.patch_attention(layer)  # (B, h*w, h*w): block inputs are cached, no second pass
     return dense_feats, attn.reshape(attn.shape[0], *run.grid, *run.grid)
 
 
 @torch.no_grad()
-def patch_attention(visual, image: torch.Tensor, layer: int = -1, layers: dict[int, float] | None = None,
-                    mode: str = "gps", mask_probs: torch.Tensor | None = None, mps_norm: str = "sum",
-                    prompts=None, *, naclip_std: float = NACLIP_STD) -> torch.Tensor:
-    """How much each patch attends to every other patch in ``layer`` (paper Fig. 5), under severance.
+def patch_attention(visual, image: torch.Tensor, layer: int = -1, severance: Severance = NONE,
+                    mask_probs: torch.Tensor | None = None, prompts=None) -> torch.Tensor:
+    """How much each patch attends to every other patch in ``layer`` (paper Fig. 5), under ``severance``
+    (default ``NONE``: the stock CLIP).
 
-    ``layers={}`` gives the unmodified CLIP. Returns (B, h, w, h, w): [b, i, j] is the attention map of the
-    patch at row i, column j over the patch grid, averaged over heads (the share that goes to CLS dropped;
-    SCLIP's rows sum to 2 before that, as its two softmaxes are added).
+    Returns (B, h, w, h, w): [b, i, j] is the attention map of the patch at row i, column j over the patch grid,
+    averaged over heads (the share that goes to CLS dropped; SCLIP's rows sum to 2 before that, as its two
+    softmaxes are added).
     """
-    run = _Severed(visual, image, {} if layers is None else layers, mode, mask_probs, mps_norm, prompts,
-                   naclip_std=naclip_std)
+    run = _Severed(visual, image, severance, mask_probs, prompts)
     attn = run.patch_attention(layer)  # (B, h*w, h*w)
     return attn.reshape(attn.shape[0], *run.grid, *run.grid)
 

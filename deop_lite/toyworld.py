@@ -15,6 +15,7 @@ labels and captions, on any machine, so datasets need no files and random access
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -25,6 +26,8 @@ from torch.utils.data import Dataset
 
 from . import checks
 from .metrics import IGNORE_INDEX
+from .proposals import Refinement
+from .world import World
 
 STUFF_CLASSES = ("sky", "grass", "water", "sand", "brick", "wood", "snow", "road")
 THING_CLASSES = ("ladybird", "flower", "house", "fish", "car", "mushroom", "butterfly", "clock")
@@ -517,7 +520,7 @@ def hide_unseen(label: np.ndarray) -> np.ndarray:
     return lut[label]
 
 
-class ToyWorld(Dataset):
+class ToyScenes(Dataset):
     """Toy scenes as a torch ``Dataset`` with the ZS3 protocol of DeOP's data code.
 
     Items are dicts: ``image_raw`` (3, H, W) float32 in [0, 1] (not CLIP-normalised), ``label``
@@ -545,7 +548,7 @@ class ToyWorld(Dataset):
     def scene(self, index: int) -> Scene:
         """The raw scene (uint8 image, full labels, caption) behind item ``index``."""
         if not 0 <= index < self.length:
-            raise IndexError(f"index {index} out of range for a ToyWorld of length {self.length}")
+            raise IndexError(f"index {index} out of range for ToyScenes of length {self.length}")
         return make_scene(scene_rng(self.split, index, self.seed), self.config, kind=self.kind)
 
     def __getitem__(self, index: int) -> dict:
@@ -556,10 +559,10 @@ class ToyWorld(Dataset):
                 "caption": scene.caption, "index": index}
 
 
-def segmentation_world(split: str, length: int, image_size: int = 128) -> ToyWorld:
+def segmentation_world(split: str, length: int, image_size: int = 128) -> ToyScenes:
     """The scenes every segmentation stage trains and evaluates on (:meth:`ToyWorldConfig.segmentation`, this
     size); "train" labels hide the unseen classes (ZS3)."""
-    return ToyWorld(split, length, ToyWorldConfig.segmentation(image_size))
+    return ToyScenes(split, length, ToyWorldConfig.segmentation(image_size))
 
 
 def single_class_images(n_per_class: int, split: str = "val", config: ToyWorldConfig = ToyWorldConfig(),
@@ -580,3 +583,87 @@ def single_class_images(n_per_class: int, split: str = "val", config: ToyWorldCo
             targets.append(target)
     image_raw = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255.0
     return image_raw, torch.tensor(targets)
+
+
+def vocabulary() -> list[str]:
+    """Every word and punctuation mark the toy world's captions and prompts can use, sorted: the toy CLIP's."""
+    texts = [*CAPTION_TEMPLATES, *PROMPT_TEMPLATES, *CLASS_NAMES, *COLOURS, "and , an the"]
+    words = set()
+    for text in texts:
+        words.update(re.findall(r"[a-z]+|[.,]", re.sub(r"\{\w*\}", " ", text).lower()))
+    return sorted(words)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The toy world as a ``World``: what every stage trains and evaluates on
+
+REFINEMENT = Refinement()
+"""The toy world's post-process of proposals at evaluation (notebook 01 §4 measures what it buys). The real world
+uses none: it has not been measured on real images, where colour edges are texture as often as object boundaries."""
+NO_CLASS_OBJECTS = 2
+"""Objects of no class pasted into each scene of the proposal network's training stream."""
+
+
+def _share(step: int, batch_size: int, share: int, shares: int) -> range:
+    """Stream positions of share ``share`` of ``shares`` of global batch ``step``."""
+    if batch_size % shares:
+        raise checks.InputError(f"the global batch size {batch_size} must be divisible by the number of processes "
+                                f"and micro-batches {shares}")
+    size = batch_size // shares
+    return range(step * batch_size + share * size, step * batch_size + (share + 1) * size)
+
+
+class ToyWorld(World):
+    """The toy world's segmentation scenes (``ToyWorldConfig.segmentation``) as a :class:`~deop_lite.world.World`.
+
+    Args:
+        image_size: the side of the scenes (128; the tiny CI runs use 64).
+        segments_of_no_class: the proposal network's training stream: each scene gets up to ``NO_CLASS_OBJECTS``
+            objects of no class and, in half of them, a stuff of no class, labelled as segments of their own (ids
+            16, 17 and 18), so that it learns to propose what no class names.
+    """
+    name = "toy"
+    class_names, seen_classes, unseen_classes, thing_classes = CLASS_NAMES, SEEN_CLASSES, UNSEEN_CLASSES, THING_CLASSES
+    refinement = REFINEMENT
+    prompt_templates = PROMPT_TEMPLATES  # the toy CLIP's text classifier (stored with it by its pre-training)
+
+    def __init__(self, image_size: int = 128, segments_of_no_class: bool = False):
+        self.image_size, self.segments_of_no_class = image_size, segments_of_no_class
+        self.scenes = segmentation_world("train", 10 ** 9, image_size)
+
+    def training_batch(self, step: int, batch_size: int, share: int = 0, shares: int = 1) -> dict:
+        """Scenes step·B + [share·B/shares, (share + 1)·B/shares) of the training stream (a function of the step)."""
+        images, label_maps = [], []
+        for index in _share(step, batch_size, share, shares):
+            scene = self.scenes.scene(index)
+            image, label = scene.image.astype(np.float32), hide_unseen(scene.label)
+            rng = np.random.default_rng((7, index))
+            if self.segments_of_no_class and rng.random() < 0.5:
+                paint_stuff_of_no_class(rng, image, label, 18)
+            for k in range(rng.integers(NO_CLASS_OBJECTS + 1) if self.segments_of_no_class else 0):
+                draw_object_of_no_class(rng, image, label, 16 + k)
+            images.append(torch.from_numpy(image).permute(2, 0, 1) / 255.0)  # (3, H, W)
+            label_maps.append(torch.from_numpy(label.astype(np.int64)))  # (H, W)
+        return {"image_raw": torch.stack(images), "label": torch.stack(label_maps)}
+
+    def training_set(self) -> ToyScenes:
+        return self.scenes
+
+    def caption_batch(self, step: int, batch_size: int, image_size: int = 64, share: int = 0,
+                      shares: int = 1) -> tuple[torch.Tensor, list[str]]:
+        """The toy CLIP's pre-training stream (``ToyWorldConfig(image_size)``: scenes, stuff and objects, with
+        captions): this share of batch ``step``, (B/shares, 3, S, S) raw images in [0, 1] and their captions."""
+        config = ToyWorldConfig(image_size=image_size)
+        scenes = [make_scene(scene_rng("train", index), config) for index in _share(step, batch_size, share, shares)]
+        images = torch.from_numpy(np.stack([s.image for s in scenes])).permute(0, 3, 1, 2).float() / 255
+        return images, [s.caption for s in scenes]
+
+    @staticmethod
+    def vocabulary() -> list[str]:
+        return vocabulary()
+
+    def validation_set(self, scenes: int | None = 200) -> ToyScenes:
+        return segmentation_world("val", scenes, self.image_size)
+
+    def __repr__(self) -> str:
+        return f"ToyWorld(image_size={self.image_size}, segments_of_no_class={self.segments_of_no_class})"

@@ -5,12 +5,14 @@ A stage provides ``step_loss(step) -> (loss, metrics)``. Data must be a function
 world is indexed by scene number), so a resumed run sees exactly the batches it would have seen.
 
 Multi-process runs (``torchrun``, see ``deop_lite.realworld``): every process runs ``fit`` on the same
-model; the stage's ``step_loss`` calls a ``DistributedDataParallel`` wrapper, whose backward averages the
-gradients, so all processes take identical steps. Only rank 0 writes logs and checkpoints; checkpoints
+model; the stage's ``step_loss`` calls a ``DistributedDataParallel`` wrapper (:func:`distributed`), whose backward
+averages the gradients, so all processes take identical steps; :func:`accumulated_step` adds micro-batches.
+Only rank 0 writes logs and checkpoints; checkpoints
 do not depend on the number of processes, so a run may resume on another one.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -227,29 +229,43 @@ def fit(model: nn.Module, step_loss: Callable[[int], tuple[torch.Tensor, dict]],
     return history
 
 
-def train_stage(name: str, module: nn.Module, step_loss: Callable[[int], tuple[torch.Tensor, dict]],
-                config: TrainConfig, run_dir: str | Path, out: str | Path, evaluate: Callable[[], dict],
-                final_evaluation: Callable[[], dict], report: Callable[[dict], str], metadata: dict,
-                command: str, settings: object = "") -> dict:
-    """The skeleton every toy-world stage shares (the toy CLIP, the proposal network, the DeOP variants).
+def distributed(module: nn.Module, device: torch.device) -> nn.Module:
+    """``module`` wrapped in DistributedDataParallel when several processes run, else itself."""
+    if world_size() == 1:
+        return module
+    return nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
 
-    The stage seeds (``runtime.set_seed``) and builds ``module`` first; then: :func:`fit` (resumable from
-    ``run_dir``) -> ``final_evaluation()`` -> a summary (the final evaluation, training time, the command,
-    torch's version) -> ``module``'s weights and ``metadata`` + summary written to the safetensors file ``out``
-    -> the training log copied beside it. ``report(final)`` is printed last. Returns the summary.
+
+def accumulated_step(micro_loss: Callable[[int, int], tuple[torch.Tensor, dict]], ddp: nn.Module,
+                     accumulate: int) -> tuple[torch.Tensor, dict]:
+    """Run one optimiser step's micro-batches for :func:`fit`.
+
+    ``micro_loss(share, shares)`` computes the loss of this process's share ``share`` of the global batch
+    cut into ``shares`` pieces (``world.World.training_batch``'s share and shares). All but the last
+    micro-batch are back-propagated here without gradient synchronisation; the last is returned for
+    ``fit`` to back-propagate, which makes DDP average the accumulated gradients over processes.
+
+    The returned tensor's *gradient* is the last micro-batch's loss / A; its *value* is the mean loss over
+    every micro-batch of every process (the number the log should show); metrics are averaged the same way.
     """
-    trained = sum(p.numel() for p in module.parameters() if p.requires_grad)
-    print(f"{name}: {trained:,} trained parameters\n{settings}".rstrip())
-    tic = time.perf_counter()
-    history = fit(module, step_loss, config, run_dir, evaluate)
-    final = final_evaluation()
-    summary = {**final, "steps": config.steps, "train_minutes_this_session": (time.perf_counter() - tic) / 60,
-               "s_per_step": history[-1]["s_per_step"], "command": command, "torch": torch.__version__}
-    finished = f"the finished run's checkpoint ({Path(run_dir) / 'last.pt'}, step {config.steps}) is intact"
-    save_weights(module, out, {**metadata, "summary": summary}, finished)
-    ship_log(run_dir, out, finished)
-    print(f"saved {out}\n{report(final)}")
-    return summary
+    shares, first = world_size() * accumulate, rank() * accumulate
+    values, logs = [], []
+    for micro in range(accumulate):
+        last = micro == accumulate - 1
+        sync = contextlib.nullcontext() if last or not hasattr(ddp, "no_sync") else ddp.no_sync()
+        with sync:
+            loss, metrics = micro_loss(first + micro, shares)
+            loss = loss / accumulate
+            if not last:
+                loss.backward()
+        values.append(loss.detach() * accumulate)
+        logs.append(metrics)
+    means = [sum(float(m[k]) for m in logs) / accumulate for k in logs[0]]
+    summary = torch.tensor([torch.stack(values).mean().item(), *means], dtype=torch.float64)
+    if world_size() > 1:
+        dist.all_reduce(summary)
+        summary /= world_size()
+    return loss + (summary[0].to(loss) - loss).detach(), dict(zip(logs[0], summary[1:].tolist()))
 
 
 def format_record(record: dict, total_steps: int) -> str:
@@ -317,39 +333,3 @@ def load_weights(path: str | Path, build: Callable[[dict], nn.Module], retrain_c
                            f"{path.name}` (a git-lfs pointer? run `git lfs pull`), or re-train it with "
                            f"`{retrain_command}`.") from error
     return model.eval(), metadata
-
-
-def check_stage_args(args) -> None:
-    """Validate what :func:`stage_cli` parsed, before anything runs: ``--steps`` at least 1, ``--run-dir`` a
-    folder that can be written, ``--out`` a file (not a folder) in one."""
-    if args.command != "train":
-        return
-    if args.steps is not None:
-        checks.at_least(args.steps, 1, "--steps")
-    if args.out:
-        out = Path(args.out)
-        if out.is_dir():
-            raise checks.InputError(f"--out {out} is a folder; name the .safetensors file to write")
-        checks.output_folder(out.parent, "the folder of --out")
-    if args.run_dir:
-        checks.output_folder(args.run_dir, "--run-dir")
-
-
-def stage_cli(prog: str, description: str, checkpoint: Path | None, run_dir: str | None):
-    """The command line every training stage shares: ``train [--steps N] [--tiny] [--run-dir D] [--out F]``
-    and ``eval [--checkpoint F]``. Returns (parser, train subparser, eval subparser) to extend."""
-    import argparse
-    parser = argparse.ArgumentParser(prog=prog, description=description,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
-    train = sub.add_parser("train", help="train this stage (resumes from --run-dir when interrupted)")
-    train.add_argument("--steps", type=int, help="override the number of steps (default: the config's)")
-    train.add_argument("--tiny", action="store_true", help="a few steps of a small model (smoke test)")
-    train.add_argument("--run-dir", default=run_dir, help="checkpoints and log (resume from here)"
-                       + ("" if run_dir else "; default: per variant"))
-    train.add_argument("--out", default=checkpoint and str(checkpoint), help="where to write the safetensors file"
-                       + ("" if checkpoint else "; default: per variant"))
-    evaluate = sub.add_parser("eval", help="evaluate a saved checkpoint")
-    evaluate.add_argument("--checkpoint", default=checkpoint and str(checkpoint),
-                          help="default: " + (str(checkpoint) if checkpoint else "the shipped file of the variant"))
-    return parser, train, evaluate

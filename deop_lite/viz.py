@@ -12,7 +12,10 @@ import torch
 from matplotlib.patches import FancyBboxPatch, Patch
 
 from . import checks
+from .clip import patch_scores
 from .metrics import IGNORE_INDEX
+from .model import classify_masks_with
+from .severance import NONE, Severance, severed_features_and_rollout
 from .toyworld import CLASS_NAMES, UNSEEN_CLASSES
 
 PALETTE = (np.concatenate([
@@ -390,25 +393,23 @@ class AlphaExplorer:
         self.controls: dict = {}  # the widgets, once widget() has built them
         self._moving_sliders = False  # True while select_patch() moves the patch sliders
 
-    def severance(self) -> dict[int, float]:
-        """{layer index: α} of the current state: the last ``blocks`` blocks (α for GPS, 1 for the other modes,
-        which replace the attention whole); {} for "none"."""
+    def severance(self) -> Severance:
+        """The current state's ``severance.Severance``: the last ``blocks`` blocks (α for GPS, 1 for the other modes,
+        which replace the attention whole); nothing severed for "none"."""
         s = self.state
         if s["mode"] == "none":
-            return {}
-        return {layer: s["alpha"] if s["mode"] == "GPS" else 1.0 for layer in range(self.depth - s["blocks"], self.depth)}
+            return NONE
+        mode = "gps" if s["mode"] == "GPS" else s["mode"].lower()
+        return Severance(mode, {layer: s["alpha"] if mode == "gps" else 1.0
+                                for layer in range(self.depth - s["blocks"], self.depth)})
 
     def compute(self) -> dict:
         """Labelling (H, W) and the chosen patch's rollout (h, w) for the current state."""
-        from .clip import patch_scores
-        from .model import classify_masks_with
-        from .severance import severed_features_and_rollout
         s = self.state
         image = self.clip.normalize(self.images_raw[s["image"]:s["image"] + 1])  # (1, 3, H, W)
         masks = None if self.mask_probs is None else self.mask_probs[s["image"]:s["image"] + 1]  # (1, N, H, W)
-        mode = "gps" if s["mode"] in ("none", "GPS") else s["mode"].lower()
         with torch.no_grad():
-            dense_feats, rollout = severed_features_and_rollout(self.clip.visual, image, self.severance(), mode, masks)
+            dense_feats, rollout = severed_features_and_rollout(self.clip.visual, image, self.severance(), masks)
             if masks is None:
                 scores = patch_scores(dense_feats, self.text_emb, image.shape[-2:])  # (1, C, H, W)
             else:

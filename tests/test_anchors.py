@@ -3,8 +3,10 @@ import torch
 import torch.nn.functional as F
 
 from deop_lite.anchors import AnchorConfig, ConvHeatmapDecoder, QueryHeatmapDecoder, masks_on_grid
-from deop_lite.model import DeOP, DeOPConfig
-from deop_lite.proposals import MaskProposalNetwork, ProposalStage
+from deop_lite.model import DeOP, DeOPConfig, MaskClassifier
+from deop_lite.proposals import MaskProposalNetwork
+from deop_lite.severance import GPS_LAST
+from deop_lite.stages import ProposalStage
 from deop_lite.transformer import sine_position_encoding
 
 
@@ -38,11 +40,17 @@ def test_query_heatmaps_follow_equation_3():
     assert heatmaps[:, 0, 2:].abs().max() == 0 and heatmaps[:, 1, :2].abs().max() == 0  # zero outside the mask
 
 
-def test_conv_heatmaps_are_distributions():
+def test_conv_heatmaps_follow_equation_4():
+    """H = softmax over positions of conv(CBR_K(… CBR_1(F_V * M))), F_I = Σ_x H(x) F_V(x), by hand per mask."""
     dense_feats, masks = _inputs()
     decoder = ConvHeatmapDecoder(32, AnchorConfig("conv", layers=2, conv_channels=8)).eval()
     segment_emb, heatmaps = decoder(dense_feats, masks)
-    assert segment_emb.shape == (2, 3, 32) and torch.allclose(heatmaps.flatten(2).sum(-1), torch.ones(2, 3))
+    for b in range(2):
+        for n in range(3):
+            weighted = dense_feats[b:b + 1] * masks_on_grid(masks, (4, 4))[b:b + 1, n:n + 1]  # (1, D, 4, 4)
+            h = decoder.to_heatmap(decoder.cbr(weighted)).flatten().softmax(0).view(4, 4)  # (4, 4)
+            assert torch.allclose(heatmaps[b, n], h, atol=1e-6)
+            assert torch.allclose(segment_emb[b, n], F.normalize((h * dense_feats[b]).sum((1, 2)), dim=0), atol=1e-5)
 
 
 def test_anchor_errors():
@@ -56,7 +64,7 @@ def test_anchor_errors():
 @pytest.mark.parametrize("kind", ["query", "conv"])
 def test_deop_with_anchors(toy_clip, kind):
     proposals = MaskProposalNetwork(ProposalStage.tiny().model)
-    model = DeOP(proposals, toy_clip, DeOPConfig(anchors=AnchorConfig(kind), severance={-1: 1.0}, void=True))
-    out = model.predict(torch.rand(2, 3, 64, 64), ["sky", "ladybird", "grass"])
+    classifier = MaskClassifier(toy_clip, DeOPConfig(anchors=AnchorConfig(kind), severance=GPS_LAST, void=True), 8)
+    out = DeOP(proposals, classifier).predict(torch.rand(2, 3, 64, 64), ["sky", "ladybird", "grass"])
     assert out["label"].shape == (2, 64, 64) and out["logits"].shape == (2, 8, 4)
     assert out["heatmaps"].shape == (2, 8, 8, 8)

@@ -162,10 +162,10 @@ def test_voc_trains_on_sbd_without_validation_images(tmp_path):
 def test_training_batches_split_the_same_samples_over_processes(voc):
     dataset = SegmentationDataset(voc, "train")
     whole = training_batch(dataset, step=3, batch_size=4, crop=64)
-    halves = [training_batch(dataset, step=3, batch_size=4, crop=64, rank=r, world_size=2) for r in range(2)]
+    halves = [training_batch(dataset, step=3, batch_size=4, crop=64, share=r, shares=2) for r in range(2)]
     assert whole["image_raw"].shape == (4, 3, 64, 64) and whole["label"].shape == (4, 64, 64)
     assert torch.equal(whole["image_raw"], torch.cat([h["image_raw"] for h in halves]))
     assert torch.equal(whole["label"], torch.cat([h["label"] for h in halves]))
     assert not torch.equal(whole["label"], training_batch(dataset, step=4, batch_size=4, crop=64)["label"])
     with pytest.raises(ValueError, match="divisible"):
-        training_batch(dataset, 0, batch_size=3, crop=64, world_size=2)
+        training_batch(dataset, 0, batch_size=3, crop=64, shares=2)

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from deop_lite import bench, checks, cli, datasets, model, proposals, realworld, toyclip
+from deop_lite import bench, checks, cli, datasets, realworld, stages
 from deop_lite.checks import InputError
 from deop_lite.runtime import DATA_DIR, PROJECT_ROOT
 
@@ -68,23 +68,34 @@ def _cases(f):
         "bench: --repeats 0": (bench.main, ["--repeats", "0"], "--repeats must be at least 1"),
         "bench: no GPU": (bench.main, ["--device", "cuda"], "no CUDA GPU"),
         # the toy stages: counts, folders, checkpoints
-        "toyclip: --steps 0": (toyclip.main, ["train", "--steps", "0"], "--steps must be at least 1"),
-        "toyclip: --run-dir is a file": (toyclip.main, ["train", "--run-dir", str(f / "a_file")], "is a file, not a folder"),
-        "toyclip: --out is a folder": (toyclip.main, ["train", "--out", data], "is a folder; name the .safetensors file"),
-        "toyclip: missing checkpoint": (toyclip.main, ["eval", "--checkpoint", str(f / "none.safetensors")], "no checkpoint at"),
-        "toyclip: corrupt checkpoint": (toyclip.main, ["eval", "--checkpoint", str(f / "corrupt.safetensors")], "unreadable"),
-        "toyclip: --per-class 0": (toyclip.main, ["eval", "--per-class", "0"], "--per-class must be at least 1"),
-        "proposals: --scenes 0": (proposals.main, ["eval", "--scenes", "0"], "--scenes must be at least 1"),
-        "proposals: --first-scene -1": (proposals.main, ["eval", "--first-scene", "-1"], "--first-scene must be at least 0"),
-        "proposals: --refine-iterations -1": (proposals.main, ["eval", "--refine-iterations", "-1"],
+        "clip: --steps 0": (stages.main, ["train", "clip", "--steps", "0"], "--steps must be at least 1"),
+        "clip: --run-dir is a file": (stages.main, ["train", "clip", "--run-dir", str(f / "a_file")],
+                                      "is a file, not a folder"),
+        "clip: --out is a folder": (stages.main, ["train", "clip", "--out", data], "is a folder; name the .safetensors file"),
+        "clip: missing checkpoint": (stages.main, ["eval", "clip", "--checkpoint", str(f / "none.safetensors")],
+                                     "no checkpoint at"),
+        "clip: corrupt checkpoint": (stages.main, ["eval", "clip", "--checkpoint", str(f / "corrupt.safetensors")],
+                                     "unreadable"),
+        "clip: --per-class 0": (stages.main, ["eval", "clip", "--per-class", "0"], "--per-class must be at least 1"),
+        "proposals: --scenes 0": (stages.main, ["eval", "proposals", "--scenes", "0"], "--scenes must be at least 1"),
+        "proposals: --first-scene -1": (stages.main, ["eval", "proposals", "--first-scene", "-1"],
+                                        "--first-scene must be at least 0"),
+        "proposals: --refine-iterations -1": (stages.main, ["eval", "proposals", "--refine-iterations", "-1"],
                                               "--refine-iterations must be at least 0"),
-        "proposals: a CLIP file": (proposals.main, ["eval", "--checkpoint", str(DATA_DIR / "toy_clip.safetensors")],
-                                   "of another kind"),
-        "model: unknown variant": (model.main, ["eval", "--variant", "dope"], "invalid choice: 'dope'"),
-        "model: another variant's file": (model.main, ["eval", "--variant", "deop", "--checkpoint",
+        "proposals: a CLIP file": (stages.main, ["eval", "proposals", "--checkpoint",
+                                                 str(DATA_DIR / "toy_clip.safetensors")], "of another kind"),
+        "deop: unknown variant": (stages.main, ["eval", "deop", "--variant", "dope"], "invalid choice: 'dope'"),
+        "deop: another variant's file": (stages.main, ["eval", "deop", "--variant", "deop", "--checkpoint",
                                                        str(DATA_DIR / "deop" / "ps.safetensors")], "holds the variant 'ps'"),
-        "model: --scenes 0": (model.main, ["eval", "--variant", "deop", "--scenes", "0"], "--scenes must be at least 1"),
-        "model: --steps -1": (model.main, ["train", "--variant", "deop", "--steps", "-1"], "--steps must be at least 1"),
+        "deop: --scenes 0": (stages.main, ["eval", "deop", "--variant", "deop", "--scenes", "0"],
+                             "--scenes must be at least 1"),
+        "deop: --steps -1": (stages.main, ["train", "deop", "--variant", "deop", "--steps", "-1"],
+                             "--steps must be at least 1"),
+        "deop: --severed-blocks 5": (stages.main, ["train", "deop", "--variant", "ps", "--severed-blocks", "5"],
+                                     "sever between 0 and 4"),
+        "deop: a CLIP file": (stages.main, ["eval", "deop", "--variant", "deop", "--checkpoint",
+                                            str(DATA_DIR / "toy_clip.safetensors")], "of another kind"),
+        "stages: no stage": (stages.main, ["train"], "the following arguments are required"),
         # data folders
         "datasets: missing --root": (datasets.main, ["prepare", "voc", "--root", str(f / "none"), "--out", str(f / "out")],
                                      "does not exist"),
@@ -105,8 +116,6 @@ def _cases(f):
                                        "--micro-batch must be at least 1"),
         "realworld: --run-dir is a file": (realworld.main, ["train", "--preset", "tiny", "--run-dir", str(f / "a_file")],
                                            "is a file, not a folder"),
-        "model: a CLIP file": (model.main, ["eval", "--variant", "deop", "--checkpoint",
-                                            str(DATA_DIR / "toy_clip.safetensors")], "of another kind"),
         "realworld: --stop-at 0": (realworld.main, ["train", *tiny_run, "--stop-at", "0"], "--stop-at must be at least 1"),
         "realworld: no --data": (realworld.main, ["train", "--preset", "voc", "--run-dir", str(f / "run")],
                                  "--data is required"),
@@ -153,7 +162,7 @@ def test_ctrl_c_is_one_line_and_status_130(capsys):
 
 @pytest.fixture(scope="module")
 def deop():
-    return model.load_deop("deop")
+    return stages.load_deop("deop")
 
 
 def _image(*shape, scale=1.0, dtype=torch.float32):
@@ -201,11 +210,12 @@ def test_other_api_entry_points_check_their_input(toy_clip, tmp_path):
         load_clip("ViT-X-99", pretrained=None)
     with pytest.raises(checks.CheckpointMissing, match="no checkpoint at"):
         load_clip("toy", pretrained=tmp_path / "none.safetensors")
-    image = toy_clip.normalize(torch.rand(1, 3, 64, 64))
-    with pytest.raises(InputError, match="layers must be a dict"):
-        severance.severed_dense_features(toy_clip.visual, image, 1.0)
-    with pytest.raises(InputError, match="batch size 1"):
-        severance.severed_dense_features(toy_clip.visual, image, {-1: 1.0}, "mps", torch.rand(2, 4, 64, 64))
+    with pytest.raises(InputError, match="alphas must be a dict"):
+        severance.Severance("gps", 1.0)
+    with pytest.raises(InputError, match="mps_norm must be one of"):
+        severance.Severance("mps", {-1: 1.0}, mps_norm="max")
+    with pytest.raises(InputError, match="pass num_queries"):
+        stages.MaskClassifier(toy_clip, stages.DeOPConfig(anchors=stages.AnchorConfig("query")))
     images = torch.rand(2, 3, 64, 64)
     with pytest.raises(InputError, match="does not fit"):
         viz.AlphaExplorer(toy_clip, images, ["sky", "ladybird"], torch.rand(2, 4, 32, 32))

@@ -67,9 +67,9 @@ def test_ground_truth_masks_let_a_classifier_be_scored_alone():
     masks = ground_truth_masks(label, 3)  # (1, 3, 2, 3)
     assert masks.shape == (1, 3, 2, 3) and masks.sum(1).tolist() == [[[1, 1, 1], [0, 1, 1]]]
     dataset = [{"image_raw": torch.zeros(3, 2, 3), "label": label[0]}]
-    swap_1_and_2 = lambda images, masks: masks[:, [0, 2, 1]].argmax(1)  # a classifier that confuses classes 1 and 2
-    result = evaluate_segmentation(swap_1_and_2, dataset, ["a", "b", "c"], ["a", "b"], ["c"], masks="ground_truth",
-                                   thing_classes=["b", "c"])
+    # a classifier given one ground-truth mask per class that confuses classes 1 and 2
+    swap_1_and_2 = lambda batch: ground_truth_masks(batch["label"], 3)[:, [0, 2, 1]].argmax(1)
+    result = evaluate_segmentation(swap_1_and_2, dataset, ["a", "b", "c"], ["a", "b"], ["c"], thing_classes=["b", "c"])
     assert result["IoU"] == {"a": 100.0, "b": 0.0, "c": 0.0} and result["things"] == 0.0
 
 
@@ -128,10 +128,10 @@ def test_compare_segmentation_gives_the_difference_of_two_evaluations_with_its_p
     split = (["a", "b", "c"], ["a", "b"], ["c"])
     noise = torch.randint(3, (12, 8, 8), generator=generator)
     by_image = {float(item["image_raw"].sum()): i for i, item in enumerate(dataset)}
-    index = lambda images: [by_image[float(image.sum())] for image in images]  # which scenes a batch holds
+    index = lambda batch: [by_image[float(image.sum())] for image in batch["image_raw"]]  # which scenes a batch holds
     # two labellers: right on 3 of 4 pixels and on 1 of 2; noise elsewhere
-    good = lambda images: torch.where(torch.arange(64).view(8, 8) % 4 > 0, labels[index(images)], noise[index(images)])
-    bad = lambda images: torch.where(torch.arange(64).view(8, 8) % 2 > 0, labels[index(images)], noise[index(images)])
+    good = lambda batch: torch.where(torch.arange(64).view(8, 8) % 4 > 0, labels[index(batch)], noise[index(batch)])
+    bad = lambda batch: torch.where(torch.arange(64).view(8, 8) % 2 > 0, labels[index(batch)], noise[index(batch)])
     gain = compare_segmentation(good, bad, dataset, *split, batch_size=5)
     measured = evaluate_segmentation(good, dataset, *split)["hIoU"] - evaluate_segmentation(bad, dataset, *split)["hIoU"]
     assert gain["hIoU"][0] == pytest.approx(measured) and gain["hIoU"][1] <= measured <= gain["hIoU"][2]

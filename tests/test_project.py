@@ -100,3 +100,40 @@ def test_notebook_hygiene(path):
         "notebooks call no private function of the package"
     assert any("## Summary" in "".join(c["source"]) for c in nb["cells"])
     assert any("## Exercises" in "".join(c["source"]) for c in nb["cells"])
+
+
+MODEL_CORE = ("clip", "proposals", "prompts", "severance", "anchors", "model", "multipass")
+WORLDS = {"toyworld", "datasets", "world", "stages", "realworld"}
+
+
+def test_the_model_core_knows_no_world():
+    """The boxes of the DeOP diagram import no world, not even through another module: a world is passed in (its
+    classes, its batches, its post-processing) by whoever trains or evaluates (``deop_lite.stages``)."""
+    graph = _package_imports()
+    for module in MODEL_CORE:
+        reached, todo = set(), [module]
+        while todo:
+            for imported in graph[todo.pop()] - reached:
+                reached.add(imported)
+                todo.append(imported)
+        assert not reached & WORLDS, f"{module} reaches {sorted(reached & WORLDS)}"
+
+
+def test_no_import_inside_a_function_repeats_one_at_the_top():
+    import ast
+    for path in (ROOT / "deop_lite").glob("*.py"):
+        tree = ast.parse(path.read_text())
+        names = lambda node: {(node.module, alias.name) if isinstance(node, ast.ImportFrom) else (alias.name, None)
+                              for alias in node.names}
+        top = set().union(*(names(n) for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))))
+        inner = set().union(*(names(n) for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))
+                              and n not in tree.body))
+        assert not top & inner, f"{path.name} imports {sorted(top & inner)} twice"
+
+
+@pytest.mark.parametrize("module", sorted(p.stem for p in (ROOT / "deop_lite").glob("*.py") if p.stem != "__init__"))
+def test_docstring_examples_run(module):
+    import doctest
+    import importlib
+    result = doctest.testmod(importlib.import_module(f"deop_lite.{module}"), optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0

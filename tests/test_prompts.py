@@ -1,11 +1,12 @@
 import pytest
 import torch
 
-from deop_lite.clip import dense_features, masked_crops
-from deop_lite.model import DeOP, DeOPConfig
+from deop_lite.clip import dense_features, embed_image, masked_crops, project_patches
+from deop_lite.model import DeOP, DeOPConfig, MaskClassifier
 from deop_lite.prompts import PromptConfig, TextPrompts, VisualPrompts
-from deop_lite.proposals import MaskProposalNetwork, ProposalStage
-from deop_lite.severance import severed_dense_features
+from deop_lite.proposals import MaskProposalNetwork
+from deop_lite.severance import GPS_LAST, Severance, finish_block, qkv, self_attention, severed_dense_features
+from deop_lite.stages import ProposalStage
 
 
 @pytest.mark.parametrize("clip_name", ["toy_clip", "vit_b16"])
@@ -33,21 +34,33 @@ def test_zero_visual_prompts_reproduce_frozen_clip(clip_name, size, request):
     layers = tuple(range(len(clip.visual.transformer.resblocks)))[:4]
     prompts = VisualPrompts(clip.visual, "add", layers, reference_grid=16, init="zeros")
     frozen = dense_features(clip.visual, image)
-    assert torch.allclose(severed_dense_features(clip.visual, image, {}, prompts=prompts), frozen, atol=1e-5)
+    assert torch.allclose(severed_dense_features(clip.visual, image, prompts=prompts), frozen, atol=1e-5)
     # Random prompts (the official init) change the features; the output keeps its shape.
     prompts = VisualPrompts(clip.visual, "add", layers, reference_grid=16, init="random")
-    steered = severed_dense_features(clip.visual, image, {}, prompts=prompts)
+    steered = severed_dense_features(clip.visual, image, prompts=prompts)
     assert steered.shape == frozen.shape and not torch.allclose(steered, frozen, atol=1e-3)
 
 
 def test_prepended_prompts_are_dropped_and_combine_with_severance(toy_clip):
+    """VPT-deep by hand: P new tokens after CLS entering blocks 1 and 2 (replacing the previous ones), the last block
+    under GPS α = 0.5, the prompt tokens dropped before the projection."""
     image = toy_clip.normalize(torch.rand(2, 3, 64, 64))
     prompts = VisualPrompts(toy_clip.visual, "prepend", (1, 2), num_tokens=3, init="random")
     assert [prompts.num_prepended(i) for i in range(4)] == [0, 3, 3, 3]
+    blocks, p = toy_clip.visual.transformer.resblocks, prompts.prompts.expand(2, -1, -1, -1)  # (2, layers, P, W)
+    x, grid = embed_image(toy_clip.visual, image)  # (2, 1 + 64, W)
+    x = blocks[0](x)
+    x = blocks[1](torch.cat([x[:, :1], p[:, 0], x[:, 1:]], dim=1))  # (2, 1 + 3 + 64, W)
+    x = blocks[2](torch.cat([x[:, :1], p[:, 1], x[:, 4:]], dim=1))
+    q, k, v = qkv(blocks[3], x)
+    x = finish_block(blocks[3], x, 0.5 * v + 0.5 * self_attention(q, k) @ v)
+    by_hand = project_patches(toy_clip.visual, torch.cat([x[:, :1], x[:, 4:]], dim=1), grid)  # (2, D, 8, 8)
+    gps = severed_dense_features(toy_clip.visual, image, Severance("gps", {-1: 0.5}), prompts=prompts)
+    assert torch.allclose(gps, by_hand, atol=1e-5)
     masks = torch.rand(2, 5, 64, 64)
-    for mode in ("gps", "mps", "gps_mask"):
-        dense_feats = severed_dense_features(toy_clip.visual, image, {-1: 0.5}, mode, masks, prompts=prompts)
-        assert dense_feats.shape == (2, toy_clip.embed_dim, 8, 8)
+    for mode in ("mps", "gps_mask"):  # the prompt tokens count as members of every mask, like CLS
+        severed = severed_dense_features(toy_clip.visual, image, Severance(mode, {-1: 1.0}), masks, prompts)
+        assert not torch.allclose(severed, gps, atol=1e-3)
     with pytest.raises(ValueError, match="layers must be in 0..3"):
         VisualPrompts(toy_clip.visual, "prepend", (4,))
 
@@ -55,7 +68,7 @@ def test_prepended_prompts_are_dropped_and_combine_with_severance(toy_clip):
 def test_only_prompts_train_clip_stays_frozen(toy_clip):
     torch.manual_seed(0)
     config = DeOPConfig(PromptConfig(text="learned", visual="add", visual_layers=(0, 2)), void=True)
-    model = DeOP(MaskProposalNetwork(ProposalStage.tiny().model), toy_clip, config)
+    model = DeOP(MaskProposalNetwork(ProposalStage.tiny().model), MaskClassifier(toy_clip, config))
     clip_before = {k: v.clone() for k, v in toy_clip.model.state_dict().items()}
     proposals_before = {k: v.clone() for k, v in model.proposals.state_dict().items()}
     learned_before = {k: v.clone() for k, v in model.learned.state_dict().items()}
@@ -90,6 +103,6 @@ def test_gps_with_visual_prompts(clip_name, mode, request):
     clip = request.getfixturevalue(clip_name)
     image = clip.normalize(torch.rand(1, 3, 64, 96))
     prompts = VisualPrompts(clip.visual, mode, (0, 1), reference_grid=8, init="random")
-    prompted = severed_dense_features(clip.visual, image, {}, prompts=prompts)
-    assert torch.equal(severed_dense_features(clip.visual, image, {-1: 0.0}, prompts=prompts), prompted)
-    assert not torch.allclose(severed_dense_features(clip.visual, image, {-1: 1.0}, prompts=prompts), prompted, atol=1e-3)
+    prompted = severed_dense_features(clip.visual, image, prompts=prompts)
+    assert torch.equal(severed_dense_features(clip.visual, image, Severance("gps", {-1: 0.0}), prompts=prompts), prompted)
+    assert not torch.allclose(severed_dense_features(clip.visual, image, GPS_LAST, prompts=prompts), prompted, atol=1e-3)

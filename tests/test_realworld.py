@@ -15,9 +15,10 @@ from safetensors.torch import load_file
 
 from deop_lite import runtime
 from deop_lite.anchors import AnchorConfig
-from deop_lite.model import GPS_PAPER, DeOPConfig
+from deop_lite.model import DeOPConfig
 from deop_lite.prompts import PromptConfig
 from deop_lite.realworld import PRESETS, RealConfig, StageConfig, build_deop, evaluate, prepare_fixture, preset, train
+from deop_lite.severance import GPS_LAST
 from deop_lite.train import TrainConfig, read_log
 
 
@@ -26,7 +27,7 @@ def small_config() -> RealConfig:
     that the equivalence tests below compare the code and not float32 rounding (see ``_assert_same_run``)."""
     steps = dict(steps=4, lr=1e-3, warmup_steps=0, schedule="poly", log_every=1, checkpoint_every=2)
     model = DeOPConfig(PromptConfig(templates=("a photo of a {}.",), visual="add", visual_layers=(0, 1)),
-                       severance=dict(GPS_PAPER), anchors=AnchorConfig("query", 1, 8, 256, 0.0), void=True)
+                       severance=GPS_LAST, anchors=AnchorConfig("query", 1, 8, 256, 0.0), void=True)
     return replace(RealConfig.tiny(), name="test", clip="ViT-B-32", crop=64, eval_short_side=64, eval_max_side=96,
                    model=model, float64=True, stages={"proposals": StageConfig(TrainConfig(**steps), 4),
                                         "deop": StageConfig(TrainConfig(**steps), 4)})

@@ -5,7 +5,17 @@ import torch
 import torch.nn.functional as F
 
 from deop_lite.clip import embed_image
-from deop_lite.severance import finish_block, mps_attention, qkv, self_attention, severed_dense_features, token_memberships
+from deop_lite.severance import (
+    GPS_LAST,
+    NONE,
+    Severance,
+    finish_block,
+    mps_attention,
+    qkv,
+    self_attention,
+    severed_dense_features,
+    token_memberships,
+)
 
 
 @pytest.fixture(params=["toy", "vit_b16"])
@@ -22,7 +32,7 @@ def test_alpha_zero_is_the_unmodified_clip(clip):
     image = _image(clip)
     with torch.no_grad():
         every_layer = {i: 0.0 for i in range(len(clip.visual.transformer.resblocks))}
-        assert torch.equal(severed_dense_features(clip.visual, image, every_layer), clip.dense_features(image))
+        assert torch.equal(severed_dense_features(clip.visual, image, Severance("gps", every_layer)), clip.dense_features(image))
         # ... and the hand-written attention path is the same computation as open_clip's block.
         tokens, _ = embed_image(clip.visual, image)
         block = clip.visual.transformer.resblocks[-1]
@@ -43,14 +53,15 @@ def test_alpha_one_in_the_last_layer_is_maskclip(clip):
         x = x + last.attn.out_proj(v)  # every token attends to itself only
         x = x + last.mlp(last.ln_2(x))
         expected = F.normalize(visual.ln_post(x[:, 1:]) @ visual.proj, dim=-1).transpose(1, 2).reshape(1, -1, *grid)
-        assert torch.allclose(severed_dense_features(visual, image, {-1: 1.0}), expected, atol=1e-5)
+        assert torch.allclose(severed_dense_features(visual, image, GPS_LAST), expected, atol=1e-5)
 
 
 def test_intermediate_alpha_moves_between_the_extremes(toy_clip):
     image = _image(toy_clip)
     with torch.no_grad():
-        f0, f1 = (severed_dense_features(toy_clip.visual, image, {-1: a}) for a in (0.0, 1.0))
-        distances = [(severed_dense_features(toy_clip.visual, image, {-1: a}) - f0).norm().item() for a in (0.25, 0.5, 0.75)]
+        f0, f1 = (severed_dense_features(toy_clip.visual, image, Severance("gps", {-1: a})) for a in (0.0, 1.0))
+        distances = [(severed_dense_features(toy_clip.visual, image, Severance("gps", {-1: a})) - f0).norm().item()
+                     for a in (0.25, 0.5, 0.75)]
     assert distances == sorted(distances) and 0 < distances[0] and distances[-1] < (f1 - f0).norm().item()
 
 
@@ -65,28 +76,42 @@ def test_mps_attention_stays_inside_segments():
     assert torch.allclose(mps_attention(token_memberships(masks, (2, 2)), "softmax").sum(-1), torch.ones(1, 5))
 
 
-def test_gps_with_one_full_mask_is_pure_gps(toy_clip):
+def test_gps_with_one_full_mask_is_pure_gps_and_mps_is_equation_1(toy_clip):
     image = _image(toy_clip)
     full = torch.ones(1, 1, *image.shape[-2:])
     with torch.no_grad():
-        assert torch.allclose(severed_dense_features(toy_clip.visual, image, {-1: 1.0}, "gps_mask", full),
-                              severed_dense_features(toy_clip.visual, image, {-1: 1.0}), atol=1e-6)
-        mps = severed_dense_features(toy_clip.visual, image, {-1: 1.0}, "mps", torch.rand(1, 5, *image.shape[-2:]))
-    assert mps.shape == (1, toy_clip.embed_dim, 4, 6)
+        assert torch.allclose(severed_dense_features(toy_clip.visual, image, Severance("gps_mask", {-1: 1.0}), full),
+                              severed_dense_features(toy_clip.visual, image, GPS_LAST), atol=1e-6)
+        masks = torch.rand(1, 5, *image.shape[-2:], generator=torch.Generator().manual_seed(0))
+        mps = severed_dense_features(toy_clip.visual, image, Severance("mps", {-1: 1.0}), masks)
+        # Eq. 1 by hand: each token's share of each mask (CLS in all), A = M Mᵀ with rows summed to 1, one A for all heads.
+        x, grid = embed_image(toy_clip.visual, image)
+        for block in toy_clip.visual.transformer.resblocks[:-1]:
+            x = block(x)
+        shares = F.avg_pool2d(masks, toy_clip.patch_size).flatten(2).transpose(1, 2)  # (1, 24, 5)
+        m = torch.cat([torch.ones(1, 1, 5), shares], dim=1)  # (1, 25, 5)
+        attention = m @ m.transpose(1, 2)
+        attention = attention / attention.sum(-1, keepdim=True)  # (1, 25, 25)
+        last = toy_clip.visual.transformer.resblocks[-1]
+        q, k, v = qkv(last, x)
+        x = finish_block(last, x, attention[:, None] @ v)
+        by_hand = F.normalize(toy_clip.visual.ln_post(x[:, 1:]) @ toy_clip.visual.proj, dim=-1).transpose(1, 2)
+    assert torch.allclose(mps, by_hand.reshape(1, -1, *grid), atol=1e-5)
 
 
 def test_bad_input(toy_clip):
     image = _image(toy_clip)
     with pytest.raises(ValueError, match=r"α must lie in \[0, 1\]"):
-        severed_dense_features(toy_clip.visual, image, {-1: 1.5})
+        Severance("gps", {-1: 1.5})
     with pytest.raises(ValueError, match="out of range for a ViT with 4 blocks"):
-        severed_dense_features(toy_clip.visual, image, {7: 1.0})
+        severed_dense_features(toy_clip.visual, image, Severance("gps", {7: 1.0}))
     with pytest.raises(ValueError, match="needs mask_probs"):
-        severed_dense_features(toy_clip.visual, image, mode="mps")
+        severed_dense_features(toy_clip.visual, image, Severance("mps", {-1: 1.0}))
     with pytest.raises(ValueError, match="cannot be matched to the 4x6 patch grid"):
-        severed_dense_features(toy_clip.visual, image, mode="mps", mask_probs=torch.rand(1, 3, 32, 32))
+        severed_dense_features(toy_clip.visual, image, Severance("mps", {-1: 1.0}), torch.rand(1, 3, 32, 32))
     with pytest.raises(ValueError, match="mode must be one of"):
-        severed_dense_features(toy_clip.visual, image, mode="dino")
+        Severance("dino", {-1: 1.0})
+    assert not NONE.severs and Severance("mps").reads_masks is False  # nothing severed: the stock CLIP, any mode
 
 
 def test_patch_attention_follows_severance(toy_clip):
@@ -94,27 +119,28 @@ def test_patch_attention_follows_severance(toy_clip):
     image = _image(toy_clip)
     stock = patch_attention(toy_clip.visual, image)  # (1, 4, 6, 4, 6)
     assert stock.shape == (1, 4, 6, 4, 6)
-    full = patch_attention(toy_clip.visual, image, layers={-1: 1.0})
+    full = patch_attention(toy_clip.visual, image, severance=GPS_LAST)
     assert torch.allclose(full[0, 1, 2], torch.nn.functional.one_hot(torch.tensor(8), 24).float().view(4, 6))
     segments = torch.zeros(1, 4, 6, dtype=torch.long)
     segments[..., 3:] = 1
     inside_stock = attention_in_segment(stock, segments).mean()
-    inside_half = attention_in_segment(patch_attention(toy_clip.visual, image, layers={-1: 0.5}), segments).mean()
+    half = patch_attention(toy_clip.visual, image, severance=Severance("gps", {-1: 0.5}))
+    inside_half = attention_in_segment(half, segments).mean()
     assert inside_stock < inside_half < attention_in_segment(full, segments).mean() == 1
     masks = torch.zeros(1, 2, *image.shape[-2:])
     masks[0, 0, :, :24], masks[0, 1, :, 24:] = 1, 1  # left and right halves, 3 patch columns each
-    mps = patch_attention(toy_clip.visual, image, layers={-1: 1.0}, mode="mps", mask_probs=masks)
+    mps = patch_attention(toy_clip.visual, image, severance=Severance("mps", {-1: 1.0}), mask_probs=masks)
     assert attention_in_segment(mps, segments).min() == 1
 
 
 def test_features_and_attention_in_one_pass_equal_the_separate_calls(toy_clip):
     from deop_lite.severance import patch_attention, severed_features_and_attention
     image = _image(toy_clip)
-    for layers in ({}, {-1: 0.5}, {-2: 0.5, -1: 1.0}):
-        dense_feats, attention = severed_features_and_attention(toy_clip.visual, image, layers)
+    for severance in (NONE, Severance("gps", {-1: 0.5}), Severance("gps", {-2: 0.5, -1: 1.0})):
+        dense_feats, attention = severed_features_and_attention(toy_clip.visual, image, severance)
         with torch.no_grad():
-            assert torch.equal(dense_feats, severed_dense_features(toy_clip.visual, image, layers or {-1: 0.0}))
-        assert torch.equal(attention, patch_attention(toy_clip.visual, image, layers=layers))
+            assert torch.equal(dense_feats, severed_dense_features(toy_clip.visual, image, severance))
+        assert torch.equal(attention, patch_attention(toy_clip.visual, image, severance=severance))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -124,9 +150,10 @@ SUCCESSORS = {"maskclip": (True, True), "sclip": (True, True), "clearclip": (Fal
 """(residual, FFN) that each method's official code keeps in the last block, written out again here."""
 
 
-def _successor_by_hand(visual, image, mode, prompts=None, residual=None, ffn=None, std=5.0):
+def _successor_by_hand(visual, image, mode, prompts=None, residual=None, ffn=None, std=5.0, attention_only=False):
     """Dense features with the last block replaced as the method's official code does it, from open_clip's
-    weights: in_proj -> q, k, v per head; the method's attention over V; out_proj; optional residual and FFN."""
+    weights: in_proj -> q, k, v per head; the method's attention over V; out_proj; optional residual and FFN.
+    ``attention_only``: the attention itself, (B, heads, L, L)."""
     x, grid = embed_image(visual, image, prompts)  # (B, L, W)
     blocks = visual.transformer.resblocks
     for index, block in enumerate(blocks[:-1]):
@@ -151,6 +178,8 @@ def _successor_by_hand(visual, image, mode, prompts=None, residual=None, ffn=Non
                 (ri, ci), (rj, cj) = divmod(i, grid[1]), divmod(j, grid[1])
                 omega[first + i, first + j] = math.exp(-((ri - rj) ** 2 + (ci - cj) ** 2) / (2 * std ** 2))
         attn = (k @ k.transpose(-1, -2) * scale + omega).softmax(-1)
+    if attention_only:
+        return attn.expand(batch, heads, length, length)
     out = last.attn.out_proj((attn @ v).transpose(1, 2).reshape(batch, length, width))  # (B, L, W)
     keep_residual, keep_ffn = SUCCESSORS[mode] if residual is None else (residual, ffn)
     x = x + out if keep_residual else out
@@ -167,7 +196,7 @@ def test_successors_match_their_official_last_block(clip, mode, visual_prompts):
     torch.manual_seed(1)
     prompts = None if visual_prompts is None else VisualPrompts(clip.visual, visual_prompts, layers=(0, 1), init="random")
     with torch.no_grad():
-        package = severed_dense_features(clip.visual, image, {-1: 1.0}, mode, prompts=prompts)
+        package = severed_dense_features(clip.visual, image, Severance(mode, {-1: 1.0}), prompts=prompts)
         assert torch.allclose(package, _successor_by_hand(clip.visual, image, mode, prompts), atol=1e-5)
 
 
@@ -176,7 +205,7 @@ def test_residual_and_ffn_are_separate_switches(toy_clip, residual, ffn):
     """ClearCLIP's ablation taken apart: its attention with or without each part of the block."""
     image = _image(toy_clip)
     with torch.no_grad():
-        package = severed_dense_features(toy_clip.visual, image, {-1: 1.0}, "clearclip", residual=residual, ffn=ffn)
+        package = severed_dense_features(toy_clip.visual, image, Severance("clearclip", {-1: 1.0}, residual, ffn))
         assert torch.allclose(package, _successor_by_hand(toy_clip.visual, image, "clearclip", None, residual, ffn),
                               atol=1e-5)
 
@@ -186,9 +215,9 @@ def test_maskclip_is_gps_at_alpha_one_and_clearclips_ablation_drops_residual_and
     Dropping both (ClearCLIP's ablation) is another model."""
     image = _image(clip)
     with torch.no_grad():
-        maskclip = severed_dense_features(clip.visual, image, {-1: 1.0}, "maskclip")
-        assert torch.equal(maskclip, severed_dense_features(clip.visual, image, {-1: 1.0}))
-        ablation = severed_dense_features(clip.visual, image, {-1: 1.0}, residual=False, ffn=False)
+        maskclip = severed_dense_features(clip.visual, image, Severance("maskclip", {-1: 1.0}))
+        assert torch.equal(maskclip, severed_dense_features(clip.visual, image, GPS_LAST))
+        ablation = severed_dense_features(clip.visual, image, Severance("gps", {-1: 1.0}, False, False))
         assert not torch.allclose(maskclip, ablation, atol=1e-3)
 
 
@@ -198,16 +227,17 @@ def test_successor_attention_maps(toy_clip):
     omega = gaussian_neighbourhood((4, 6), std=5.0, extra=2)  # (1 + 2 + 24, 27)
     assert omega.shape == (27, 27) and omega[:3].abs().sum() == 0 and omega[:, :3].abs().sum() == 0
     assert omega[3, 3] == 1 and torch.isclose(omega[3, 4], torch.tensor(math.exp(-1 / 50)))
-    for mode, row_sum in (("maskclip", 1.0), ("clearclip", 1.0), ("naclip", 1.0), ("sclip", 2.0)):
-        attention = patch_attention(toy_clip.visual, image, layers={-1: 1.0}, mode=mode)  # (1, 4, 6, 4, 6), CLS dropped
-        assert attention.shape == (1, 4, 6, 4, 6) and (attention.flatten(3).sum(-1) <= row_sum + 1e-5).all()
-    maskclip = patch_attention(toy_clip.visual, image, layers={-1: 1.0}, mode="maskclip").reshape(24, 24)
+    for mode in ("maskclip", "clearclip", "naclip", "sclip"):
+        attention = patch_attention(toy_clip.visual, image, severance=Severance(mode, {-1: 1.0}))  # (1, 4, 6, 4, 6)
+        with torch.no_grad():
+            by_hand = _successor_by_hand(toy_clip.visual, image, mode, attention_only=True).mean(1)[0, 1:, 1:]  # CLS dropped
+        assert torch.allclose(attention.reshape(24, 24), by_hand, atol=1e-6), mode
+    maskclip = patch_attention(toy_clip.visual, image, severance=Severance("maskclip", {-1: 1.0})).reshape(24, 24)
     assert torch.equal(maskclip, torch.eye(24))
 
 
 def test_training_free_table_evaluates_each_mode_both_ways(toy_clip):
-    from deop_lite.model import evaluate_training_free
-    from deop_lite.proposals import load_proposals
+    from deop_lite.stages import evaluate_training_free, load_proposals
     proposals = load_proposals()[0]
     rows = {mode: evaluate_training_free(toy_clip, proposals, mode, scenes=4) for mode in (None, "clearclip")}
     for row in rows.values():
@@ -222,13 +252,13 @@ def test_rollout_is_the_product_of_each_blocks_attention_with_half_residual(toy_
     """``severed_features_and_rollout`` by hand: R = Π ½(I + A_l) with rows of A_l renormalised, over the 4 blocks."""
     from deop_lite.severance import patch_attention, severed_features_and_rollout
     image = toy_clip.normalize(torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)))  # 4 x 4 patches
-    layers = {3: 0.5}
+    severance = Severance("gps", {3: 0.5})
     rollout = torch.eye(16)
     for layer in range(4):
-        attn = patch_attention(toy_clip.visual, image, layer, layers).reshape(16, 16)
+        attn = patch_attention(toy_clip.visual, image, layer, severance).reshape(16, 16)
         rollout = 0.5 * (torch.eye(16) + attn / attn.sum(-1, keepdim=True)) @ rollout
-    _, got = severed_features_and_rollout(toy_clip.visual, image, layers)
+    _, got = severed_features_and_rollout(toy_clip.visual, image, severance)
     assert torch.allclose(got.reshape(16, 16), rollout, atol=1e-6)
     assert torch.allclose(got.sum((-2, -1)), torch.ones(1, 4, 4))  # each patch's output: a whole of its inputs
-    _, cut = severed_features_and_rollout(toy_clip.visual, image, {layer: 1.0 for layer in range(4)})
+    _, cut = severed_features_and_rollout(toy_clip.visual, image, Severance("gps", {layer: 1.0 for layer in range(4)}))
     assert torch.equal(cut.reshape(16, 16), torch.eye(16))  # every block severed at α = 1: no patch sees another

@@ -5,8 +5,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from deop_lite.clip import ToyClipConfig, WordTokenizer, build_toy_clip, toy_vocabulary
-from deop_lite.toyclip import caption_batch, caption_groups, contrastive_loss
+from deop_lite.clip import ToyClipConfig, WordTokenizer, build_toy_clip
+from deop_lite.severance import NONE, Severance
+from deop_lite.toyclip import caption_groups, contrastive_loss
+from deop_lite.toyworld import ToyWorld, vocabulary
 from deop_lite.train import TrainConfig, fit, lr_factor, read_log
 
 
@@ -45,26 +47,28 @@ def test_exact_duplicates_alone_change_nothing():
                           contrastive_loss(img, txt, torch.arange(3), scale))
 
 
-def test_caption_batches_are_a_function_of_the_step():
-    a_images, a_captions = caption_batch(3, 4, 64)
-    b_images, b_captions = caption_batch(3, 4, 64)
+def test_caption_batches_are_a_function_of_the_step_and_shard():
+    a_images, a_captions = ToyWorld().caption_batch(3, 4, 64)
+    b_images, b_captions = ToyWorld().caption_batch(3, 4, 64)
     assert torch.equal(a_images, b_images) and a_captions == b_captions
     assert a_images.shape == (4, 3, 64, 64)
-    tokens = WordTokenizer(toy_vocabulary())(a_captions)  # every caption is in the vocabulary
+    halves = [ToyWorld().caption_batch(3, 4, 64, share, 2) for share in (0, 1)]
+    assert torch.equal(torch.cat([h[0] for h in halves]), a_images) and halves[0][1] + halves[1][1] == a_captions
+    tokens = WordTokenizer(vocabulary())(a_captions)  # every caption is in the vocabulary
     assert tokens.shape == (4, 32)
 
 
 def _train(run_dir, interrupt_at: int | None = None) -> torch.nn.Module:
     """Train the tiny toy CLIP for 4 steps; raise KeyboardInterrupt (as Ctrl-C would) at ``interrupt_at``."""
     config = ToyClipConfig.tiny()
-    tokenizer = WordTokenizer(toy_vocabulary(), config.context_length)
+    tokenizer = WordTokenizer(vocabulary(), config.context_length)
     torch.manual_seed(0)
     model = build_toy_clip(config, tokenizer.vocab_size)
 
     def step_loss(step):
         if step == interrupt_at:
             raise KeyboardInterrupt
-        images, captions = caption_batch(step, config.batch_size, config.image_size)
+        images, captions = ToyWorld().caption_batch(step, config.batch_size, config.image_size)
         img = F.normalize(model.encode_image(images), dim=-1)
         txt = F.normalize(model.encode_text(tokenizer(captions)), dim=-1)
         return contrastive_loss(img, txt, caption_groups(captions), model.logit_scale), {}
@@ -96,12 +100,13 @@ def test_stochastic_severance_is_drawn_from_the_step_and_keeps_the_model_clip():
     from deop_lite.toyclip import stochastic_severance
     draws = [stochastic_severance(step, 4, 0.5) for step in range(200)]
     assert draws == [stochastic_severance(step, 4, 0.5) for step in range(200)]  # a resumed run draws the same
-    assert 0.4 < np.mean([len(d) for d in draws]) / 4 < 0.6 and stochastic_severance(3, 4, 0.0) == {}
-    model = build_toy_clip(ToyClipConfig.tiny(), WordTokenizer(toy_vocabulary()).vocab_size).eval()
+    assert 0.4 < np.mean([len(d.alphas) for d in draws]) / 4 < 0.6 and stochastic_severance(3, 4, 0.0) == NONE
+    model = build_toy_clip(ToyClipConfig.tiny(), WordTokenizer(vocabulary()).vocab_size).eval()
     image = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
-        assert torch.allclose(severed_image_embedding(model.visual, image, {}), model.encode_image(image), atol=1e-5)
-        assert not torch.allclose(severed_image_embedding(model.visual, image, {0: 1.0}), model.encode_image(image))
+        assert torch.allclose(severed_image_embedding(model.visual, image, NONE), model.encode_image(image), atol=1e-5)
+        assert not torch.allclose(severed_image_embedding(model.visual, image, Severance("gps", {0: 1.0})),
+                                  model.encode_image(image))
 
 
 def test_the_gate_scores_one_pass_and_crops_on_the_same_ground_truth_masks(toy_clip):
@@ -112,3 +117,13 @@ def test_the_gate_scores_one_pass_and_crops_on_the_same_ground_truth_masks(toy_c
     for row in rows.values():
         assert {"seen", "unseen", "hIoU", "things"} <= set(row) and set(THING_CLASSES) <= set(row["IoU"])
     assert rows["one pass, stock"]["IoU"] != rows["one pass, GPS α=1, all layers"]["IoU"]
+
+
+def test_the_pre_training_stage_writes_what_load_clip_reads(tmp_path):
+    from deop_lite.clip import load_clip
+    from deop_lite.stages import main
+    out = tmp_path / "clip.safetensors"
+    main(["train", "clip", "--tiny", "--run-dir", str(tmp_path / "run"), "--out", str(out)])
+    clip = load_clip("toy", pretrained=out)
+    assert clip.templates == ToyWorld.prompt_templates and clip.tokenizer.vocabulary == vocabulary()
+    assert (tmp_path / "clip_train.log").exists()

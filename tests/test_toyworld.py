@@ -40,7 +40,7 @@ def test_captions_vary():
 
 def test_zs3_protocol_hides_unseen_only_in_training_labels():
     unseen_ids = [tw.CLASS_NAMES.index(c) for c in tw.UNSEEN_CLASSES]
-    train, val = tw.ToyWorld("train", 64), tw.ToyWorld("val", 64)
+    train, val = tw.ToyScenes("train", 64), tw.ToyScenes("val", 64)
     train_labels = torch.stack([train[i]["label"] for i in range(64)])
     val_labels = torch.stack([val[i]["label"] for i in range(64)])
     assert not torch.isin(train_labels, torch.tensor(unseen_ids)).any()
@@ -51,14 +51,14 @@ def test_zs3_protocol_hides_unseen_only_in_training_labels():
 
 
 def test_dataset_items():
-    item = tw.ToyWorld("val", 4, tw.ToyWorldConfig.segmentation())[2]
+    item = tw.ToyScenes("val", 4, tw.ToyWorldConfig.segmentation())[2]
     assert item["image_raw"].shape == (3, 128, 128) and item["image_raw"].dtype == torch.float32
     assert 0 <= item["image_raw"].min() and item["image_raw"].max() <= 1
     assert item["label"].shape == (128, 128) and item["label"].dtype == torch.int64
     with pytest.raises(IndexError):
-        tw.ToyWorld("val", 4)[4]
+        tw.ToyScenes("val", 4)[4]
     with pytest.raises(ValueError, match="split"):
-        tw.ToyWorld("validation", 4)
+        tw.ToyScenes("validation", 4)
 
 
 def test_single_class_images():

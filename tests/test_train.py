@@ -17,7 +17,7 @@ from deop_lite.train import TrainConfig, fit
 
 
 def _train_deop_command(run_dir, steps: int) -> list[str]:
-    return [sys.executable, "-m", "deop_lite.model", "train", "--variant", "deop", "--tiny", "--steps", str(steps),
+    return [sys.executable, "-m", "deop_lite.stages", "train", "deop", "--variant", "deop", "--tiny", "--steps", str(steps),
             "--run-dir", str(run_dir / "run"), "--out", str(run_dir / "deop.safetensors")]
 
 
@@ -34,7 +34,7 @@ def test_ctrl_c_then_the_same_command_gives_the_weights_of_an_uninterrupted_run(
     process.send_signal(signal.SIGINT)
     stdout, stderr = process.communicate(timeout=300)
     assert process.returncode == 130, stderr
-    assert "Interrupted: saved" in stdout and "python -m deop_lite.model: interrupted" in stderr
+    assert "Interrupted: saved" in stdout and "python -m deop_lite.stages: interrupted" in stderr
     stopped_at = int(stdout.split("Interrupted: saved")[1].split("at step ")[1].split(";")[0])
     assert 0 < stopped_at < steps  # stopped mid-run, on a whole step
     resumed = subprocess.run(_train_deop_command(run, steps), check=True, capture_output=True, text=True)

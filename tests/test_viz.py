@@ -2,6 +2,7 @@ import matplotlib.pyplot as plt
 import torch
 
 from deop_lite import viz
+from deop_lite.severance import NONE, Severance
 
 
 def test_figures_draw_the_data_they_are_given():
@@ -56,7 +57,7 @@ def test_alpha_explorer_redraws_what_it_computes(toy_clip):
     panel.children[1].children[1].value = 0.25
     assert explorer.state["alpha"] == 0.25
     panel.children[1].children[0].value = 2
-    assert explorer.severance() == {2: 0.25, 3: 0.25}
+    assert explorer.severance() == Severance("gps", {2: 0.25, 3: 0.25})
     with pytest.raises(ValueError, match="unknown explorer setting"):
         explorer.update(beta=1)
     with pytest.raises(ValueError, match="MPS needs proposal masks"):
@@ -77,8 +78,8 @@ def test_alpha_explorer_offers_every_mode_and_disables_what_does_not_apply(toy_c
     blocks.value = 2
     for name in ("SCLIP", "ClearCLIP", "NACLIP", "none"):
         mode.value = name  # the button drives update(), which redraws this mode's rollout
-        expected = severed_features_and_rollout(toy_clip.visual, toy_clip.normalize(images), mode="gps" if name == "none"
-                                                else name.lower(), layers={} if name == "none" else {2: 1.0, 3: 1.0})
+        severance = NONE if name == "none" else Severance(name.lower(), {2: 1.0, 3: 1.0})
+        expected = severed_features_and_rollout(toy_clip.visual, toy_clip.normalize(images), severance)
         assert np.allclose(explorer.artists["attention"].get_array(), expected[1][0, 8, 8].numpy(), atol=1e-6), name
         assert alpha.disabled and blocks.disabled == (name == "none")  # α is read by GPS only
     mode.value = "GPS"

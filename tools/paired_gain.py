@@ -1,15 +1,14 @@
 """The gain of one toy DeOP variant over another, with its 95 % paired bootstrap interval (the lab book's CAL gains).
 
 Both models segment the same validation scenes with the shipped refined proposals; each bootstrap resample draws the
-same scenes for both (`model.compare_deop`), so what the scenes share cancels.
+same scenes for both (`stages.compare_deop`), so what the scenes share cancels.
 
     python tools/paired_gain.py data/deop/deop.safetensors data/deop/ps.safetensors
     python tools/paired_gain.py runs/sweep/deop_k1_s500_like_vit_b16.safetensors runs/sweep/ps_k1_s500_like_vit_b16.safetensors
 """
 import argparse
 
-from deop_lite.model import compare_deop, load_deop
-from deop_lite.proposals import load_proposals
+from deop_lite.stages import compare_deop, load_deop, load_proposals
 from deop_lite.train import read_metadata
 
 

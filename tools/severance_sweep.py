@@ -1,6 +1,6 @@
 """The severed-blocks sweep of the lab book (docs/experiments.md, "Where CAL earns its place"): baseline+ w/ PS and
 DeOP (PS + CAL) trained with GPS α = 1 in the last K blocks of the toy CLIP, for several K and training lengths.
-Runs what is missing (resumable: each run is an ordinary `python -m deop_lite.model train`, in runs/sweep/), then
+Runs what is missing (resumable: each run is an ordinary `python -m deop_lite.stages train deop`, in runs/sweep/), then
 writes every run's final evaluation (200 validation scenes, the shipped refined proposals) and in-training curve
 (48 scenes) to data/deop/severance_sweep.json, which notebook 04 plots. Each DeOP run also gets CAL's gain over the
 PS run of the same CLIP, K and length, with its 95 % paired bootstrap interval over the 200 scenes (`cal_gain`).
@@ -20,12 +20,12 @@ from paired_gain import paired_gain
 
 from deop_lite import checks
 from deop_lite.clip import TOY_CLIP_LIKE_VIT_B16
-from deop_lite.model import CHECKPOINT_DIR
 from deop_lite.runtime import PROJECT_ROOT
+from deop_lite.stages import DEOP_DIR
 from deop_lite.train import read_log, read_metadata
 
 RUNS = Path("runs/sweep")
-OUT = CHECKPOINT_DIR / "severance_sweep.json"
+OUT = DEOP_DIR / "severance_sweep.json"
 
 
 CLIPS = {"shipped": None, "like_vit_b16": str(TOY_CLIP_LIKE_VIT_B16.relative_to(PROJECT_ROOT))}
@@ -34,7 +34,7 @@ CLIPS = {"shipped": None, "like_vit_b16": str(TOY_CLIP_LIKE_VIT_B16.relative_to(
 
 def command(clip: str, variant: str, blocks: int, steps: int) -> list[str]:
     name = f"{variant}_k{blocks}_s{steps}" + ("" if clip == "shipped" else f"_{clip}")
-    return ["python", "-m", "deop_lite.model", "train", "--variant", variant, "--severed-blocks", str(blocks),
+    return ["python", "-m", "deop_lite.stages", "train", "deop", "--variant", variant, "--severed-blocks", str(blocks),
             "--steps", str(steps), *(["--clip", CLIPS[clip]] if CLIPS[clip] else []),
             "--run-dir", str(RUNS / name), "--out", str(RUNS / f"{name}.safetensors")]
 
