@@ -1,9 +1,9 @@
 """CLIP in both worlds behind one API: the toy CLIP shipped in ``data/`` and real open_clip models.
 
 The toy CLIP is defined here (a word tokenizer over the toy vocabulary, a small ViT with a convolutional
-stem, its checkpoint); ``stages.train_toy_clip`` pre-trains it (with ``deop_lite.toyclip``'s objective). Both are
-open_clip ``CLIP`` modules, so later
-stages (patch severance, visual prompts) hook the same ``VisionTransformer`` blocks whichever world they run in.
+stem, its checkpoint); ``stages.train_toy_clip`` pre-trains it with ``deop_lite.toyclip``'s objective. Both are
+open_clip ``CLIP`` modules, so later stages (patch severance, visual prompts) hook the same ``VisionTransformer``
+blocks whichever world they run in.
 
 Pixel normalisation: we feed **CLIP's own** mean/std (``OPENAI_DATASET_MEAN/STD``) to both worlds, the
 statistics CLIP was trained with. The official DeOP code feeds ImageNet-normalised pixels to CLIP

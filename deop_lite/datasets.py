@@ -447,26 +447,9 @@ def training_sample(dataset, position: int, crop: int, seed: int = 0) -> tuple[t
     return image.clamp(0, 1), label
 
 
-def training_batch(dataset, step: int, batch_size: int, crop: int, seed: int = 0, share: int = 0,
-                   shares: int = 1) -> dict:
-    """Share ``share`` of ``shares`` (processes x micro-batches) of global batch ``step``: samples
-    step·B + [share·B/S, (share+1)·B/S).
-
-    One process with batch B and W processes with B/W each see exactly the same samples, which is what
-    makes a multi-GPU run equal a single-GPU one (and lets a run resume on another number of GPUs).
-    """
-    if batch_size % shares:
-        raise checks.InputError(f"the global batch size {batch_size} must be divisible by the number of processes "
-                                f"and micro-batches {shares}")
-    size = batch_size // shares
-    positions = range(step * batch_size + share * size, step * batch_size + (share + 1) * size)
-    samples = [training_sample(dataset, p, crop, seed) for p in positions]
-    return {"image_raw": torch.stack([s[0] for s in samples]), "label": torch.stack([s[1] for s in samples])}
-
-
 class DatasetWorld(World):
     """A prepared real dataset as a :class:`~deop_lite.world.World`: its training split read DeOP's way
-    (:func:`training_batch`: random scale, ``crop`` x ``crop`` crop, flip), its validation split at full size,
+    (:meth:`training_batch`: random scale, ``crop`` x ``crop`` crop, flip), its validation split at full size,
     no post-processing of proposals.
 
     Args:
@@ -484,7 +467,19 @@ class DatasetWorld(World):
         self.seen_classes, self.unseen_classes = self.train.seen_classes, self.train.unseen_classes
 
     def training_batch(self, step: int, batch_size: int, share: int = 0, shares: int = 1) -> dict:
-        return training_batch(self.train, step, batch_size, self.crop, self.seed, share, shares)
+        """Share ``share`` of ``shares`` (processes x micro-batches) of global batch ``step``: samples
+        step·B + [share·B/S, (share+1)·B/S) of the stream (:func:`training_sample`).
+
+        One process with batch B and W processes with B/W each see exactly the same samples, which is what
+        makes a multi-GPU run equal a single-GPU one (and lets a run resume on another number of GPUs).
+        """
+        if batch_size % shares:
+            raise checks.InputError(f"the global batch size {batch_size} must be divisible by the number of processes "
+                                    f"and micro-batches {shares}")
+        size = batch_size // shares
+        positions = range(step * batch_size + share * size, step * batch_size + (share + 1) * size)
+        samples = [training_sample(self.train, p, self.crop, self.seed) for p in positions]
+        return {"image_raw": torch.stack([s[0] for s in samples]), "label": torch.stack([s[1] for s in samples])}
 
     def training_set(self) -> SegmentationDataset:
         return self.train

@@ -238,31 +238,23 @@ def _metadata(config: RealConfig, stage) -> dict:
     return {"real_config": asdict(config), "stage": asdict(stage)}
 
 
-def train_prompts(config: RealConfig, world: DatasetWorld, run_dir: Path, device: torch.device,
-                  stop_at: int | None = None) -> bool:
-    """Stage 1 (``stages.train_text_prompts``); True once every step has run."""
-    stage = text_prompt_stage(config)
-    classifier = MaskClassifier(_clip(config, device), stage.model).to(device)
-    return stages.train_text_prompts(world, stage, _run(config, "prompts", run_dir, device, stop_at), classifier,
-                                     metadata=_metadata(config, stage)) is not None
-
-
-def train_proposals(config: RealConfig, world: DatasetWorld, run_dir: Path, device: torch.device,
-                    stop_at: int | None = None) -> bool:
-    """Stage 2 (``stages.train_proposals``); True once every step has run."""
-    run = _run(config, "proposals", run_dir, device, stop_at)
-    stages.train_proposals(world, proposal_stage(config), run)
+def run_stage(name: str, config: RealConfig, world: DatasetWorld, run_dir: Path, device: torch.device,
+              stop_at: int | None = None) -> bool:
+    """Stage ``name`` of ``STAGES`` on the dataset's world: ``stages.train_text_prompts``, ``train_proposals`` or
+    ``train_deop`` (on the proposals and text context of the stages before it), with this preset's configs. True once
+    every step has run."""
+    run = _run(config, name, run_dir, device, stop_at)
+    if name == "prompts":
+        stage = text_prompt_stage(config)
+        classifier = MaskClassifier(_clip(config, device), stage.model).to(device)
+        stages.train_text_prompts(world, stage, run, classifier, metadata=_metadata(config, stage))
+    elif name == "proposals":
+        stages.train_proposals(world, proposal_stage(config), run)
+    else:
+        runtime.set_seed(config.seed)
+        stage = deop_stage(config)
+        stages.train_deop(world, stage, run, build_deop(config, run_dir, device), _metadata(config, stage))
     return run.out.exists()
-
-
-def train_deop(config: RealConfig, world: DatasetWorld, run_dir: Path, device: torch.device,
-               stop_at: int | None = None) -> bool:
-    """Stage 3 (``stages.train_deop``) on the proposals and text context of stages 1 and 2; True once every step
-    has run."""
-    runtime.set_seed(config.seed)
-    stage = deop_stage(config)
-    return stages.train_deop(world, stage, _run(config, "deop", run_dir, device, stop_at), build_deop(
-        config, run_dir, device), _metadata(config, stage)) is not None
 
 
 def build_deop(config: RealConfig, run_dir: Path | None, device: torch.device, proposals_path: Path | None = None,
@@ -286,9 +278,6 @@ def build_deop(config: RealConfig, run_dir: Path | None, device: torch.device, p
     return model
 
 
-TRAINERS = {"prompts": train_prompts, "proposals": train_proposals, "deop": train_deop}
-
-
 def train(config: RealConfig, data: str | Path, run_dir: str | Path, stages=STAGES, stop_at: int | None = None) -> Path:
     """Run the stages in order (each skipped when its file exists); return the run folder."""
     device, data, run_dir = init_distributed(), Path(data), Path(run_dir)
@@ -303,7 +292,7 @@ def train(config: RealConfig, data: str | Path, run_dir: str | Path, stages=STAG
         if (run_dir / f"{name}.safetensors").exists():  # load-or-train: a finished stage is not run again
             continue
         with _default_dtype(config):
-            finished = TRAINERS[name](config, world, run_dir, device, stop_at)
+            finished = run_stage(name, config, world, run_dir, device, stop_at)
         if not finished:
             if rank() == 0:
                 print(f"stage {name}: paused at step {stop_at} (--stop-at); run the same command again to resume")

@@ -31,9 +31,9 @@ CELLS = [
     "%matplotlib widget\n"
     "import torch\n"
     "from deop_lite.clip import load_clip\n"
-    "from deop_lite.toyworld import CLASS_NAMES, ToyWorld, ToyWorldConfig\n"
+    "from deop_lite.toyworld import CLASS_NAMES, ToyWorld\n"
     "from deop_lite.viz import AlphaExplorer\n"
-    "world = ToyWorld('val', 2, ToyWorldConfig.segmentation())\n"
+    "world = ToyWorld().validation_set(2)\n"
     "explorer = AlphaExplorer(load_clip('toy'), torch.stack([world[i]['image_raw'] for i in range(2)]), CLASS_NAMES)",
     "explorer.widget()",
     "print({k: round(v, 2) if isinstance(v, float) else v for k, v in explorer.state.items()})",

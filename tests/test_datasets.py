@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from deop_lite import datasets
-from deop_lite.datasets import DatasetNotFound, SegmentationDataset, prepare, training_batch
+from deop_lite.datasets import DatasetNotFound, DatasetWorld, SegmentationDataset, prepare
 from deop_lite.metrics import IGNORE_INDEX
 from deop_lite.realworld import FIXTURE
 
@@ -160,12 +160,13 @@ def test_voc_trains_on_sbd_without_validation_images(tmp_path):
 
 
 def test_training_batches_split_the_same_samples_over_processes(voc):
-    dataset = SegmentationDataset(voc, "train")
-    whole = training_batch(dataset, step=3, batch_size=4, crop=64)
-    halves = [training_batch(dataset, step=3, batch_size=4, crop=64, share=r, shares=2) for r in range(2)]
+    world = DatasetWorld(voc, crop=64)
+    whole = world.training_batch(step=3, batch_size=4)
+    halves = [world.training_batch(step=3, batch_size=4, share=r, shares=2) for r in range(2)]
     assert whole["image_raw"].shape == (4, 3, 64, 64) and whole["label"].shape == (4, 64, 64)
     assert torch.equal(whole["image_raw"], torch.cat([h["image_raw"] for h in halves]))
     assert torch.equal(whole["label"], torch.cat([h["label"] for h in halves]))
-    assert not torch.equal(whole["label"], training_batch(dataset, step=4, batch_size=4, crop=64)["label"])
+    assert not torch.equal(whole["label"], world.training_batch(step=4, batch_size=4)["label"])
+    assert world.class_names == SegmentationDataset(voc, "train").class_names and len(world.unseen_classes) == 5
     with pytest.raises(ValueError, match="divisible"):
-        training_batch(dataset, 0, batch_size=3, crop=64, shares=2)
+        world.training_batch(0, batch_size=3, shares=2)

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 import inspect
 
-from deop_lite import bench, clip as clip_lib, losses, metrics, model as model_lib, proposals, runtime, toyclip, toyworld, viz
+from deop_lite import bench, clip as clip_lib, losses, metrics, proposals, runtime, severance, stages, toyclip, toyworld, viz
 from deop_lite.train import read_log, read_metadata
 
 runtime.set_seed(0)
@@ -122,7 +122,7 @@ fig.suptitle("the eight things (* unseen)", fontsize=10)
 plt.show()
 
 # %%
-world = toyworld.ToyWorld("val", length=N_GALLERY, config=toyworld.ToyWorldConfig.segmentation())
+world = toyworld.ToyScenes("val", length=N_GALLERY, config=toyworld.ToyWorldConfig.segmentation())
 scenes = [world.scene(i) for i in range(N_GALLERY)]
 fig = viz.show_scenes([s.image for s in scenes], [s.label for s in scenes], [s.caption for s in scenes], size=2.3)
 fig.suptitle(f"{N_GALLERY} validation scenes: each panel's title is its caption; label colours (legend) blended over the image", fontsize=10)
@@ -147,7 +147,7 @@ plt.show()
 # The official data code keeps every training image and relabels the unseen pixels as ignored. This project does the same, so the model does see unseen objects, unlabelled.
 
 # %%
-train_world = toyworld.ToyWorld("train", length=64, config=toyworld.ToyWorldConfig.segmentation())
+train_world = toyworld.ToyScenes("train", length=64, config=toyworld.ToyWorldConfig.segmentation())
 index = next(i for i in range(64) if set(train_world.scene(i).classes) & set(toyworld.UNSEEN_CLASSES))
 scene, item = train_world.scene(index), train_world[index]
 fig = viz.show_scenes([scene.image, scene.image], [scene.label, item["label"]],
@@ -218,7 +218,7 @@ if checkpoint.exists():
     print(f"Found checkpoint {checkpoint.relative_to(runtime.PROJECT_ROOT)}, loading")
 else:  # a few steps of a tiny model, so the notebook still runs; the real one: python -m deop_lite.toyclip train
     print(f"No {checkpoint.name}: training a tiny stand-in (run `{clip_lib.TOY_CLIP_TRAIN_COMMAND}` for the real one)")
-    toyclip.train_toy_clip(clip_lib.ToyClipConfig.tiny(), run_dir="runs/toy_clip_tiny", out=checkpoint)
+    stages.train_toy_clip(toyworld.ToyWorld(), clip_lib.ToyClipConfig.tiny(), stages.Run("runs/toy_clip_tiny", checkpoint))
 clip = clip_lib.load_clip("toy")
 meta = read_metadata(checkpoint)
 
@@ -328,7 +328,7 @@ print(f_v.shape)
 # %%
 # NBVAL_CHECK_OUTPUT
 N_VAL = 200  # the first 200 validation scenes, as in the main tables of notebooks 01 to 05
-val = toyworld.ToyWorld("val", length=N_VAL, config=toyworld.ToyWorldConfig.segmentation())
+val = toyworld.ToyScenes("val", length=N_VAL, config=toyworld.ToyWorldConfig.segmentation())
 meter = metrics.SegmentationMeter(toyworld.CLASS_NAMES, per_scene=True)  # also one confusion per scene, for the interval
 for start in range(0, N_VAL, 25):
     batch = torch.utils.data.default_collate([val[i] for i in range(start, start + 25)])
@@ -397,11 +397,11 @@ print("patch size", real.patch_size, "| native size", real.image_size, "| F_V", 
 # NBVAL_CHECK_OUTPUT
 for name, c in (("the shipped toy CLIP", config), ("ToyClipConfig.like_vit_b16()", clip_lib.ToyClipConfig.like_vit_b16())):
     print(f"{name:28s}: {c.vision_layers} blocks, pool={c.pool!r}, severance_drop={c.severance_drop}, stem_context={c.stem_context}")
-print(f"the toy DeOP severs blocks {sorted(model_lib.GPS_TOY)} of 0..{config.vision_layers - 1} (model.GPS_TOY); "
-      f"the paper's setting: {model_lib.GPS_PAPER} (model.GPS_PAPER)")
-print(f"test-time proposal refinement: {proposals.TOY_REFINEMENT}; training uses the network's own masks")
-print(f"proposal training scenes: up to {proposals.NO_CLASS_OBJECTS} objects of no class each, and a stuff of no class in half of them")
-print(f"segmentation training: {len(toyworld.SEEN_CLASSES)} seen classes, {model_lib.variant_stage('deop').train.steps} steps per variant")
+print(f"the toy DeOP severs blocks {sorted(stages.GPS_TOY.alphas)} of 0..{config.vision_layers - 1} (stages.GPS_TOY); "
+      f"the paper's setting: {severance.GPS_LAST.alphas} (severance.GPS_LAST)")
+print(f"test-time proposal refinement: {toyworld.REFINEMENT}; training uses the network's own masks")
+print(f"proposal training scenes: up to {toyworld.NO_CLASS_OBJECTS} objects of no class each, and a stuff of no class in half of them")
+print(f"segmentation training: {len(toyworld.SEEN_CLASSES)} seen classes, {stages.variant_stage('deop').train.steps} steps per variant")
 loss = inspect.signature(losses.deop_segmentation_loss).parameters
 k = loss["sharpness"].default
 print(f"DeOP's loss: P = sigmoid({k:g}·S - {k:g}), {loss['weight_focal'].default:g}·focal + {loss['weight_dice'].default:g}·dice; "
@@ -417,11 +417,11 @@ print(f"DeOP's loss: P = sigmoid({k:g}·S - {k:g}), {loss['weight_focal'].defaul
 # - §7 lists where the toy world departs from the paper's setting, why, and which tables each departure moves.
 #
 # ## Exercises
-# 1. **Fewer scenes** (seconds). Score the naive labelling on the first 32 validation scenes only: `model_lib.evaluate_toy(lambda x: clip_lib.naive_dense_labels(clip, x, toyworld.CLASS_NAMES), 32, interval=True)`, printed with `metrics.format_table`. *Hint:* an interval's width shrinks roughly as one over the square root of the number of scenes. *Expect:* a wider interval than on 200 scenes, and an hIoU that may land above or below the 200-scene value; check whether the 32-scene interval holds the 200-scene value. A number without its scene count cannot be compared.
+# 1. **Fewer scenes** (seconds). Score the naive labelling on the first 32 validation scenes only: `world.evaluate(lambda batch: clip_lib.naive_dense_labels(clip, batch["image_raw"], toyworld.CLASS_NAMES), toyworld.ToyWorld(), 32, interval=True)` (`from deop_lite import world`), printed with `metrics.format_table`. *Hint:* an interval's width shrinks roughly as one over the square root of the number of scenes. *Expect:* a wider interval than on 200 scenes, and an hIoU that may land above or below the 200-scene value; check whether the 32-scene interval holds the 200-scene value. A number without its scene count cannot be compared.
 # 2. **Earlier blocks** (seconds). Label patches with the tokens after 0, 1, 2 or 3 blocks: stop the loop of §5 early, then apply `ln_post` and `proj`, and label with `clip_lib.patch_scores(f_v, text_emb, (128, 128)).argmax(1)` (`text_emb` from §4). *Hint:* score with a `SegmentationMeter`, as in §5. *Expect:* not measured here. Each block mixes the patch tokens further, which argues for stopping early; but the toy CLIP was never trained to read `ln_post` and `proj` from earlier blocks. Which wins? See what happens.
-# 3. **Severed patches, no masks** (seconds). Label patches with every block severed: `severance.severed_dense_features(clip.visual, clip.normalize(x), model_lib.last_blocks_severed(4))` (`from deop_lite import severance`), then `patch_scores` as in exercise 2. *Hint:* it is the severance of the gate's best one-pass row, with no masks to pool over. *Expect:* far above the unsevered labelling, and still below the gate: patches still do not know where objects end (reason 2 above).
+# 3. **Severed patches, no masks** (seconds). Label patches with every block severed: `severance.severed_dense_features(clip.visual, clip.normalize(x), severance.last_blocks_severed(4, 4))`, then `patch_scores` as in exercise 2. *Hint:* it is the severance of the gate's best one-pass row, with no masks to pool over. *Expect:* far above the unsevered labelling, and still below the gate: patches still do not know where objects end (reason 2 above).
 # 4. **ImageNet pixels** (seconds). Feed ImageNet-normalised pixels (`load_clip("toy", pixel_norm="imagenet")`, the official code's choice) to the toy CLIP, and run `toyclip.evaluate_zero_shot` and the labelling of §5. *Hint:* compare the two normalisations' means and standard deviations first (`clip_lib.PIXEL_NORMS`). *Expect:* the zero-shot top-1 stays where it is, and the naive hIoU moves by less than its interval: the two normalisations are close.
-# 5. **Plain CLIP loss** (a re-train of the toy CLIP, about 40 minutes). Re-train it with `caption_groups(captions)` replaced by `torch.arange(len(captions))` in the step loss of `toyclip.train_toy_clip`, writing to another file (`out=`). *Hint:* identical captions change nothing (§3); what changes is paraphrases, which become each other's negatives. *Expect:* to read the difference, if any, in the zero-shot top-1 curve and in the naive hIoU with its interval, not in one number.
+# 5. **Plain CLIP loss** (a re-train of the toy CLIP, about 40 minutes). Re-train it with `caption_groups(captions)` replaced by `torch.arange(len(captions))` in the step loss of `stages.train_toy_clip`, writing to another file (its `Run`'s `out`). *Hint:* identical captions change nothing (§3); what changes is paraphrases, which become each other's negatives. *Expect:* to read the difference, if any, in the zero-shot top-1 curve and in the naive hIoU with its interval, not in one number.
 # 6. **A new thing** (a re-train of the toy CLIP and of everything trained on its features). Add a class to `toyworld.THING_CLASSES` with its parts function. *Hint:* each thing has an entry in the toy world's tables of drawings, body colours and rotations (`toyworld._THINGS`, `toyworld.THING_PALETTES` and `toyworld._MAX_ROTATION`); captions and the vocabulary follow the class names. *Expect:* the shipped toy CLIP cannot know it, since its vocabulary has no word for it: the toy CLIP must be re-trained, and with it every learned part that reads its features (notebooks 02 to 04).
 #
 # **Next:** [01_baseline.ipynb](01_baseline.ipynb): a class-agnostic mask proposal network, trained on seen classes, and the decoupled one-pass baseline.

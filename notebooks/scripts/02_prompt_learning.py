@@ -25,7 +25,7 @@ import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
 
-from deop_lite import clip as clip_lib, losses, metrics, model as model_lib, prompts, proposals, runtime, toyworld, viz
+from deop_lite import clip as clip_lib, losses, metrics, model as model_lib, prompts, runtime, stages, toyworld, viz
 from deop_lite.severance import severed_dense_features
 
 runtime.set_seed(0)
@@ -41,7 +41,7 @@ DEMO_SCENES = 16  # validation scenes that score the live run
 
 # %%
 clip = clip_lib.load_clip("toy")
-net, _ = proposals.load_proposals()
+net, _ = stages.load_proposals()
 val = toyworld.segmentation_world("val", N_VAL)
 seen, unseen = list(toyworld.SEEN_CLASSES), list(toyworld.UNSEEN_CLASSES)
 print(f"{len(val)} validation scenes; training sees {len(seen)} seen classes, never {unseen}")
@@ -60,7 +60,7 @@ print(f"{len(val)} validation scenes; training sees {len(seen)} seen classes, ne
 n_clip = sum(p.numel() for p in clip.model.parameters())
 print(f"toy CLIP: {n_clip:,} frozen parameters")
 for name in ("text_offline", "text_e2e", "visual_add", "visual_prepend", "baseline_plus"):
-    learned = model_lib.LearnedParts(clip, model_lib.variant_stage(name).model, net.config.num_queries)
+    learned = model_lib.LearnedParts(clip, stages.variant_stage(name).model, net.config.num_queries)
     parts = {part: sum(p.numel() for p in module.parameters()) if isinstance(module, torch.nn.Module) else module.numel()
              for part, module in ((k, getattr(learned, k)) for k in ("text_prompts", "visual_prompts", "void_embedding"))
              if module is not None}
@@ -109,8 +109,8 @@ viz.show_scenes(torch.cat([item["image_raw"][None], F.interpolate(crops, size=12
 plt.show()
 
 # %%
-offline = model_lib.load_or_train_deop("text_offline", net, clip)
-history = model_lib.shipped_history("text_offline")
+offline = stages.load_or_train_deop("text_offline", net, clip)
+history = stages.shipped_history("text_offline")
 fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(8, 2.6))
 viz.plot_history(history, ["loss"], ax=ax1, title="offline prompt loss (cross-entropy)")
 viz.plot_history(history, ["crop_acc", "hIoU"], ax=ax2, title="crop accuracy; hIoU on 48 val scenes")
@@ -148,9 +148,9 @@ for k, block in enumerate(v.transformer.resblocks):
     x = block(x + added.prompts[1] if k == 2 else x)  # z^2 + P^2 before block 2
 by_hand = clip_lib.project_patches(v, x, (16, 16))  # (B, D, 16, 16)
 
-assert torch.allclose(by_hand, severed_dense_features(v, image, {}, prompts=added), atol=1e-5)
+assert torch.allclose(by_hand, severed_dense_features(v, image, prompts=added), atol=1e-5)
 zero = prompts.VisualPrompts(clip.visual, "add", layers=(0, 1, 2, 3), init="zeros")
-assert torch.allclose(severed_dense_features(v, image, {}, prompts=zero), clip.dense_features(image), atol=1e-5)
+assert torch.allclose(severed_dense_features(v, image, prompts=zero), clip.dense_features(image), atol=1e-5)
 print("hand-built = deop_lite.prompts.VisualPrompts; zero prompts = the frozen CLIP")
 
 # %% [markdown]
@@ -160,7 +160,7 @@ print("hand-built = deop_lite.prompts.VisualPrompts; zero prompts = the frozen C
 # NBVAL_CHECK_OUTPUT
 prepended = prompts.VisualPrompts(clip.visual, "prepend", layers=(0, 1, 2, 3), num_tokens=5, init="random")
 print("prompt tokens in the stream entering each block:", [prepended.num_prepended(k) for k in range(4)])
-print("dense features:", tuple(severed_dense_features(v, image, {}, prompts=prepended).shape))
+print("dense features:", tuple(severed_dense_features(v, image, prompts=prepended).shape))
 
 # %% [markdown]
 # ## 5. End-to-end training with DeOP's segmentation loss
@@ -190,7 +190,8 @@ print("dense features:", tuple(severed_dense_features(v, image, {}, prompts=prep
 # %%
 batch = torch.utils.data.default_collate([toyworld.segmentation_world("train", 4)[i] for i in range(4)])
 label = metrics.seen_label_map(toyworld.CLASS_NAMES, seen)[batch["label"]]  # (4, 128, 128) toy ids -> indices into the 12 seen classes, 255 kept
-out = model_lib.DeOP(net, clip, model_lib.variant_stage("baseline_plus").model)(batch["image_raw"], seen)
+classifier = model_lib.MaskClassifier(clip, stages.variant_stage("baseline_plus").model)  # untrained: zero visual prompts
+out = model_lib.DeOP(net, classifier)(batch["image_raw"], seen, toyworld.REFINEMENT)
 print("class logits", tuple(out["logits"].shape), "(B, N, 12 seen + void); masks", tuple(out["mask_probs"].shape))
 
 C = len(seen)  # the void channel is index C
@@ -219,16 +220,16 @@ for ignore_as_void, omega in ((False, label != metrics.IGNORE_INDEX), (True, tor
 # Training one variant is one call (or `python -m deop_lite.model train --variant baseline_plus`); it resumes when interrupted. A short live run, in a temporary folder, so the shipped files are untouched:
 
 # %%
-demo = model_lib.train_briefly("baseline_plus", DEMO_STEPS, val_scenes=DEMO_SCENES)  # train_deop with fewer steps, into a temporary folder
+demo = stages.train_briefly("baseline_plus", DEMO_STEPS, val_scenes=DEMO_SCENES)  # stages.train_deop with fewer steps, into a temporary folder
 print(f"the table above: the live run after {DEMO_STEPS} steps, on the first {DEMO_SCENES} validation scenes")
 
 # %% [markdown]
 # The shipped variants were trained for 500 steps of 8 scenes each (notebook 04 §6 says why 500). Their logs:
 
 # %%
-histories = {variant: model_lib.shipped_history(variant) for variant in ("text_e2e", "visual_add", "visual_prepend", "baseline_plus")}
+histories = {variant: stages.shipped_history(variant) for variant in ("text_e2e", "visual_add", "visual_prepend", "baseline_plus")}
 print(f"shipped variants: {histories['baseline_plus'][-1]['step']} steps of "
-      f"{model_lib.variant_stage('baseline_plus').batch_size} training scenes each")
+      f"{stages.variant_stage('baseline_plus').batch_size} training scenes each")
 viz.plot_run_panels(histories, {"seg_dice": "dice loss (training batches)", "pAcc": "pAcc on 48 validation scenes"})
 plt.show()
 
@@ -242,8 +243,8 @@ plt.show()
 rows = {"baseline, fixed template": "baseline", "text, offline": "text_offline", "text, end-to-end": "text_e2e",
         "visual adding (text offline)": "visual_add", "visual prepending (text offline)": "visual_prepend",
         "both = baseline+": "baseline_plus"}
-results = {title: model_lib.evaluate_deop(model_lib.load_or_train_deop(variant, net, clip), N_VAL, progress=False,
-                                          interval=True)
+results = {title: stages.evaluate_deop(stages.load_or_train_deop(variant, net, clip), N_VAL, progress=False,
+                                       interval=True)
            for title, variant in rows.items()}
 print(metrics.format_table(results))
 
@@ -286,7 +287,8 @@ plt.show()
 batch = torch.utils.data.default_collate([val[i] for i in range(5)])
 columns = {"ground truth": batch["label"]}
 for title, variant in {"fixed template": "baseline", "text prompt, offline": "text_offline", "baseline+": "baseline_plus"}.items():
-    columns[title] = model_lib.load_deop(variant, proposals=net, clip=clip).predict(batch["image_raw"], toyworld.CLASS_NAMES)["label"]
+    model = stages.load_deop(variant, proposals=net, clip=clip)
+    columns[title] = model.predict(batch["image_raw"], toyworld.CLASS_NAMES, toyworld.REFINEMENT)["label"]
 viz.show_segmentations(batch["image_raw"], columns)
 plt.show()
 
@@ -324,11 +326,11 @@ plt.show()
 # ## Exercises
 # Each is tagged with its cost on a laptop CPU; a re-train writes into a folder of your choice and leaves `data/` untouched.
 #
-# 1. *(seconds)* What did end-to-end training make of the context? Run §3's nearest-word cell on `model_lib.load_deop("text_e2e", proposals=net, clip=clip).learned.text_prompts.ctx`. *Hint:* replace `offline` by the loaded model. *Expect* other nearest words than the offline prompt's, with cosines as low: a learned vector need not sit near any word.
-# 2. *(seconds)* How much of *baseline+*'s gap to a perfect score is classification, and how much is proposals? Evaluate it with ground-truth masks: `model_lib.evaluate_deop(model_lib.load_or_train_deop("baseline_plus", net, clip), N_VAL, masks="ground_truth", interval=True)`, and the fixed-template baseline the same way. *Hint:* `masks="ground_truth"` gives the classifier one perfect mask per class, so the proposals play no part. *Expect* hIoU to rise by more than ten points for *baseline+* and by less for the baseline, and to stay far from a perfect score: most of the gap is classification.
-# 3. *(seconds)* Do the prompts make the patch tokens more local? Measure notebook 03's attention share inside the own segment (its §1) with *baseline+*'s visual prompts: `model = model_lib.load_deop("baseline_plus", proposals=net, clip=clip)`, then `severance.patch_attention(clip.visual, image, layers={}, prompts=model.learned.visual_prompts)`, then `severance.attention_in_segment`. For the prepended prompts, load `model_lib.load_deop("visual_prepend", proposals=net, clip=clip)` the same way. *Hint:* take `image` and `segments` as notebook 03 §1 does (the label at each patch's centre); `from deop_lite import severance`. *Expect* the opposite: the share falls below the stock CLIP's, more so with the prepended prompts. Whatever the prompts improve, it is not locality, the subject of notebook 03.
+# 1. *(seconds)* What did end-to-end training make of the context? Run §3's nearest-word cell on `stages.load_deop("text_e2e", proposals=net, clip=clip).learned.text_prompts.ctx`. *Hint:* replace `offline` by the loaded model. *Expect* other nearest words than the offline prompt's, with cosines as low: a learned vector need not sit near any word.
+# 2. *(seconds)* How much of *baseline+*'s gap to a perfect score is classification, and how much is proposals? Evaluate it with ground-truth masks: `stages.evaluate_classifier(stages.load_or_train_deop("baseline_plus", net, clip).classifier, N_VAL, interval=True)`, and the fixed-template baseline the same way. *Hint:* `evaluate_classifier` gives the mask classifier one perfect mask per class, so the proposals play no part. *Expect* hIoU to rise by more than ten points for *baseline+* and by less for the baseline, and to stay far from a perfect score: most of the gap is classification.
+# 3. *(seconds)* Do the prompts make the patch tokens more local? Measure notebook 03's attention share inside the own segment (its §1) with *baseline+*'s visual prompts: `model = stages.load_deop("baseline_plus", proposals=net, clip=clip)`, then `severance.patch_attention(clip.visual, image, prompts=model.learned.visual_prompts)`, then `severance.attention_in_segment`. For the prepended prompts, load `stages.load_deop("visual_prepend", proposals=net, clip=clip)` the same way. *Hint:* take `image` and `segments` as notebook 03 §1 does (the label at each patch's centre); `from deop_lite import severance`. *Expect* the opposite: the share falls below the stock CLIP's, more so with the prepended prompts. Whatever the prompts improve, it is not locality, the subject of notebook 03.
 # 4. *(seconds)* Why $\sigma(3S - 3)$? On §5's batch, compute `losses.deop_segmentation_loss(out["logits"], out["mask_probs"], label, sharpness=k)` for k = 1, 3 and a large k, and plot $\sigma(kS - k)$ for $S$ from 0 to 2. *Hint:* $S = 1$ gives $P = 1/2$ whatever $k$; $S = 0$ gives $\sigma(-k)$. *Expect* that with $k = 1$ a class that no proposal votes for still gets $P = \sigma(-1) \approx 0.27$, so the focal term stays high even for a perfect vote; DeOP's $k = 3$ brings it to $\sigma(-3) \approx 0.05$, and a large $k$ makes $P$ a near step at $S = 1$.
-# 5. *(a re-train of the offline prompt: minutes)* Start the text context from noise, the official choice: `stage = model_lib.variant_stage("text_offline"); stage.model.prompts.ctx_init = None`, then `model_lib.train_deop("text_offline", stage, run_dir="runs/noise", out="runs/noise/text_offline.safetensors")` and evaluate it as in §6. *Hint:* the crops' embeddings are computed first; then each step runs only the text encoder. *Expect* the same place: a crop accuracy like the shipped run's, and a scene hIoU inside the shipped offline prompt's interval. Compare the `crop_acc` column of your run's log (`runs/noise/text_offline_train.log`) with the shipped one's (`data/deop/text_offline_train.log`); it is a fraction, so §3's figure draws it near the bottom of the hIoU axis.
-# 6. *(a re-train of* baseline+*, 500 steps: minutes)* Train it with the official loss: `stage = model_lib.variant_stage("baseline_plus"); stage.ignore_as_void = True`, then `model_lib.train_deop(...)` into a folder of your own as in exercise 5. What happens to the unseen mIoU, and why? *Hint:* void is dropped after the softmax at inference (`DeOP.forward`), so a proposal that has learned "void" gives little weight to any class. *Expect* the unseen column to fall, since every unseen object in training is now taught as void; if it does not, look at which proposals cover the unseen objects, as notebook 04 does for DeOP's unseen errors.
+# 5. *(a re-train of the offline prompt: minutes)* Start the text context from noise, the official choice: `stage = stages.variant_stage("text_offline"); stage.model.prompts.ctx_init = None`, then `stages.train_variant("text_offline", stage, run_dir="runs/noise", out="runs/noise/text_offline.safetensors")` and evaluate it as in §6. *Hint:* the crops' embeddings are computed first; then each step runs only the text encoder. *Expect* the same place: a crop accuracy like the shipped run's, and a scene hIoU inside the shipped offline prompt's interval. Compare the `crop_acc` column of your run's log (`runs/noise/text_offline_train.log`) with the shipped one's (`data/deop/text_offline_train.log`); it is a fraction, so §3's figure draws it near the bottom of the hIoU axis.
+# 6. *(a re-train of* baseline+*, 500 steps: minutes)* Train it with the official loss: `stage = stages.variant_stage("baseline_plus"); stage.ignore_as_void = True`, then `stages.train_variant(...)` into a folder of your own as in exercise 5. What happens to the unseen mIoU, and why? *Hint:* void is dropped after the softmax at inference (`MaskClassifier.forward`), so a proposal that has learned "void" gives little weight to any class. *Expect* the unseen column to fall, since every unseen object in training is now taught as void; if it does not, look at which proposals cover the unseen objects, as notebook 04 does for DeOP's unseen errors.
 #
 # **Next:** [03_patch_severance.ipynb](03_patch_severance.ipynb): why patch features are poorly localised, and how cutting attention fixes it without training.

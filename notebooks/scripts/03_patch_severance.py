@@ -25,7 +25,8 @@ import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
 
-from deop_lite import clip as clip_lib, metrics, model as model_lib, proposals, runtime, severance, toyworld, viz
+from deop_lite import clip as clip_lib, metrics, model as model_lib, proposals, runtime, severance, stages, toyclip, toyworld, viz
+from deop_lite.severance import Severance
 from deop_lite.clip import embed_image
 
 runtime.set_seed(0)
@@ -41,7 +42,7 @@ N_GT = 100  # validation scenes of the two CLIPs' ground-truth comparison
 
 # %%
 clip = clip_lib.load_clip("toy")
-net, _ = proposals.load_proposals()
+net, _ = stages.load_proposals()
 val = toyworld.segmentation_world("val", N_VAL)
 split = (toyworld.CLASS_NAMES, toyworld.SEEN_CLASSES, toyworld.UNSEEN_CLASSES)
 print(f"toy CLIP: {len(clip.visual.transformer.resblocks)} blocks, {clip.patch_size}x{clip.patch_size} patches; "
@@ -64,7 +65,7 @@ segments = batch["label"][:, clip.patch_size // 2::clip.patch_size, clip.patch_s
 same = segments.flatten(1)[:, :, None] == segments.flatten(1)[:, None, :]  # (50, 256, 256)
 print(f"share of a patch's attention inside its own segment, {len(image)} validation scenes:")
 print(f"uniform attention                : {100 * same.float().mean():.1f} %")
-attention = severance.patch_attention(clip.visual, image, layers={})  # (50, 16, 16, 16, 16), unmodified CLIP
+attention = severance.patch_attention(clip.visual, image)  # (50, 16, 16, 16, 16), unmodified CLIP
 print(f"stock CLIP, last layer           : {100 * severance.attention_in_segment(attention, segments).mean():.1f} %")
 
 # %% [markdown]
@@ -72,12 +73,12 @@ print(f"stock CLIP, last layer           : {100 * severance.attention_in_segment
 
 # %%
 index, patch = 1, (12, 5)
-mask_probs = proposals.proposal_masks(net, batch["image_raw"][index:index + 1]).sigmoid()  # (1, N, 128, 128)
+mask_probs = proposals.proposal_masks(net, batch["image_raw"][index:index + 1], refinement=toyworld.REFINEMENT).sigmoid()  # (1, N, 128, 128)
 owner = mask_probs[0, :, patch[0] * 8 + 4, patch[1] * 8 + 4].argmax()  # the proposal that covers the patch
 one = image[index:index + 1]
 fig = viz.show_attention(batch["image_raw"][index],
-                         {"stock CLIP": severance.patch_attention(clip.visual, one, layers={})[0],
-                          "GPS α=0.5": severance.patch_attention(clip.visual, one, layers={-1: 0.5})[0]},
+                         {"stock CLIP": severance.patch_attention(clip.visual, one)[0],
+                          "GPS α=0.5": severance.patch_attention(clip.visual, one, severance=Severance("gps", {-1: 0.5}))[0]},
                          patch, maps={"its proposal mask": mask_probs[0, owner]})
 p = clip.patch_size
 for ax, label in zip(fig.axes[1:], ["attention", "attention", "probability σ(M)"]):  # each map: its scale, the patch boxed
@@ -111,7 +112,7 @@ with torch.no_grad():
     f_out = (alpha * eye + (1 - alpha) * attn) @ f_in  # Eq. 2, (1, heads, 257, d)
     x = severance.finish_block(last, x, f_out)  # output projection, residual, MLP
     ours = F.normalize(visual.ln_post(x[:, 1:]) @ visual.proj, dim=-1).transpose(1, 2).reshape(1, -1, *grid)
-    assert torch.allclose(ours, severance.severed_dense_features(visual, one, {-1: alpha}), atol=1e-5)
+    assert torch.allclose(ours, severance.severed_dense_features(visual, one, Severance("gps", {-1: alpha})), atol=1e-5)
 print(tuple(ours.shape))
 
 # %% [markdown]
@@ -133,7 +134,7 @@ assert torch.allclose(mask_attention, pkg, atol=1e-6)
 print(tuple(mask_attention.shape))
 
 # %% [markdown]
-# The official code's default is a third kernel, "GPS with mask" ([third_party/CLIP/clip/model.py](https://github.com/CongHan0808/DeOP/blob/master/third_party/CLIP/clip/model.py)): identity attention whose output is scaled per token by $\sum_n \sigma(M_n)$; it is `mode="gps_mask"`.
+# The official code's default is a third kernel, "GPS with mask" ([third_party/CLIP/clip/model.py](https://github.com/CongHan0808/DeOP/blob/master/third_party/CLIP/clip/model.py)): identity attention whose output is scaled per token by $\sum_n \sigma(M_n)$; it is `Severance("gps_mask", ...)`.
 #
 # ## 4. Table 4 in the toy world
 #
@@ -152,25 +153,27 @@ print(tuple(mask_attention.shape))
 
 # %%
 # NBVAL_CHECK_OUTPUT
-rows = {"baseline (no severance)": {}, "MPS, last layer": {"severance": {-1: 1.0}, "severance_mode": "mps"},
-        "GPS with mask (official)": {"severance": {-1: 1.0}, "severance_mode": "gps_mask"},
-        "GPS α₋₁ = 0.5": {"severance": {-1: 0.5}}, "GPS α₋₁ = 1 (the paper)": {"severance": model_lib.GPS_PAPER},
-        "GPS α₋₂ = 0.5, α₋₁ = 1": {"severance": {-2: 0.5, -1: 1.0}},
-        "GPS α = 1, last 2 blocks (toy DeOP)": {"severance": model_lib.GPS_TOY},
-        "GPS α = 1, last 3 blocks": {"severance": model_lib.last_blocks_severed(3)},
-        "GPS α = 1, every block": {"severance": model_lib.last_blocks_severed(4)}}
-table = {name: model_lib.evaluate_deop(model_lib.OnePassBaseline(net, clip, **kwargs), N_VAL, progress=False, interval=True)
-         for name, kwargs in rows.items()}
+rows = {"baseline (no severance)": severance.NONE, "MPS, last layer": Severance("mps", {-1: 1.0}),
+        "GPS with mask (official)": Severance("gps_mask", {-1: 1.0}),
+        "GPS α₋₁ = 0.5": Severance("gps", {-1: 0.5}), "GPS α₋₁ = 1 (the paper)": severance.GPS_LAST,
+        "GPS α₋₂ = 0.5, α₋₁ = 1": Severance("gps", {-2: 0.5, -1: 1.0}),
+        "GPS α = 1, last 2 blocks (toy DeOP)": stages.GPS_TOY,
+        "GPS α = 1, last 3 blocks": severance.last_blocks_severed(3, 4),
+        "GPS α = 1, every block": severance.last_blocks_severed(4, 4)}
+baseline = lambda setting: model_lib.DeOP(net, model_lib.one_pass_baseline(clip, setting))  # frozen proposals + CLIP
+table = {name: stages.evaluate_deop(baseline(setting), N_VAL, progress=False, interval=True)
+         for name, setting in rows.items()}
 print(metrics.format_table(table, ("seen", "unseen", "hIoU", "things")))
 
 # %%
-sweep = {"the last block": lambda a: {-1: a}, "the last 2 blocks (toy DeOP)": lambda a: {k: a for k in model_lib.GPS_TOY},
-         "every block": lambda a: {k: a for k in range(4)}}
+sweep = {"the last block": lambda a: Severance("gps", {-1: a}),
+         "the last 2 blocks (toy DeOP)": lambda a: Severance("gps", {k: a for k in stages.GPS_TOY.alphas}),
+         "every block": lambda a: Severance("gps", {k: a for k in range(4)})}
 alphas = [i / 10 for i in range(11)]
 curves = {(where, key): [] for where in sweep for key in ("hIoU", "things")}
 for where, layers in sweep.items():
     for a in alphas:
-        r = model_lib.evaluate_deop(model_lib.OnePassBaseline(net, clip, severance=layers(a)), N_SWEEP, progress=False)
+        r = stages.evaluate_deop(baseline(layers(a)), N_SWEEP, progress=False)
         for key in ("hIoU", "things"):
             curves[where, key].append(r[key])
 fig, ax = plt.subplots(figsize=(6, 3.2))
@@ -198,10 +201,8 @@ plt.show()
 
 # %%
 # NBVAL_CHECK_OUTPUT
-from deop_lite import toyclip
-
 like_vit = clip_lib.load_clip("toy", pretrained=clip_lib.TOY_CLIP_LIKE_VIT_B16)
-settings = {f"last {k}": model_lib.last_blocks_severed(k) or {} for k in range(5)}  # K = 0 ... 4 severed blocks
+settings = {f"last {k}": severance.last_blocks_severed(k, 4) for k in range(5)}  # K = 0 ... 4 severed blocks
 # each classifier is given one ground-truth mask per class, so that proposals play no part
 severable = {name: toyclip.ground_truth_gate(c, N_GT, settings, progress=False, interval=True)
              for name, c in (("shipped toy CLIP", clip), ("toy CLIP like ViT-B/16", like_vit))}
@@ -244,7 +245,7 @@ plt.show()
 #
 # > Our method enforces localization of patches in the self-attention of CLIP's vision transformer which, despite being crucial for dense prediction tasks, has been overlooked in the OVSS literature. — NACLIP, abstract
 #
-# So MaskCLIP is exactly GPS at α = 1 in the last block: its ViT ([mmseg/models/backbones/vit.py](https://github.com/chongzhou96/MaskCLIP/blob/master/mmseg/models/backbones/vit.py)) keeps the residual and the FFN around the value path (`v += x; v = self.ffn(self.norm2(v), identity=v)`), and `severance_mode="maskclip"` equals `mode="gps", layers={-1: 1.0}` (a test checks it). `residual` and `ffn` are separate switches for every mode, so ClearCLIP's ablation (identity attention without either) is `mode="gps", residual=False, ffn=False`. Each attention, by hand, on the tokens entering the last block. The cell reuses $q, k, v$ from §2 (the last block's projections of those tokens); §2 overwrote `x`, so the tokens are recomputed as `x_last`:
+# So MaskCLIP is exactly GPS at α = 1 in the last block: its ViT ([mmseg/models/backbones/vit.py](https://github.com/chongzhou96/MaskCLIP/blob/master/mmseg/models/backbones/vit.py)) keeps the residual and the FFN around the value path (`v += x; v = self.ffn(self.norm2(v), identity=v)`), and `Severance("maskclip", {-1: 1.0})` equals `Severance("gps", {-1: 1.0})` (a test checks it). `residual` and `ffn` are separate switches of every `Severance`, so ClearCLIP's ablation (identity attention without either) is `Severance("gps", {-1: 1.0}, residual=False, ffn=False)`. Each attention, by hand, on the tokens entering the last block. The cell reuses $q, k, v$ from §2 (the last block's projections of those tokens); §2 overwrote `x`, so the tokens are recomputed as `x_last`:
 
 # %%
 s = q.shape[-1] ** -0.5  # q, k, v: (1, heads, 257, d) from §2
@@ -260,7 +261,7 @@ with torch.no_grad():
         residual, ffn = severance.KEEPS[mode]
         x_out = severance.finish_block(last, x_last, attn @ v, residual=residual, ffn=ffn)  # (1, 257, W)
         ours = F.normalize(visual.ln_post(x_out[:, 1:]) @ visual.proj, dim=-1).transpose(1, 2).reshape(1, -1, *grid)
-        assert torch.allclose(ours, severance.severed_dense_features(visual, one, {-1: 1.0}, mode), atol=1e-5), mode
+        assert torch.allclose(ours, severance.severed_dense_features(visual, one, Severance(mode, {-1: 1.0})), atol=1e-5), mode
 print("MaskCLIP, SCLIP, ClearCLIP and NACLIP by hand == deop_lite.severance")
 
 # %% [markdown]
@@ -270,7 +271,7 @@ print("MaskCLIP, SCLIP, ClearCLIP and NACLIP by hand == deop_lite.severance")
 # NBVAL_CHECK_OUTPUT
 modes = {"stock CLIP": None, "GPS α=1": "gps", "MaskCLIP": "maskclip", "SCLIP": "sclip",
          "ClearCLIP": "clearclip", "NACLIP": "naclip"}
-after = {name: model_lib.evaluate_training_free(clip, net, mode, N_VAL, progress=False, interval=True)
+after = {name: stages.evaluate_training_free(clip, net, mode, N_VAL, progress=False, interval=True)
          for name, mode in modes.items()}
 print(metrics.format_table({f"{name}, {way.replace('_', ' ')}": row[way] for way in ("per_patch", "mask_pooling")
                             for name, row in after.items()}, ("seen", "unseen", "hIoU", "things")))
@@ -300,7 +301,7 @@ print(metrics.format_table({f"{name}, {way.replace('_', ' ')}": row[way] for way
 # %%
 # %matplotlib widget
 explore_images = torch.stack([val[i]["image_raw"] for i in range(6)])  # (6, 3, 128, 128)
-explore_masks = proposals.proposal_masks(net, explore_images).sigmoid()  # (6, N, 128, 128), computed once
+explore_masks = proposals.proposal_masks(net, explore_images, refinement=toyworld.REFINEMENT).sigmoid()  # (6, N, 128, 128), computed once
 explorer = viz.AlphaExplorer(clip, explore_images, toyworld.CLASS_NAMES, explore_masks)
 explorer.widget()
 
@@ -325,9 +326,9 @@ Image(picture.getvalue())
 # - MaskCLIP is GPS at α = 1; SCLIP, ClearCLIP and NACLIP are each a few lines on the same block (and match `deop_lite.severance`). In the toy world none beats GPS α = 1 beyond the 95 % interval, the two that drop the residual and the FFN read things worst, and none changes the picture that severing more blocks does.
 #
 # ## Exercises
-# 1. **Where is localisation lost?** *(seconds)* Measure §1's share of attention inside the own segment in every layer, not only the last. *Hint:* `severance.patch_attention(clip.visual, image, layer=l, layers={})` for `l` in `range(4)`, then `severance.attention_in_segment(..., segments)` as in §1. *Expect:* every layer stays below uniform attention, and the first layers look away from their own segment even more than the last.
-# 2. **Eq. 1 normalised, or the official softmax?** *(seconds)* Measure the same share under MPS in the last layer with `mps_norm="sum"` and with `mps_norm="softmax"`. *Hint:* `severance.patch_attention(clip.visual, image, layers={-1: 1.0}, mode="mps", mask_probs=masks, mps_norm=...)`, with `masks = proposals.proposal_masks(net, batch["image_raw"]).sigmoid()`. *Expect:* both keep far more of each patch's attention inside its segment than the stock CLIP does, the softmax less than the sum: it gives every token some weight, whichever masks they share.
-# 3. **ClearCLIP's ablation in every block.** *(seconds)* Sever every block the way ClearCLIP's ablation of MaskCLIP does, without the residual and the FFN, and label each patch. *Hint:* `features = severance.severed_dense_features(clip.visual, clip.normalize(images), model_lib.last_blocks_severed(4), residual=False, ffn=False)`, then `clip_lib.patch_scores(features, clip.text_embeddings(toyworld.CLASS_NAMES), images.shape[-2:]).argmax(1)` as the `predict` of `model_lib.evaluate_toy(predict, 100, interval=True)`; compare with the same call keeping both. *Expect:* dropping them costs far more hIoU than the 95 % interval spans: severed in every block and without either, each block is one linear map of its token, and nothing of CLIP's per-token processing (the FFN) is left.
+# 1. **Where is localisation lost?** *(seconds)* Measure §1's share of attention inside the own segment in every layer, not only the last. *Hint:* `severance.patch_attention(clip.visual, image, layer=l)` for `l` in `range(4)`, then `severance.attention_in_segment(..., segments)` as in §1. *Expect:* every layer stays below uniform attention, and the first layers look away from their own segment even more than the last.
+# 2. **Eq. 1 normalised, or the official softmax?** *(seconds)* Measure the same share under MPS in the last layer with `mps_norm="sum"` and with `mps_norm="softmax"`. *Hint:* `severance.patch_attention(clip.visual, image, severance=Severance("mps", {-1: 1.0}, mps_norm=...), mask_probs=masks)`, with `masks = proposals.proposal_masks(net, batch["image_raw"], refinement=toyworld.REFINEMENT).sigmoid()`. *Expect:* both keep far more of each patch's attention inside its segment than the stock CLIP does, the softmax less than the sum: it gives every token some weight, whichever masks they share.
+# 3. **ClearCLIP's ablation in every block.** *(seconds)* Sever every block the way ClearCLIP's ablation of MaskCLIP does, without the residual and the FFN, and label each patch. *Hint:* `features = severance.severed_dense_features(clip.visual, clip.normalize(images), Severance("gps", {k: 1.0 for k in range(4)}, residual=False, ffn=False))`, then `clip_lib.patch_scores(features, clip.text_embeddings(toyworld.CLASS_NAMES), images.shape[-2:]).argmax(1)` as the `predict` of `world.evaluate(predict, toyworld.ToyWorld(), 100, interval=True)` (`predict` takes a batch: `images = batch["image_raw"]`; `from deop_lite import world`); compare with the same call keeping both. *Expect:* dropping them costs far more hIoU than the 95 % interval spans: severed in every block and without either, each block is one linear map of its token, and nothing of CLIP's per-token processing (the FFN) is left.
 # 4. **The official code's residual.** *(minutes: a few lines of your own)* The official ViT block scales the shortcut in the last layer of ViT-B/16: `x = alphaShortcut * x + self.attention(self.ln_1(x))` with `alphaShortcut = 0.2` (`ResidualAttentionBlockVit` in [third_party/CLIP/clip/model.py](https://github.com/CongHan0808/DeOP/blob/master/third_party/CLIP/clip/model.py)). Do the same in the toy CLIP's last block with GPS α = 1, and label each patch. *Hint:* in §2's cell set `alpha = 1` and replace `severance.finish_block(last, x, f_out)` by the attention branch alone, `severance.finish_block(last, x, f_out, residual=False, ffn=False)`, plus `0.2 * x`, then the MLP with its own residual, `x + last.mlp(last.ln_2(x))`; with the scale set back to 1 it must give back `severance.severed_dense_features`. To score the same scenes as exercise 3, wrap it in a `predict` as in exercise 3. *Expect:* per patch, hIoU moves by a couple of points, inside the 95 % interval over those scenes: the toy world does not tell whether the down-weighting helps.
 #
 # **Next:** [04_classification_anchors.ipynb](04_classification_anchors.ipynb): learn where to pool (CAL), and assemble DeOP.

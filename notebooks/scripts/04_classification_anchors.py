@@ -25,7 +25,7 @@ import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
 
-from deop_lite import anchors, clip as clip_lib, metrics, model as model_lib, proposals, runtime, severance, toyworld, transformer, viz
+from deop_lite import anchors, clip as clip_lib, metrics, model as model_lib, proposals, runtime, severance, stages, toyworld, transformer, viz
 
 runtime.set_seed(0)
 viz.setup_notebook()
@@ -40,12 +40,12 @@ DEMO_SCENES = 16  # validation scenes that the live run is evaluated on
 
 # %%
 clip = clip_lib.load_clip("toy")
-net, _ = proposals.load_proposals()
+net, _ = stages.load_proposals()
 val = toyworld.segmentation_world("val", N_VAL)
 names = toyworld.CLASS_NAMES
-deop = model_lib.load_or_train_deop("deop", net, clip)
+deop = stages.load_or_train_deop("deop", net, clip)
 print(f"{len(names)} classes: {len(toyworld.SEEN_CLASSES)} seen in training, {len(toyworld.UNSEEN_CLASSES)} unseen")
-print(deop.config)
+print(deop.classifier.config)
 
 # %% [markdown]
 # ## 1. Are some patches in a mask better witnesses?
@@ -64,7 +64,7 @@ print(deop.config)
 # NBVAL_CHECK_OUTPUT
 batch = torch.utils.data.default_collate([val[i] for i in range(N_VAL)])
 with torch.no_grad():
-    dense_feats = severance.severed_dense_features(clip.visual, clip.normalize(batch["image_raw"]), model_lib.GPS_TOY)  # (S, D, 16, 16)
+    dense_feats = severance.severed_dense_features(clip.visual, clip.normalize(batch["image_raw"]), stages.GPS_TOY)  # (S, D, 16, 16)
     patch_class = torch.einsum("bdhw,cd->bchw", dense_feats, clip.text_embeddings(names)).argmax(1)  # (S, 16, 16)
 truth = batch["label"][:, 4::8, 4::8]  # (S, 16, 16): the class at each patch centre
 framed = F.pad(truth[:, None].float(), (1, 1, 1, 1), value=-1)  # (S, 1, 18, 18): -1, no class, around the image
@@ -106,8 +106,8 @@ for scenes in (50, N_VAL):
 decoder = deop.learned.anchor_decoder
 images = batch["image_raw"][:4]
 with torch.no_grad():
-    mask_probs = deop.proposal_mask_probs(images)  # (B, N, 128, 128), refined (TOY_REFINEMENT)
-    dense_feats = deop.dense_features(images, mask_probs)  # F_V (B, D, 16, 16): prompts + GPS
+    mask_probs = deop.proposal_mask_probs(images, toyworld.REFINEMENT)  # (B, N, 128, 128), refined
+    dense_feats = deop.classifier.dense_features(images, mask_probs)  # F_V (B, D, 16, 16): prompts + GPS
     B, D, h, w = dense_feats.shape
     memory = dense_feats.flatten(2).transpose(1, 2)  # (B, hw, D)
     memory_pos = transformer.sine_position_encoding(h, w, D)[None]  # (1, hw, D)
@@ -147,7 +147,7 @@ print("heatmap pooling with H = M / ΣM is exactly mask-based pooling")
 # The official source of this variant was never published (only compiled bytecode survives: DeOP's [`mask_former/__pycache__/zero_shot_clipfeat_upsample_vit16_query2D_maskvit_convdecoder.cpython-37.pyc`](https://github.com/CongHan0808/DeOP/blob/master/mask_former/__pycache__/zero_shot_clipfeat_upsample_vit16_query2D_maskvit_convdecoder.cpython-37.pyc)), so `deop_lite.anchors.ConvHeatmapDecoder` is built from the paper's text alone, with 64 channels (`AnchorConfig.conv_channels`) for the toy CLIP instead of the paper's channel size (quoted above), and the convolutions padded so that the heatmap keeps the patch grid. The pooling is the same heatmap-based pooling as for Eq. 3. By hand, with the trained conv DeOP of Table 5 (K = 3):
 
 # %%
-conv_deop = model_lib.load_or_train_deop("deop_conv3", net, clip)
+conv_deop = stages.load_or_train_deop("deop_conv3", net, clip)
 conv_decoder = conv_deop.learned.anchor_decoder
 with torch.no_grad():
     F_V = conv_deop.dense_features(images, mask_probs)  # (B, D, 16, 16): this model's prompts + GPS
@@ -173,24 +173,24 @@ print("hand-built Eq. 4 = deop_lite.anchors.ConvHeatmapDecoder:", tuple(conv_F_I
 # DeOP is trained exactly like *baseline+* (notebook 02): proposal network and CLIP frozen, DeOP's segmentation loss, unseen pixels left out. What trains: the text context (started from the offline initialisation), the added visual prompts, the void embedding and the CAL decoder. Patch severance has no parameters: GPS, α = 1 in the last 2 of the toy CLIP's 4 blocks (`model.GPS_TOY`; §6 shows why two, and notebook 03 §4 why not all four; the paper's last layer only is `model.GPS_PAPER`, and the official code's default "GPS with mask" is `DeOPConfig(severance_mode="gps_mask")`). The CAL decoder trains with the official code's dropout (0.1) and learning rate (2e-4, a tenth of the toy prompts' 2e-3: `model.CAL_LR`). Every variant trains for 500 steps, a length chosen on the seen classes (§6). Inference uses no ensemble with the proposal stream (paper §4). A short live run, in a temporary folder:
 
 # %%
-demo = model_lib.train_briefly("deop", DEMO_STEPS, val_scenes=DEMO_SCENES)  # train_deop with fewer steps, into a temporary folder
+demo = stages.train_briefly("deop", DEMO_STEPS, val_scenes=DEMO_SCENES)  # stages.train_deop with fewer steps, into a temporary folder
 
 # %% [markdown]
 # The run's last table is measured on the first 16 validation scenes, the tables below on 200: numbers from different scene counts are not comparable. On the same 16 scenes, beside the shipped DeOP, each with its 95 % interval:
 
 # %%
 print(metrics.format_table({
-    f"live run, {DEMO_STEPS} steps": model_lib.evaluate_deop(demo, DEMO_SCENES, progress=False, interval=True),
-    f"shipped DeOP, {deop.metadata['stage']['train']['steps']} steps": model_lib.evaluate_deop(deop, DEMO_SCENES, progress=False,
+    f"live run, {DEMO_STEPS} steps": stages.evaluate_deop(demo, DEMO_SCENES, progress=False, interval=True),
+    f"shipped DeOP, {deop.metadata['stage']['train']['steps']} steps": stages.evaluate_deop(deop, DEMO_SCENES, progress=False,
                                                                                             interval=True)}))
 
 # %% [markdown]
 # On 16 scenes the intervals are wide: the shipped DeOP's row here is not its row in Table 3, measured on 200.
 #
-# The shipped variants, 500 steps of 8 scenes each (`python -m deop_lite.model train --variant NAME`):
+# The shipped variants, 500 steps of 8 scenes each (`python -m deop_lite.stages train deop --variant NAME`):
 
 # %%
-histories = {variant: model_lib.shipped_history(variant) for variant in ("baseline_plus", "ps", "cal", "deop")}
+histories = {variant: stages.shipped_history(variant) for variant in ("baseline_plus", "ps", "cal", "deop")}
 viz.plot_run_panels(histories, {"loss": "DeOP loss (training batches)", "hIoU": "hIoU on 48 validation scenes"})
 plt.show()
 
@@ -206,7 +206,7 @@ evaluated = {}  # variant -> its metrics: a variant in both tables below is eval
 def evaluate_rows(rows: dict) -> dict:
     for variant in rows.values():
         if variant not in evaluated:
-            evaluated[variant] = model_lib.evaluate_deop(model_lib.load_or_train_deop(variant, net, clip), N_VAL,
+            evaluated[variant] = stages.evaluate_deop(stages.load_or_train_deop(variant, net, clip), N_VAL,
                                                          progress=False, interval=True)
     results = {title: evaluated[variant] for title, variant in rows.items()}
     print(metrics.format_table(results))
@@ -241,7 +241,8 @@ table3 = evaluate_rows({"baseline": "text_offline", "baseline+": "baseline_plus"
 batch5 = torch.utils.data.default_collate([val[i] for i in range(5)])
 columns = {"ground truth": batch5["label"]}
 for title, variant in (("baseline", "text_offline"), ("baseline+", "baseline_plus"), ("DeOP", "deop")):
-    columns[title] = model_lib.load_deop(variant, proposals=net, clip=clip).predict(batch5["image_raw"], names)["label"]
+    columns[title] = stages.load_deop(variant, proposals=net, clip=clip).predict(batch5["image_raw"], names,
+                                                                              toyworld.REFINEMENT)["label"]
 viz.show_segmentations(batch5["image_raw"], columns)
 plt.show()
 
@@ -252,7 +253,7 @@ plt.show()
 
 # %%
 # NBVAL_CHECK_OUTPUT
-sweep = model_lib.severance_sweep()
+sweep = stages.severance_sweep()
 CLIPS = {"shipped": "shipped toy CLIP", "like_vit_b16": "toy CLIP pre-trained like ViT-B/16"}
 final = {(r.get("clip", "shipped"), r["variant"], r["blocks"], r["steps"]): r["final"] for r in sweep}
 assert all(abs(final[("shipped", v, 2, 500)]["hIoU"] - evaluated[v]["hIoU"]) < 0.05 for v in ("ps", "deop"))  # Table 3's runs
@@ -326,11 +327,11 @@ def figure5(class_name: str):
     segment = item["label"] == class_id  # (128, 128)
     rows, cols = segment.nonzero().float().mean(0).long().tolist()
     patch_i, patch_j = (rows // 8, cols // 8), ((rows // 8 + 8) % 16, (cols // 8 + 8) % 16)
-    out = deop.predict(item["image_raw"][None], names)
+    out = deop.predict(item["image_raw"][None], names, toyworld.REFINEMENT)
     ious = (out["mask_probs"][0] > 0.5).flatten(1).float() @ segment.flatten().float()  # (N,) intersections
     ious = ious / ((out["mask_probs"][0] > 0.5).flatten(1).sum(1) + segment.sum() - ious).clamp(min=1)
     owner = int(ious.argmax())
-    attention = severance.patch_attention(clip.visual, clip.normalize(item["image_raw"][None]), layers={})[0]  # (16,16,16,16)
+    attention = severance.patch_attention(clip.visual, clip.normalize(item["image_raw"][None]))[0]  # (16,16,16,16)
     fig = viz.show_attention(item["image_raw"], {"attention of patch i": attention}, patch_i,
                              maps={"attention of patch j": attention[patch_j],
                                    f"proposal n (IoU {ious[owner]:.2f})": out["mask_probs"][0, owner],
@@ -360,13 +361,13 @@ figure5("fish")
 
 # %%
 # NBVAL_CHECK_OUTPUT
-training_free = model_lib.OnePassBaseline(net, clip, severance=model_lib.GPS_TOY)
+training_free = model_lib.one_pass_baseline(clip, stages.GPS_TOY)  # a mask classifier, nothing trained
 print(metrics.format_table({
-    "DeOP, refined proposals (TOY_REFINEMENT)": evaluated["deop"],
-    "DeOP, the network's own masks": model_lib.evaluate_deop(deop, N_VAL, progress=False, refinement=None, interval=True),
-    "DeOP, ground-truth masks": model_lib.evaluate_deop(deop, N_VAL, progress=False, masks="ground_truth", interval=True),
-    "training-free GPS, ground-truth masks": model_lib.evaluate_deop(training_free, N_VAL, progress=False,
-                                                                     masks="ground_truth", interval=True)}))
+    "DeOP, refined proposals (toyworld.REFINEMENT)": evaluated["deop"],
+    "DeOP, the network's own masks": stages.evaluate_deop(deop, N_VAL, progress=False, refinement=None, interval=True),
+    "DeOP, ground-truth masks": stages.evaluate_classifier(deop.classifier, N_VAL, progress=False, interval=True),
+    "training-free GPS, ground-truth masks": stages.evaluate_classifier(training_free, N_VAL, progress=False,
+                                                                        interval=True)}))
 
 # %%
 import time
@@ -374,7 +375,7 @@ import time
 images32 = torch.stack([val[i]["image_raw"] for i in range(32)])  # (32, 3, 128, 128)
 proposals.PROPOSAL_CACHE.clear()  # time the refinement itself, not a cache hit
 seconds = {}  # name -> seconds for the 32 scenes
-for name, refinement in (("the network's own masks", None), ("refined along colour edges", proposals.TOY_REFINEMENT)):
+for name, refinement in (("the network's own masks", None), ("refined along colour edges", toyworld.REFINEMENT)):
     start = time.perf_counter()
     proposals.proposal_masks(net, images32, refinement=refinement)  # (32, N, 128, 128)
     seconds[name] = time.perf_counter() - start
@@ -387,11 +388,11 @@ print(f"refining takes {refined / own:.0f} times as long as the network's own ma
 
 # %%
 # NBVAL_CHECK_OUTPUT
-deop_mask_pooling = model_lib.load_deop("deop", proposals=net, clip=clip)
+deop_mask_pooling = stages.load_deop("deop", proposals=net, clip=clip)
 deop_mask_pooling.learned.anchor_decoder = None  # DeOP's prompts and void embedding, mask pooling instead of CAL
 print(metrics.format_table({"DeOP": evaluated["deop"],
-                            "DeOP's prompts, mask pooling": model_lib.evaluate_deop(deop_mask_pooling, N_VAL, progress=False,
-                                                                                  interval=True),
+                            "DeOP's prompts, mask pooling": stages.evaluate_deop(deop_mask_pooling, N_VAL, progress=False,
+                                                                               interval=True),
                             "baseline+ w/ PS": evaluated["ps"]}))
 
 # %%
@@ -399,7 +400,7 @@ print(metrics.format_table({"DeOP": evaluated["deop"],
 deop_meter = metrics.SegmentationMeter(names)
 for start in range(0, N_VAL, 25):
     b = torch.utils.data.default_collate([val[i] for i in range(start, start + 25)])
-    deop_meter.update(deop.predict(b["image_raw"], names)["label"], b["label"])
+    deop_meter.update(deop.predict(b["image_raw"], names, toyworld.REFINEMENT)["label"], b["label"])
 conf = deop_meter.confusion.double()  # (C, C) rows: truth
 seen_ids = [names.index(c) for c in toyworld.SEEN_CLASSES]
 iou = deop_meter.per_class_iou()
@@ -437,9 +438,9 @@ plt.show()
 #
 # 1. *(seconds)* **Where Eq. 4's heatmaps put their weight.** For the conv heatmaps of section 3, measure the share of each heatmap that falls inside its own proposal ($M > 0.5$ on the patch grid). *Hint:* `conv_H` is (B, N, hw) and `M_grid` (B, N, 16, 16); keep the proposals with `M_grid.amax((-2, -1)) > 0.5`. *What to expect:* less than all of it: Eq. 4 applies the mask to the features, not to the heatmap, and a softmax is positive everywhere. In our run about a quarter of the weight falls outside. Eq. 3's heatmaps keep less there, but not none: they are multiplied after the softmax by the soft mask $\sigma(M)$, which is small outside the proposal, not zero.
 # 2. *(seconds)* **Fig. 5 for the other unseen classes.** Call `figure5("car")` and `figure5("road")`. *Hint:* `figure5` takes the first validation scene where the class covers a large enough area. *What to expect:* the heatmap is small outside its proposal, but not zero (Eq. 3 multiplies it by the soft mask $\sigma(M)$ after the softmax; Fig. 5 shows some weight outside the outline); look at whether it peaks inside the object or on its border, and compare with the stock CLIP's attention.
-# 3. *(a minute)* **Where do the anchors look?** Over the 200 scenes, for each proposal that covers a ground-truth segment, measure how far its heatmap's peak lies from the centre of its mask, per class. *Hint:* `deop.predict(images, names)` returns `heatmaps` (B, N, 16, 16) and `mask_probs` (B, N, 128, 128); a patch is 8 pixels. *What to expect:* peaks inside the masks; the small things leave little room, so the stuff classes show whether CAL prefers a segment's interior.
-# 4. *(a re-train)* **The mask before the softmax.** Add $\log M$ to the attention logits of Eq. 3 instead of multiplying by $M$ after the softmax, with the query projection started at zero, so that training starts exactly from mask pooling. *Hint:* the line of `anchors.QueryHeatmapDecoder.forward` that multiplies by the masks; train with `model_lib.train_deop("deop", stage, run_dir=..., out=...)`. *What to expect:* at step 0 the model is mask pooling with the starting prompts; see whether CAL drifts away from it. The [lab book](../docs/experiments.md) has our run.
-# 5. *(a re-train each)* **The official code's choices.** Train DeOP with "GPS with mask" (`stage = model_lib.variant_stage("deop")`, then `stage.model.severance_mode = "gps_mask"`) or with the official loss (`stage.ignore_as_void = True`). *Hint:* `model_lib.evaluate_deop(model, N_VAL, interval=True)` prints the intervals to compare with Table 3's DeOP row. *What to expect:* read a difference only where the intervals separate; on 200 scenes, a couple of points is noise.
+# 3. *(a minute)* **Where do the anchors look?** Over the 200 scenes, for each proposal that covers a ground-truth segment, measure how far its heatmap's peak lies from the centre of its mask, per class. *Hint:* `deop.predict(images, names, toyworld.REFINEMENT)` returns `heatmaps` (B, N, 16, 16) and `mask_probs` (B, N, 128, 128); a patch is 8 pixels. *What to expect:* peaks inside the masks; the small things leave little room, so the stuff classes show whether CAL prefers a segment's interior.
+# 4. *(a re-train)* **The mask before the softmax.** Add $\log M$ to the attention logits of Eq. 3 instead of multiplying by $M$ after the softmax, with the query projection started at zero, so that training starts exactly from mask pooling. *Hint:* the line of `anchors.QueryHeatmapDecoder.forward` that multiplies by the masks; train with `stages.train_variant("deop", stage, run_dir=..., out=...)`. *What to expect:* at step 0 the model is mask pooling with the starting prompts; see whether CAL drifts away from it. The [lab book](../docs/experiments.md) has our run.
+# 5. *(a re-train each)* **The official code's choices.** Train DeOP with "GPS with mask" (`stage = stages.variant_stage("deop")`, then `stage.model.severance = severance.Severance("gps_mask", stages.GPS_TOY.alphas)`) or with the official loss (`stage.ignore_as_void = True`). *Hint:* `stages.evaluate_deop(model, N_VAL, interval=True)` prints the intervals to compare with Table 3's DeOP row. *What to expect:* read a difference only where the intervals separate; on 200 scenes, a couple of points is noise.
 # 6. *(a re-train and a package change)* **Masks in every decoder layer.** Give the query decoder's K standard layers the masks too (Mask2Former's masked cross-attention). *Hint:* `transformer.DecoderLayer.forward` takes `blocked` (B × heads, N, hw), True where a query may not look; build it from the masks on the patch grid in `QueryHeatmapDecoder.forward`. *What to expect:* compare with Table 5's K = 1 row and its interval: does CAL still need the mask at the output?
 #
 # **Next:** [05_one_pass_vs_multi_pass.ipynb](05_one_pass_vs_multi_pass.ipynb): why multi-pass methods are slow, and how much faster one pass is.

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from open_clip.constants import OPENAI_DATASET_MEAN
 
-from deop_lite import bench, clip as clip_lib, metrics, model as model_lib, multipass, proposals, runtime, toyworld, viz
+from deop_lite import bench, clip as clip_lib, metrics, model as model_lib, multipass, proposals, runtime, stages, toyworld, viz
 
 runtime.set_seed(0)
 viz.setup_notebook()
@@ -66,11 +66,11 @@ for name, side, patch in (("ViT-B-16", 512, 16), ("ViT-L-14-336", 448, 14)):
 
 # %%
 clip = clip_lib.load_clip("toy")
-net, _ = proposals.load_proposals()
-multi = multipass.MultiPass(net, clip)
+net, _ = stages.load_proposals()
+multi = multipass.MultiPass(clip)  # a mask classifier: one CLIP pass per mask
 val = toyworld.segmentation_world("val", N_VAL)
 item = val[3]
-masks = proposals.proposal_masks(net, item["image_raw"][None]).sigmoid()[0]  # (N, 128, 128)
+masks = proposals.proposal_masks(net, item["image_raw"][None], refinement=toyworld.REFINEMENT).sigmoid()[0]  # (N, 128, 128)
 crops, valid = multi.crops(item["image_raw"], masks)  # (N', 3, 64, 64)
 out = multi.classify_masks(item["image_raw"][None], masks[None], toyworld.CLASS_NAMES)
 captions = [toyworld.CLASS_NAMES[int(out["class_probs"][0, n].argmax())] for n in valid]
@@ -89,7 +89,7 @@ print(f"{len(valid)} valid proposals of {len(masks)}: {len(valid)} CLIP passes f
 # resized bicubically to CLIP's square input size $S$ (the box's aspect ratio is not kept). This follows SimBaseline's `MaskFormerClipAdapter._preprocess_image` ([adapter.py](https://github.com/MendelXu/zsseg.baseline/blob/master/mask_former/modeling/clip_adapter/adapter.py): `mask_thr=0.5`, `mask_fill="mean"`, boxes from detectron2's `BitMasks`) and its `crop_with_mask` ([utils.py](https://github.com/MendelXu/zsseg.baseline/blob/master/mask_former/modeling/clip_adapter/utils.py)). SimBaseline resizes after normalising, we before; bicubic interpolation is linear, so the order changes nothing but our clamp to $[0, 1]$. The smallest valid proposal of the scene above:
 
 # %%
-binary = masks > multi.mask_threshold  # (N, 128, 128) bool: b_n
+binary = masks > 0.5  # (N, 128, 128) bool: b_n
 k = int(binary[valid].flatten(1).sum(1).argmin())  # the smallest valid proposal is crop k
 n = int(valid[k])
 rows, cols = binary[n].any(1).nonzero()[:, 0], binary[n].any(0).nonzero()[:, 0]
@@ -97,27 +97,27 @@ top, bottom, left, right = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(co
 mu = torch.tensor(OPENAI_DATASET_MEAN).view(3, 1, 1)  # CLIP's mean colour, in [0, 1]
 x_n = torch.where(binary[n, top:bottom, left:right], item["image_raw"][:, top:bottom, left:right], mu)  # (3, h, w)
 crop = F.interpolate(x_n[None], size=(clip.image_size, clip.image_size), mode="bicubic")[0].clamp(0, 1)  # (3, S, S)
-print(f"proposal {n}: σ(M_n) > {multi.mask_threshold}, box rows {top}:{bottom} and columns {left}:{right}, "
+print(f"proposal {n}: σ(M_n) > 0.5, box rows {top}:{bottom} and columns {left}:{right}, "
       f"x_n {tuple(x_n.shape)} -> crop {tuple(crop.shape)}")
 assert torch.allclose(crop, crops[k])  # deop_lite.clip.masked_crops, which MultiPass.crops calls
 
 # %% [markdown]
 # ## 3. Quality side by side (toy world)
 #
-# Same proposals (refined along colour edges, `proposals.TOY_REFINEMENT` of notebook 01 §4), same frozen toy CLIP, same 200 validation scenes. Multi-pass here is CLIP-only (our class-agnostic proposal network gives no class scores to ensemble with; SimBaseline's λ-ensemble is `multipass.ensemble_scores`). The last row gives the crops one ground-truth mask per class instead of proposals: an upper bound for the classifier, with nothing left to find. Each metric carries its 95 % bootstrap interval over the scenes.
+# Same proposals (refined along colour edges, `toyworld.REFINEMENT` of notebook 01 §4), same frozen toy CLIP, same 200 validation scenes. Multi-pass here is CLIP-only (our class-agnostic proposal network gives no class scores to ensemble with, so SimBaseline's λ-ensemble has nothing to mix). Both are `model.DeOP(proposals, classifier)`: the same proposal network, and DeOP's `MaskClassifier` or the multi-pass classifier, `multipass.MultiPass`. The last row gives the crops one ground-truth mask per class instead of proposals: an upper bound for the classifier, with nothing left to find. Each metric carries its 95 % bootstrap interval over the scenes.
 
 # %%
 # NBVAL_CHECK_OUTPUT
-rows = {"multi-pass (fixed template)": (multi, proposals.TOY_REFINEMENT),
-        "multi-pass, the network's own masks": (multi, None),
-        "one-pass baseline (fixed template)": (model_lib.load_deop("baseline", proposals=net, clip=clip), proposals.TOY_REFINEMENT),
-        "one-pass + GPS, last 2 blocks (training-free)": (model_lib.OnePassBaseline(net, clip, severance=model_lib.GPS_TOY),
-                                                        proposals.TOY_REFINEMENT),
-        "DeOP (trained)": (model_lib.load_deop("deop", proposals=net, clip=clip), proposals.TOY_REFINEMENT)}
-quality = {title: model_lib.evaluate_deop(m, N_VAL, progress=False, refinement=refinement, interval=True)
+R = toyworld.REFINEMENT
+rows = {"multi-pass (fixed template)": (model_lib.DeOP(net, multi), R),
+        "multi-pass, the network's own masks": (model_lib.DeOP(net, multi), None),
+        "one-pass baseline (fixed template)": (stages.load_deop("baseline", proposals=net, clip=clip), R),
+        "one-pass + GPS, last 2 blocks (training-free)": (model_lib.DeOP(net, model_lib.one_pass_baseline(clip, stages.GPS_TOY)), R),
+        "DeOP (trained)": (stages.load_deop("deop", proposals=net, clip=clip), R)}
+quality = {title: stages.evaluate_deop(m, N_VAL, progress=False, refinement=refinement, interval=True)
            for title, (m, refinement) in rows.items()}
-quality["multi-pass, ground-truth masks (upper bound)"] = model_lib.evaluate_deop(
-    multi, N_VAL, progress=False, masks="ground_truth", interval=True)
+quality["multi-pass, ground-truth masks (upper bound)"] = stages.evaluate_classifier(multi, N_VAL, progress=False,
+                                                                                    interval=True)
 print(metrics.format_table(quality))
 
 # %% [markdown]

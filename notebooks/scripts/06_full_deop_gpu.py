@@ -27,7 +27,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import torch
 
-from deop_lite import bench, datasets, metrics, realworld, runtime, train, viz
+from deop_lite import bench, datasets, metrics, realworld, runtime, stages, toyworld, train, viz
 from deop_lite.clip import load_clip, resize_pos_embed
 
 runtime.set_seed(0)
@@ -113,8 +113,9 @@ plt.show()
 
 # %%
 # NBVAL_CHECK_OUTPUT
-whole = datasets.training_batch(train_set, step=0, batch_size=4, crop=config.crop)
-halves = [datasets.training_batch(train_set, 0, 4, config.crop, rank=r, world_size=2) for r in range(2)]
+world = datasets.DatasetWorld(data, config.crop, config.seed)  # the prepared dataset as a world (what every stage reads)
+whole = world.training_batch(step=0, batch_size=4)
+halves = [world.training_batch(step=0, batch_size=4, share=r, shares=2) for r in range(2)]
 assert torch.equal(whole["image_raw"], torch.cat([h["image_raw"] for h in halves]))
 print("one process :", tuple(whole["image_raw"].shape), tuple(whole["label"].shape))
 print("two processes:", [tuple(h["image_raw"].shape) for h in halves], "-> the same 4 samples")
@@ -144,11 +145,11 @@ for name in ("voc", "coco"):
     p, m, a = c.proposals, c.model, c.model.anchors
     print(f"{name}: CLIP {c.clip} ({c.clip_weights} weights), {c.crop} px crops, pixel norm {c.pixel_norm!r}; "
           f"evaluation: short side {c.eval_short_side}, long side at most {c.eval_max_side}")
-print(f"proposals : {p.backbone}, N = {p.num_queries} queries, {p.dec_layers} decoder layers, hidden {p.hidden_dim}, "
+print(f"proposals : {p.backbone}, N = {p.num_queries} queries, {p.layers} decoder layers, hidden {p.dim}, "
       f"class_aware={p.class_aware}, ignored_pixels={p.ignored_pixels!r}")
 print(f"prompts   : text {m.prompts.text!r} with {m.prompts.n_ctx} context vectors; visual {m.prompts.visual!r} "
       f"at blocks {m.prompts.visual_layers} (0 = the input)")
-print(f"severance : {m.severance_mode!r}, alpha per block {m.severance} (-1 = the last)")
+print(f"severance : {m.severance.mode!r}, alpha per block {m.severance.alphas} (-1 = the last)")
 print(f"CAL       : {a.kind!r}, K = {a.layers}, {a.heads} heads, FFN {a.ffn_dim}, dropout {a.dropout}")
 print(f"DeOP loss : ignore_as_void={c.ignore_as_void}")
 
@@ -266,11 +267,19 @@ print(f"evaluate: python -m deop_lite.realworld eval --preset {PRESET} --data {d
 # %% [markdown]
 # ## 4. Training the three stages
 #
+# These are notebook 01's, 02's and 04's training calls with another world. Each stage is a function of `deop_lite.stages`, `train_X(world, stage, run)`: the toy notebooks pass the toy world, `toyworld.ToyWorld()`; here the world is the prepared dataset, `datasets.DatasetWorld(data, crop)`, whose training batches are DeOP's random scale, crop and flip, sharded across processes. The preset gives the stage configs (`realworld.deop_stage(config)` and its siblings), and the `Run` says where the files go and how the steps run (the device, micro-batches, bf16, DistributedDataParallel). Nothing else differs: the loss, the loop and the frozen parts are the toy world's.
+#
 # `realworld.train` runs the stages in order; each is load-or-train (skipped when its file is in the run folder, resumed from its `last.pt` when interrupted):
 #
 # 1. **prompts**: the text context is learned offline on CLIP embeddings of seen-class segment crops (`prompts.segment_crop_embeddings`, as in notebook 02);
 # 2. **proposals**: the MaskFormer on seen classes only, Hungarian matching, focal + dice, deep supervision (notebook 01);
 # 3. **deop**: visual prompts, CAL, void and the text context (started from stage 1) end to end with DeOP's segmentation loss, proposals and CLIP frozen (notebooks 02–04).
+
+# %%
+print(f"{world}: {len(world.seen_classes)} seen and {len(world.unseen_classes)} unseen classes; proposals post-processed by {world.refinement}")
+print(f"the toy notebooks' world: {toyworld.ToyWorld()}; proposals post-processed by {toyworld.REFINEMENT}")
+print(f"stage 3 here: {realworld.deop_stage(config).batch_size} images a step, {realworld.deop_stage(config).train.steps} steps; "
+      f"in notebook 04: {stages.variant_stage('deop').batch_size} images a step, {stages.variant_stage('deop').train.steps} steps")
 
 # %%
 run_dir = realworld.train(config, data, RUN_DIR)
@@ -348,8 +357,8 @@ plt.show()
 # Each is tagged with what it costs. The first two run in seconds on a CPU, in this notebook.
 #
 # 1. **FLOPs against resolution** *(seconds, CPU)*. Loop `for side in (224, 384, 512, 768)`, call `bench.clip_flops("ViT-B-16", side)` and print its `break_even_crops` beside the token ratio `((side // 16) ** 2 + 1) / 197`. *Hint:* the MLPs and projections grow with the number of tokens T, attention with T². *Expect:* the FLOPs ratio grows faster than the token ratio, and the gap widens with the side, as attention's share grows (at 512 it is already the gap between 6.1 and 5.2 printed in section 3.2).
-# 2. **Four processes, one batch** *(seconds, CPU)*. Split global batch 0 among 4 processes with `datasets.training_batch(train_set, 0, 4, config.crop, rank=r, world_size=4)` and check that the shares concatenate to `whole`; then ask for 3 processes. *Hint:* a sample's crop, scale and flip are drawn from a generator seeded by its position in the stream, not by the process. *Expect:* the 4 shares equal `whole` exactly; 3 processes are refused with an `InputError`, because a global batch of 4 does not split into 3 equal shares.
-# 3. **The official code's choices** *(a re-train of the tiny preset: minutes on a CPU)*. Build `realworld.preset("tiny", ignore_as_void=True)` and, with `dataclasses.replace`, set `proposals.class_aware = True` and `model.severance_mode = "gps_mask"`; train it into a new run folder and evaluate it as in section 5. *Hint:* the run folder is load-or-train, so reusing `RUN_DIR` would load the old stages instead of training. *Expect:* the path runs end to end and the numbers still mean nothing (random CLIP, two steps a stage); the code paths that change are the proposals' loss (a class head and its loss), DeOP's loss (void targets on ignored pixels) and the severed block (its attention now uses the proposals).
+# 2. **Four processes, one batch** *(seconds, CPU)*. Split global batch 0 among 4 processes with `world.training_batch(0, 4, share=r, shares=4)` and check that the shares concatenate to `whole`; then ask for 3 processes. *Hint:* a sample's crop, scale and flip are drawn from a generator seeded by its position in the stream, not by the process. *Expect:* the 4 shares equal `whole` exactly; 3 processes are refused with an `InputError`, because a global batch of 4 does not split into 3 equal shares.
+# 3. **The official code's choices** *(a re-train of the tiny preset: minutes on a CPU)*. Build `realworld.preset("tiny", ignore_as_void=True)` and, with `dataclasses.replace`, set `proposals.class_aware = True` and `model.severance = severance.Severance("gps_mask", {-1: 1.0})`; train it into a new run folder and evaluate it as in section 5. *Hint:* the run folder is load-or-train, so reusing `RUN_DIR` would load the old stages instead of training. *Expect:* the path runs end to end and the numbers still mean nothing (random CLIP, two steps a stage); the code paths that change are the proposals' loss (a class head and its loss), DeOP's loss (void targets on ignored pixels) and the severed block (its attention now uses the proposals).
 # 4. **Micro-batch against throughput** *(a GPU, minutes)*. On a GPU, run `realworld.throughput(realworld.preset("voc", consumer_gpu=True), "deop", micro_batch=b)` for b = 1, 2, 4 and 8. *Hint:* `peak_memory_gb` is `torch.cuda.max_memory_allocated`. *Expect:* images/s grows with b until the GPU is busy, then flattens, while the peak memory grows about linearly in b; the largest b that fits with headroom sets the accumulation factor (global batch / b).
 # 5. **Table 2 on ADE-150** *(a trained COCO-Stuff run, a dataset download and a GPU: hours)*. Prepare `ade150`'s validation split and pass it with `--data` to `python -m deop_lite.realworld eval`. *Hint:* ADE-150 has no seen / unseen split. *Expect:* the JSON reports mIoU over all classes and no hIoU; compare it with the paper's ADE20K-150 row in section 6.
 #
