@@ -410,7 +410,7 @@ print(f"DeOP's loss: P = sigmoid({k:g}·S - {k:g}), {loss['weight_focal'].defaul
 # %% [markdown]
 # ## Summary
 # - Zero-shot segmentation (ZS3) trains on seen classes only and is scored by the harmonic mean of seen and unseen mIoU.
-# - The toy world generates 16-class scenes with labels and captions, byte-identical per index, fast enough to stream into training (§2's cell printed 1313 scenes of 64 × 64 per second on one thread, the best of 3 rounds); things are assembled from parts, cover about a third of the pixels, and training labels hide the 4 unseen classes.
+# - The toy world generates 16-class scenes with labels and captions, byte-identical per index, fast enough to stream into training (§2's cell printed 1249 scenes of 64 × 64 per second on one thread, the best of 3 rounds); things are assembled from parts, cover about a third of the pixels, and training labels hide the 4 unseen classes.
 # - The toy CLIP (1.65 M parameters, hybrid conv-stem ViT whose image embedding is the mean of its patch tokens, pre-trained on captions of all classes at the pixel scale of segmentation, with stochastic severance) classifies single-class images zero-shot at 100.0 % top-1, unseen classes as well as seen.
 # - The gate: on ground-truth masks, one training-free pass with every block severed reads things almost as well as one pass per crop (thing mIoU 92.5 against 94.6); the unmodified CLIP does not (19.5).
 # - Its dense patch features, read in one pass without severance, label pixels poorly (hIoU 23.9 on 200 validation scenes, §5): good image-level recognition does not give good patch-level recognition.

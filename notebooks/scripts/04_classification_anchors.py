@@ -150,7 +150,7 @@ print("heatmap pooling with H = M / ΣM is exactly mask-based pooling")
 conv_deop = stages.load_or_train_deop("deop_conv3", net, clip)
 conv_decoder = conv_deop.learned.anchor_decoder
 with torch.no_grad():
-    F_V = conv_deop.dense_features(images, mask_probs)  # (B, D, 16, 16): this model's prompts + GPS
+    F_V = conv_deop.classifier.dense_features(images, mask_probs)  # (B, D, 16, 16): this model's prompts + GPS
     B, D, h, w = F_V.shape
     M_grid = F.interpolate(mask_probs, size=(h, w), mode="area")  # (B, N, 16, 16): each mask on the patch grid
     x = (M_grid[:, :, None] * F_V[:, None]).flatten(0, 1)  # F_V * M: N weighted feature maps per image, (B*N, D, 16, 16)
