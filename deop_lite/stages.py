@@ -8,7 +8,7 @@
 A world (``world.World``: ``toyworld.ToyWorld``, or ``datasets.DatasetWorld`` for VOC, COCO-Stuff, ...) gives the
 classes, the seeded training stream and the validation set; a stage config gives the model and its optimisation;
 a :class:`Run` says where checkpoints go and how steps run (device, micro-batches, bf16, processes). The toy CLIs,
-the notebooks and ``deop_lite.realworld`` all call these functions: notebook 06's training is notebook 04's call
+the notebooks and ``deop_lite.realworld`` all call these functions: notebook 07's training is notebook 04's call
 with another world.
 
 The toy world's shipped files (``data/``) are load-or-train: :func:`load_deop`, :func:`load_proposals` and

@@ -222,7 +222,7 @@ _ARROWS = [("data", "proposals", ""), ("data", "clip_image", ""), ("names", "cli
 NOTEBOOK_STAGES = {
     "00": ("data", "names", "clip_image", "clip_text"), "01": ("proposals", "classify"),
     "02": ("clip_image", "clip_text"), "03": ("severance",), "04": ("anchors", "classify"),
-    "05": ("clip_image", "classify"), "06": tuple(_BOXES),
+    "05": ("clip_image", "classify"), "06": ("severance", "proposals"), "07": tuple(_BOXES),
 }
 """Which boxes each notebook builds (its pipeline figure highlights them)."""
 
@@ -338,10 +338,10 @@ def show_attention(image_raw, attention, patch: tuple[int, int], maps: dict | No
 
 class AlphaExplorer:
     """Interactive patch severance: a mode switch (none, DeOP's GPS and MPS, and the training-free successors
-    SCLIP, ClearCLIP, NACLIP, ProxyCLIP, CorrCLIP and ResCLIP; MaskCLIP is GPS at α = 1), a dial for how many of CLIP's last blocks the mode replaces (the
-    paper severs the last of ViT-B/16's 12; the toy DeOP every block of 4), α for GPS (disabled otherwise), a
-    choice of image and patch. Redraws the training-free zero-shot labelling (with a legend of its classes)
-    and, for the chosen patch, where its output comes from over all blocks (attention rollout,
+    SCLIP, ClearCLIP, NACLIP, ProxyCLIP, CorrCLIP and ResCLIP; MaskCLIP is GPS at α = 1), a dial for how many of
+    CLIP's last blocks the mode replaces (the paper severs the last of ViT-B/16's 12; the toy DeOP the last 2 of 4),
+    α for GPS (disabled otherwise), a choice of image and patch. Redraws the training-free zero-shot labelling
+    (with a legend of its classes) and, for the chosen patch, where its output comes from over all blocks (attention rollout,
     ``severance.severed_features_and_rollout``): the mixing that severance leaves. Text embeddings and masks
     do not depend on the settings and are computed once.
 
