@@ -134,7 +134,7 @@ def segment(image_path: Path, class_names: str | Sequence[str], clip_name: str, 
     """Segment one image into ``class_names`` and write ``<stem>_overlay.png`` and ``<stem>_labels.png``.
 
     With the toy CLIP the shipped toy DeOP segments (only toy-world class names are known). With a real
-    CLIP there is no trained real DeOP yet (notebook 06 trains one), so the image is labelled training-free:
+    CLIP there is no trained real DeOP yet (notebook 07 trains one), so the image is labelled training-free:
     patch features with the last layer severed (GPS, α = 1, as MaskCLIP and DeOP's demo), each patch
     classified on its own.
     """

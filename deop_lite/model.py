@@ -68,6 +68,21 @@ def semantic_map(class_probs: torch.Tensor, mask_probs: torch.Tensor) -> torch.T
     return torch.einsum("bnc,bnhw->bchw", class_probs, mask_probs)
 
 
+def mask_vote(label: torch.Tensor, mask_probs: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """CorrCLIP's map correction: every pixel of a mask takes the label most of the mask's pixels have (ties: the
+    smaller class index, as ``torch.mode``). A pixel belongs to the mask of highest probability if that is at least
+    0.5; pixels in no mask keep their label.
+
+    Args: label (B, H, W) class indices; mask_probs (B, N, H, W) in [0, 1]. Returns (B, H, W).
+    """
+    best, region = mask_probs.max(1)  # (B, H, W) each
+    inside = (best >= 0.5).flatten(1)  # (B, H*W)
+    members = F.one_hot(region.flatten(1), mask_probs.shape[1]).float() * inside[..., None]  # (B, H*W, N)
+    votes = torch.einsum("bpn,bpc->bnc", members, F.one_hot(label.flatten(1), num_classes).float())  # (B, N, C)
+    voted = votes.argmax(-1).gather(1, region.flatten(1))  # (B, H*W): the winner of each pixel's mask
+    return torch.where(inside, voted, label.flatten(1)).view_as(label)
+
+
 def classify_masks_with(dense_feats: torch.Tensor, mask_probs: torch.Tensor, text_emb: torch.Tensor,
                         logit_scale: float, binary_pooling: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """The classification stream after the CLIP pass: pool F_V in each mask, classify, assemble O.

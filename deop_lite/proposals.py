@@ -190,6 +190,12 @@ class MaskProposalNetwork(nn.Module):
         std = torch.tensor(IMAGENET_STD, device=image_raw.device).view(1, 3, 1, 1)
         return (image_raw - mean) / std
 
+    @torch.no_grad()
+    def pixel_features(self, image_raw: torch.Tensor) -> torch.Tensor:
+        """The pixel decoder's mask features E (B, C_m, H/4, W/4) of images in [0, 1]: class-agnostic features that
+        group pixels into segments, a proxy for ProxyCLIP's and CorrCLIP's attention (``severance``)."""
+        return self.pixel_decoder(self.backbone(self.normalize(image_raw)))
+
     def _predict(self, queries: torch.Tensor, mask_features: torch.Tensor) -> dict:
         queries = self.decoder_norm(queries)  # (B, N, d)
         masks = torch.einsum("bnc,bchw->bnhw", self.mask_embed(queries), mask_features)  # (B, N, H/s, W/s)

@@ -25,6 +25,23 @@ code does it; s = 1/√d, attention per head):
 - **NACLIP** (``"naclip"``): ``softmax(k kᵀ s + ω)``, ω[i, j] = exp(−|p_i − p_j|² / 2σ²) over the patch grid
   (σ = 5 patches; 0 for CLS and prompt tokens), residual and FFN dropped.
 
+The strongest training-free methods of 2024–2025 stop asking CLIP *where*: the last block's attention comes from
+a second, class-agnostic model (its features F_proxy, cosine similarity S = cos(F_proxy_i, F_proxy_j) between
+patches), or from CLIP's own earlier blocks. Residual and FFN dropped in all three:
+
+- **ProxyCLIP** (``"proxyclip"``, its open_clip/transformer.py ``custom_attn``): ``softmax(γ·(S − β·mean(S)))`` with
+  the pairs below zero masked out, β = 1.2, γ = 3, one attention for all heads. Its proxy is DINO; here it is any
+  features passed as ``proxy`` (the proposal network's pixel decoder, or CLIP's own early tokens). The official code
+  upsamples CLIP's values to the proxy's grid; we resize the proxy to CLIP's grid.
+- **CorrCLIP** (``"corrclip"``, its CorrCLIPv1/open_clip/transformer.py): ``softmax(τ·S)``, τ = 4, with attention
+  allowed only between patches of the same class-agnostic mask (each patch in the mask that covers it most, if any
+  covers half of it; a patch in no mask may attend wherever S exceeds its image's mean): DeOP's MPS (Eq. 1) with
+  feature similarity inside the scope. The official code adds a spatial branch, per-mask class tokens and DBSCAN
+  merging of its masks, which are left out; its per-mask vote is ``model.mask_vote``.
+- **ResCLIP** (``"resclip"``, its clip/model.py): NACLIP's attention mixed with the mean q–k attention of CLIP's
+  intermediate blocks (ViT-B/16's 6th to 9th, :func:`resclip_blocks`), ``(1 − λ)·A_NACLIP + λ·A_c``, λ = 0.5 (the
+  paper's; the code tunes λ per dataset and scales the sum by τ = 2, which ``ln_post`` nearly cancels).
+
 Every mode takes ``residual`` and ``ffn`` switches for the severed blocks (default: the mode's own), so that
 e.g. ClearCLIP's ablation can be taken apart.
 
@@ -45,14 +62,22 @@ import torch.nn.functional as F
 from .checks import InputError
 from .clip import embed_image, project_patches
 
-MODES = ("gps", "mps", "gps_mask", "maskclip", "sclip", "clearclip", "naclip")
-MASK_MODES = ("mps", "gps_mask")  # the modes that read the proposal masks
+MODES = ("gps", "mps", "gps_mask", "maskclip", "sclip", "clearclip", "naclip", "proxyclip", "corrclip", "resclip")
+MASK_MODES = ("mps", "gps_mask", "corrclip")  # the modes that read the proposal masks
+PROXY_MODES = ("proxyclip", "corrclip")  # the modes that read a proxy's features
 KEEPS = {"gps": (True, True), "mps": (True, True), "gps_mask": (True, True), "maskclip": (True, True),
-         "sclip": (True, True), "clearclip": (False, False), "naclip": (False, False)}
+         "sclip": (True, True), "clearclip": (False, False), "naclip": (False, False), "proxyclip": (False, False),
+         "corrclip": (False, False), "resclip": (False, False)}
 """(residual, FFN) that each mode keeps in a severed block, by default."""
 NACLIP_STD = 5.0
 """σ of NACLIP's Gaussian neighbourhood, in patches (its official default)."""
 MPS_NORMS = ("sum", "softmax")
+PROXYCLIP_BETA, PROXYCLIP_GAMMA = 1.2, 3.0
+"""ProxyCLIP's β and γ (its configs/base_config.py and segmentor defaults)."""
+CORRCLIP_TAU = 4.0
+"""CorrCLIP's temperature τ of the attention inside a mask (its CorrCLIPv1/open_clip/transformer.py, ``TAU``)."""
+RESCLIP_LAMBDA = 0.5
+"""ResCLIP's weight λ of the intermediate blocks' attention (the paper's value)."""
 
 
 @dataclass(frozen=True)
@@ -94,6 +119,11 @@ class Severance:
     def reads_masks(self) -> bool:
         """Whether the severed blocks read the masks being classified ("mps", "gps_mask")."""
         return self.severs and self.mode in MASK_MODES
+
+    @property
+    def reads_proxy(self) -> bool:
+        """Whether the severed blocks read a proxy's features ("proxyclip", "corrclip")."""
+        return self.severs and self.mode in PROXY_MODES
 
     @property
     def keeps(self) -> tuple[bool, bool]:
@@ -201,13 +231,66 @@ def mps_attention(memberships: torch.Tensor, norm: str = "sum") -> torch.Tensor:
     return affinity.softmax(-1) if norm == "softmax" else affinity / affinity.sum(-1, keepdim=True).clamp(min=1e-6)
 
 
+def resclip_blocks(n_blocks: int) -> range:
+    """The intermediate blocks whose attention ResCLIP averages: ViT-B/16's 6th to 9th of 12 (indices 5 to 8), the
+    same share of any depth (the toy CLIP's third of 4)."""
+    return range(round(5 * n_blocks / 12), round(9 * n_blocks / 12))
+
+
+def proxy_similarity(proxy: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """S[i, j] = cos(F_i, F_j) between the patches of a proxy's features F (B, C, h', w') resized to the patch grid
+    (area when shrinking, bilinear when growing): (B, h*w, h*w)."""
+    shrink = proxy.shape[-2] >= grid[0] and proxy.shape[-1] >= grid[1]
+    feats = F.interpolate(proxy, size=grid, mode="area") if shrink else \
+        F.interpolate(proxy, size=grid, mode="bilinear", align_corners=False)  # (B, C, h, w)
+    feats = F.normalize(feats.flatten(2), dim=1)  # (B, C, h*w), unit norm per patch
+    return feats.transpose(1, 2) @ feats  # (B, h*w, h*w)
+
+
+def proxyclip_attention(similarity: torch.Tensor) -> torch.Tensor:
+    """ProxyCLIP: softmax_j(γ·(S − β·mean(S))), the pairs below zero masked out: (B, P, P) -> (B, P, P)."""
+    logits = PROXYCLIP_GAMMA * (similarity - PROXYCLIP_BETA * similarity.mean((-2, -1), keepdim=True))  # (B, P, P)
+    return logits.masked_fill(logits < 0, float("-inf")).softmax(-1)
+
+
+def mask_regions(mask_probs: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Each patch's mask: (B, N, H, W) -> (B, h*w) ids, n + 1 for the mask that covers most of the patch if it covers
+    at least half of it, else 0 (in no mask)."""
+    shares = F.interpolate(mask_probs, size=grid, mode="area").flatten(2)  # (B, N, h*w)
+    best, index = shares.max(1)  # (B, h*w) each
+    return torch.where(best >= 0.5, index + 1, torch.zeros_like(index))
+
+
+def corrclip_attention(similarity: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
+    """CorrCLIP: softmax_j(τ·S) over the patches j of i's own mask; a pair with a patch in no mask is allowed where
+    S exceeds the image's mean. similarity (B, P, P), regions (B, P) from :func:`mask_regions` -> (B, P, P)."""
+    same = (regions[:, :, None] == regions[:, None, :]) & (regions[:, :, None] > 0)  # (B, P, P)
+    unmasked = (regions[:, :, None] == 0) | (regions[:, None, :] == 0)  # (B, P, P)
+    allowed = same | (unmasked & (similarity > similarity.mean((-2, -1), keepdim=True)))
+    return (CORRCLIP_TAU * similarity).masked_fill(~allowed, float("-inf")).softmax(-1)
+
+
+def _with_prefix(patch_attention: torch.Tensor, first: int) -> torch.Tensor:
+    """Patch-to-patch attention (B, P, P) as the attention of a block's L = first + P tokens (B, 1, L, L): CLS and the
+    prompt tokens before the patches attend to themselves only, and no patch attends to them."""
+    batch, patches, _ = patch_attention.shape
+    full = torch.zeros(batch, first + patches, first + patches, dtype=patch_attention.dtype,
+                       device=patch_attention.device)
+    full[:, :first, :first] = torch.eye(first, dtype=patch_attention.dtype, device=patch_attention.device)
+    full[:, first:, first:] = patch_attention
+    return full[:, None]  # one attention for all heads
+
+
 class _Severed:
     """Runs a ViT's blocks under a :class:`Severance` (shared by features, attention maps and rollouts)."""
 
     def __init__(self, visual, image: torch.Tensor, severance: Severance, mask_probs: torch.Tensor | None = None,
-                 prompts=None):
+                 prompts=None, proxy: torch.Tensor | None = None):
         if severance.reads_masks and mask_probs is None:
             raise InputError(f"mode {severance.mode!r} needs mask_probs (B, N, H, W): proposal or ground-truth masks")
+        if severance.reads_proxy and proxy is None:
+            raise InputError(f"mode {severance.mode!r} needs proxy features (B, C, h, w), e.g. the proposal network's "
+                             f"(proposals.MaskProposalNetwork.pixel_features) or CLIP's own (clip_block_features)")
         self.visual, self.severance, self.prompts = visual, severance, prompts
         self.residual, self.ffn = severance.keeps
         self.blocks = visual.transformer.resblocks
@@ -215,6 +298,9 @@ class _Severed:
         self.tokens, self.grid = embed_image(visual, image, prompts)  # (B, 1 + h*w, W)
         self.memberships = (token_memberships(mask_probs.to(self.tokens.dtype), self.grid) if severance.reads_masks
                             else None)  # (B, 1 + h*w, N)
+        self.similarity = proxy_similarity(proxy.to(self.tokens.dtype), self.grid) if severance.reads_proxy else None
+        self.regions = mask_regions(mask_probs.to(self.tokens.dtype), self.grid) if severance.mode == "corrclip" \
+            and severance.severs else None  # (B, h*w)
         self.block_inputs: dict[int, torch.Tensor] = {}  # filled by run(): what each block received
 
     def _extra(self, index: int) -> int:
@@ -264,8 +350,17 @@ class _Severed:
             return self_correlation(q) + self_correlation(k)
         if self.severance.mode == "clearclip":
             return self_correlation(q)
-        omega = gaussian_neighbourhood(self.grid, NACLIP_STD, self._extra(index)).to(q)  # (L, L), naclip
-        return (k @ k.transpose(-1, -2) * k.shape[-1] ** -0.5 + omega).softmax(-1)
+        if self.severance.mode == "proxyclip":
+            return _with_prefix(proxyclip_attention(self.similarity), 1 + self._extra(index))
+        if self.severance.mode == "corrclip":
+            return _with_prefix(corrclip_attention(self.similarity, self.regions), 1 + self._extra(index))
+        omega = gaussian_neighbourhood(self.grid, NACLIP_STD, self._extra(index)).to(q)  # (L, L)
+        naclip = (k @ k.transpose(-1, -2) * k.shape[-1] ** -0.5 + omega).softmax(-1)  # (B, heads, L, L)
+        if self.severance.mode == "naclip":
+            return naclip
+        intermediate = [self_attention(*qkv(self.blocks[i], self.block_inputs[i])[:2])  # resclip: (B, heads, L, L)
+                        for i in resclip_blocks(len(self.blocks))]
+        return (1 - RESCLIP_LAMBDA) * naclip + RESCLIP_LAMBDA * torch.stack(intermediate).mean(0)
 
     def patch_attention(self, layer: int) -> torch.Tensor:
         """The effective patch-to-patch attention of ``layer``, averaged over heads: (B, h*w, h*w)."""
@@ -279,7 +374,8 @@ class _Severed:
 
 
 def severed_features_and_rollout(visual, image: torch.Tensor, severance: Severance = NONE,
-                                 mask_probs: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                                 mask_probs: torch.Tensor | None = None,
+                                 proxy: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`severed_dense_features` and where each patch's output comes from, over *all* blocks (attention
     rollout, Abnar & Zuidema 2020): with A_l the patch-to-patch attention of block l (heads averaged, CLS and
     prompt tokens dropped, rows renormalised to 1) and the residual counted as half,
@@ -288,7 +384,7 @@ def severed_features_and_rollout(visual, image: torch.Tensor, severance: Severan
 
     Row i of R is how much of patch i's output each patch's input feeds. With every block severed at α = 1 it
     is the identity: no patch sees another. Returns F_V (B, D, h, w) and R (B, h, w, h, w)."""
-    run = _Severed(visual, image, severance, mask_probs)
+    run = _Severed(visual, image, severance, mask_probs, proxy=proxy)
     dense_feats = project_patches(visual, run.run(), run.grid)  # (B, D, h, w)
     rollout = None
     for index in range(len(run.blocks)):
@@ -301,7 +397,8 @@ def severed_features_and_rollout(visual, image: torch.Tensor, severance: Severan
 
 
 def severed_dense_features(visual, image: torch.Tensor, severance: Severance = NONE,
-                           mask_probs: torch.Tensor | None = None, prompts=None) -> torch.Tensor:
+                           mask_probs: torch.Tensor | None = None, prompts=None,
+                           proxy: torch.Tensor | None = None) -> torch.Tensor:
     """Dense CLIP features F_V (B, D, h, w) under ``severance``.
 
     Args:
@@ -312,9 +409,19 @@ def severed_dense_features(visual, image: torch.Tensor, severance: Severance = N
             "gps_mask".
         prompts: optional ``deop_lite.prompts.VisualPrompts`` (added or prepended); prompt tokens count as
             members of every mask, like CLS.
+        proxy: (B, C, h', w') features of a second model, read by "proxyclip" and "corrclip".
     """
-    run = _Severed(visual, image, severance, mask_probs, prompts)
+    run = _Severed(visual, image, severance, mask_probs, prompts, proxy)
     return project_patches(visual, run.run(), run.grid)
+
+
+@torch.no_grad()
+def clip_block_features(visual, image: torch.Tensor, blocks: int) -> torch.Tensor:
+    """CLIP's own patch tokens after its first ``blocks`` blocks, unmodified: (B, W, h, w), a proxy for ProxyCLIP or
+    CorrCLIP that needs no second model."""
+    run = _Severed(visual, image, NONE)
+    tokens = run.run(stop=blocks)[:, 1:]  # (B, h*w, W)
+    return tokens.transpose(1, 2).reshape(tokens.shape[0], -1, *run.grid)
 
 
 def severed_image_embedding(visual, image: torch.Tensor, severance: Severance) -> torch.Tensor:
@@ -328,10 +435,10 @@ def severed_image_embedding(visual, image: torch.Tensor, severance: Severance) -
 
 @torch.no_grad()
 def severed_features_and_attention(visual, image: torch.Tensor, severance: Severance = NONE,
-                                   mask_probs: torch.Tensor | None = None, layer: int = -1,
-                                   prompts=None) -> tuple[torch.Tensor, torch.Tensor]:
+                                   mask_probs: torch.Tensor | None = None, layer: int = -1, prompts=None,
+                                   proxy: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Both :func:`severed_dense_features` and :func:`patch_attention` of ``layer`` from one pass of the ViT."""
-    run = _Severed(visual, image, severance, mask_probs, prompts)
+    run = _Severed(visual, image, severance, mask_probs, prompts, proxy)
     dense_feats = project_patches(visual, run.run(), run.grid)  # (B, D, h, w)
     attn = run.patch_attention(layer)  # (B, h*w, h*w): block inputs are cached, no second pass
     return dense_feats, attn.reshape(attn.shape[0], *run.grid, *run.grid)
@@ -339,7 +446,7 @@ def severed_features_and_attention(visual, image: torch.Tensor, severance: Sever
 
 @torch.no_grad()
 def patch_attention(visual, image: torch.Tensor, layer: int = -1, severance: Severance = NONE,
-                    mask_probs: torch.Tensor | None = None, prompts=None) -> torch.Tensor:
+                    mask_probs: torch.Tensor | None = None, prompts=None, proxy: torch.Tensor | None = None) -> torch.Tensor:
     """How much each patch attends to every other patch in ``layer`` (paper Fig. 5), under ``severance``
     (default ``NONE``: the stock CLIP).
 
@@ -347,7 +454,7 @@ def patch_attention(visual, image: torch.Tensor, layer: int = -1, severance: Sev
     averaged over heads (the share that goes to CLS dropped; SCLIP's rows sum to 2 before that, as its two
     softmaxes are added).
     """
-    run = _Severed(visual, image, severance, mask_probs, prompts)
+    run = _Severed(visual, image, severance, mask_probs, prompts, proxy)
     attn = run.patch_attention(layer)  # (B, h*w, h*w)
     return attn.reshape(attn.shape[0], *run.grid, *run.grid)
 

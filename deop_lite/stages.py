@@ -8,7 +8,7 @@
 A world (``world.World``: ``toyworld.ToyWorld``, or ``datasets.DatasetWorld`` for VOC, COCO-Stuff, ...) gives the
 classes, the seeded training stream and the validation set; a stage config gives the model and its optimisation;
 a :class:`Run` says where checkpoints go and how steps run (device, micro-batches, bf16, processes). The toy CLIs,
-the notebooks and ``deop_lite.realworld`` all call these functions: notebook 06's training is notebook 04's call
+the notebooks and ``deop_lite.realworld`` all call these functions: notebook 07's training is notebook 04's call
 with another world.
 
 The toy world's shipped files (``data/``) are load-or-train: :func:`load_deop`, :func:`load_proposals` and
@@ -21,6 +21,7 @@ The toy world's shipped files (``data/``) are load-or-train: :func:`load_deop`, 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import tempfile
 import time
@@ -37,10 +38,10 @@ from .anchors import AnchorConfig
 from .clip import TOY_CLIP_CHECKPOINT, ClipModel, ToyClipConfig, WordTokenizer, build_toy_clip, load_clip, patch_scores
 from .losses import deop_segmentation_loss, half_resolution, mask_proposal_loss
 from .metrics import compare_segmentation, format_table, seen_label_map
-from .model import DeOP, DeOPConfig, LearnedParts, MaskClassifier, one_pass_baseline
+from .model import DeOP, DeOPConfig, LearnedParts, MaskClassifier, classify_masks_with, mask_vote
 from .prompts import PromptConfig, crop_classification_loss, segment_crop_embeddings
-from .proposals import MaskProposalNetwork, ProposalConfig, Refinement, format_recall, proposal_recall
-from .severance import MASK_MODES, MODES, NONE, Severance, last_blocks_severed, severed_image_embedding
+from .proposals import MaskProposalNetwork, ProposalConfig, Refinement, format_recall, proposal_masks, proposal_recall
+from .severance import NONE, Severance, last_blocks_severed, severed_dense_features, severed_image_embedding
 from .toyworld import ToyWorld
 from .train import (
     TrainConfig,
@@ -155,29 +156,42 @@ def compare_deop(model: nn.Module, reference: nn.Module, scenes: int = 200, worl
 
 
 @torch.no_grad()
-def evaluate_training_free(clip: ClipModel, proposals: nn.Module, mode: str | None, scenes: int = 200,
-                           world: World | None = None, progress: bool | None = None,
-                           interval: bool = False) -> dict[str, dict]:
-    """One severance mode, training-free, the two ways it can be used (notebook 03, "What came after").
+def evaluate_training_free(clip: ClipModel, proposals: nn.Module, severance: Severance, scenes: int = 200,
+                           world: World | None = None, progress: bool | None = None, interval: bool = False,
+                           proxy: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, dict]:
+    """One training-free CLIP (``severance``: the stock CLIP, GPS, or one of the successors' last blocks), the three
+    ways its patch features can label the world's validation images (notebook 06):
 
-    ``mode`` (one of ``severance.MODES`` that reads no masks, or None for the stock CLIP) changes the last block.
-    ``"per_patch"`` labels each pixel with its patch's nearest class (how MaskCLIP, SCLIP, ClearCLIP and NACLIP
-    segment); ``"mask_pooling"`` is the one-pass baseline: the same patch features pooled in the proposals.
-    Each value is :func:`evaluate`'s result on the first ``scenes`` validation scenes.
+    - ``"per_patch"``: each pixel takes its patch's nearest class (how MaskCLIP, SCLIP, ..., ProxyCLIP segment);
+    - ``"mask_pooling"``: the one-pass baseline, the features pooled in each proposal (``model.classify_masks_with``);
+    - ``"mask_vote"``: the per-patch labels, then each proposal's majority (CorrCLIP's map correction,
+      ``model.mask_vote``).
+
+    The proposals are the network's, post-processed as the world does; masks go to the modes that read them, and
+    ``proxy(image_raw)`` (B, C, h', w') features to ProxyCLIP and CorrCLIP. Each value is :func:`world.evaluate`'s
+    result on the first ``scenes`` validation scenes. One CLIP pass per image serves all three.
     """
-    if mode is not None and (mode not in MODES or mode in MASK_MODES):
-        raise checks.InputError(f"mode must be None or one of {tuple(m for m in MODES if m not in MASK_MODES)}, "
-                                f"got {mode!r}")
     world = world or ToyWorld()
-    classifier = one_pass_baseline(clip, NONE if mode is None else Severance(mode, {-1: 1.0}))
-    text_emb = classifier.text_embeddings(world.class_names)  # (C, D), the baseline's own template
+    text_emb = clip.text_embeddings(world.class_names, ("a photo of a {}.",))  # (C, D), the baseline's template
+    scale = clip.model.logit_scale.exp()
+    labelled: dict[str, dict[str, torch.Tensor]] = {}  # image digest -> the three labellings, uint8
 
-    def per_patch(batch: dict) -> torch.Tensor:  # (B, 3, H, W) -> (B, H, W)
-        dense_feats = classifier.dense_features(batch["image_raw"], None)  # (B, D, h, w)
-        return patch_scores(dense_feats, text_emb, batch["image_raw"].shape[-2:]).argmax(1)
+    def label(batch: dict, way: str) -> torch.Tensor:
+        key = hashlib.blake2b(batch["image_raw"].numpy().tobytes(), digest_size=16).hexdigest()
+        if key not in labelled:
+            images = batch["image_raw"]  # (B, 3, H, W)
+            masks = proposal_masks(proposals, images, refinement=world.refinement).sigmoid()  # (B, N, H, W)
+            dense_feats = severed_dense_features(clip.visual, clip.normalize(images), severance, masks,
+                                                 proxy=None if proxy is None else proxy(images))  # (B, D, h, w)
+            per_patch = patch_scores(dense_feats, text_emb, images.shape[-2:]).argmax(1)  # (B, H, W)
+            labelled[key] = {"per_patch": per_patch,
+                             "mask_pooling": classify_masks_with(dense_feats, masks, text_emb, scale)[1].argmax(1),
+                             "mask_vote": mask_vote(per_patch, masks, len(world.class_names))}
+            labelled[key] = {name: labels.to(torch.uint8) for name, labels in labelled[key].items()}
+        return labelled[key][way].long()
 
-    return {"per_patch": evaluate(per_patch, world, scenes, progress=progress, interval=interval),
-            "mask_pooling": evaluate_deop(DeOP(proposals, classifier), scenes, world, progress, interval)}
+    return {way: evaluate(lambda batch, way=way: label(batch, way), world, scenes, progress=progress, interval=interval)
+            for way in ("per_patch", "mask_pooling", "mask_vote")}
 
 
 # ----------------------------------------------------------------------------------------------------

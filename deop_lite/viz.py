@@ -222,7 +222,7 @@ _ARROWS = [("data", "proposals", ""), ("data", "clip_image", ""), ("names", "cli
 NOTEBOOK_STAGES = {
     "00": ("data", "names", "clip_image", "clip_text"), "01": ("proposals", "classify"),
     "02": ("clip_image", "clip_text"), "03": ("severance",), "04": ("anchors", "classify"),
-    "05": ("clip_image", "classify"), "06": tuple(_BOXES),
+    "05": ("clip_image", "classify"), "06": ("severance", "proposals"), "07": tuple(_BOXES),
 }
 """Which boxes each notebook builds (its pipeline figure highlights them)."""
 
@@ -338,10 +338,10 @@ def show_attention(image_raw, attention, patch: tuple[int, int], maps: dict | No
 
 class AlphaExplorer:
     """Interactive patch severance: a mode switch (none, DeOP's GPS and MPS, and the training-free successors
-    SCLIP, ClearCLIP and NACLIP; MaskCLIP is GPS at α = 1), a dial for how many of CLIP's last blocks the mode replaces (the
-    paper severs the last of ViT-B/16's 12; the toy DeOP every block of 4), α for GPS (disabled otherwise), a
-    choice of image and patch. Redraws the training-free zero-shot labelling (with a legend of its classes)
-    and, for the chosen patch, where its output comes from over all blocks (attention rollout,
+    SCLIP, ClearCLIP, NACLIP, ProxyCLIP, CorrCLIP and ResCLIP; MaskCLIP is GPS at α = 1), a dial for how many of
+    CLIP's last blocks the mode replaces (the paper severs the last of ViT-B/16's 12; the toy DeOP the last 2 of 4),
+    α for GPS (disabled otherwise), a choice of image and patch. Redraws the training-free zero-shot labelling
+    (with a legend of its classes) and, for the chosen patch, where its output comes from over all blocks (attention rollout,
     ``severance.severed_features_and_rollout``): the mixing that severance leaves. Text embeddings and masks
     do not depend on the settings and are computed once.
 
@@ -356,19 +356,26 @@ class AlphaExplorer:
         mask_probs: optional (K, N, H, W) proposal probabilities: with them the labelling classifies
             segments (the one-pass pipeline, training-free), and MPS becomes available; without them each
             patch is labelled on its own.
+        proxy: optional (K, C, h', w') features of a second model (e.g. the proposal network's pixel decoder): with
+            them ProxyCLIP becomes available, and CorrCLIP with the masks too.
 
     >>> explorer = AlphaExplorer(clip, images_raw, CLASS_NAMES, mask_probs)   # doctest: +SKIP
     >>> explorer.widget()                                                     # doctest: +SKIP
     """
 
-    MODES = ("none", "GPS", "MPS", "SCLIP", "ClearCLIP", "NACLIP")  # MaskCLIP is GPS at α = 1
+    MODES = ("none", "GPS", "MPS", "SCLIP", "ClearCLIP", "NACLIP", "ProxyCLIP", "CorrCLIP", "ResCLIP")  # MaskCLIP: GPS, α = 1
 
-    def __init__(self, clip, images_raw: torch.Tensor, class_names: Sequence[str], mask_probs: torch.Tensor | None = None):
+    def __init__(self, clip, images_raw: torch.Tensor, class_names: Sequence[str], mask_probs: torch.Tensor | None = None,
+                 proxy: torch.Tensor | None = None):
         checks.image_batch(images_raw, "images_raw", min_side=clip.patch_size, multiple_of=clip.patch_size)
         class_names = checks.class_names(class_names)
         if mask_probs is not None:
             checks.mask_batch(mask_probs, images_raw)
+        if proxy is not None and (proxy.ndim != 4 or len(proxy) != len(images_raw)):
+            raise checks.InputError(f"proxy must be (K, C, h, w) features of the {len(images_raw)} images, got "
+                                    f"{tuple(proxy.shape)}")
         self.clip, self.images_raw, self.class_names, self.mask_probs = clip, images_raw, class_names, mask_probs
+        self.proxy = proxy
         self.text_emb = clip.text_embeddings(self.class_names)  # (C, D), computed once
         self.palette_ids = torch.tensor([legend_colour_index(c, i) for i, c in enumerate(self.class_names)])  # (C,)
         self.grid = (images_raw.shape[-2] // clip.patch_size, images_raw.shape[-1] // clip.patch_size)
@@ -393,6 +400,11 @@ class AlphaExplorer:
         self.controls: dict = {}  # the widgets, once widget() has built them
         self._moving_sliders = False  # True while select_patch() moves the patch sliders
 
+    def available_modes(self) -> list[str]:
+        """The modes this explorer's inputs allow: MPS needs masks, ProxyCLIP a proxy, CorrCLIP both."""
+        needs = {"MPS": (self.mask_probs,), "ProxyCLIP": (self.proxy,), "CorrCLIP": (self.mask_probs, self.proxy)}
+        return [m for m in self.MODES if all(given is not None for given in needs.get(m, ()))]
+
     def severance(self) -> Severance:
         """The current state's ``severance.Severance``: the last ``blocks`` blocks (α for GPS, 1 for the other modes,
         which replace the attention whole); nothing severed for "none"."""
@@ -408,8 +420,9 @@ class AlphaExplorer:
         s = self.state
         image = self.clip.normalize(self.images_raw[s["image"]:s["image"] + 1])  # (1, 3, H, W)
         masks = None if self.mask_probs is None else self.mask_probs[s["image"]:s["image"] + 1]  # (1, N, H, W)
+        proxy = None if self.proxy is None else self.proxy[s["image"]:s["image"] + 1]  # (1, C, h', w')
         with torch.no_grad():
-            dense_feats, rollout = severed_features_and_rollout(self.clip.visual, image, self.severance(), masks)
+            dense_feats, rollout = severed_features_and_rollout(self.clip.visual, image, self.severance(), masks, proxy)
             if masks is None:
                 scores = patch_scores(dense_feats, self.text_emb, image.shape[-2:])  # (1, C, H, W)
             else:
@@ -455,8 +468,10 @@ class AlphaExplorer:
         for key, value in changes.items():
             if key == "mode" and value not in self.MODES:
                 raise checks.InputError(f"mode must be one of {self.MODES}, got {value!r}")
-            if key == "mode" and value == "MPS" and self.mask_probs is None:
-                raise checks.InputError("MPS needs proposal masks: build the explorer with mask_probs")
+            if key == "mode" and value not in self.available_modes():
+                needs = "proposal masks (mask_probs)" if value == "MPS" else "proxy features (proxy)" \
+                    if value == "ProxyCLIP" else "proposal masks (mask_probs) and proxy features (proxy)"
+                raise checks.InputError(f"{value} needs {needs}: build the explorer with them")
             if key.startswith("alpha") and not 0 <= value <= 1:
                 raise checks.InputError(f"{key} must lie in [0, 1] (the weight on the identity), got {value}")
             if key in limits and not (isinstance(value, int) and 0 <= value <= limits[key]):
@@ -506,8 +521,7 @@ class AlphaExplorer:
             "alpha": w.FloatSlider(value=s["alpha"], min=0, max=1, step=0.05, description="α"),
             "blocks": w.IntSlider(value=s["blocks"], min=1, max=self.depth, description="severed blocks",
                                   style={"description_width": "initial"}),
-            "mode": w.ToggleButtons(options=[m for m in self.MODES if m != "MPS" or self.mask_probs is not None],
-                                    value=s["mode"]),
+            "mode": w.ToggleButtons(options=self.available_modes(), value=s["mode"]),
             "image": w.IntSlider(value=s["image"], min=0, max=len(self.images_raw) - 1, description="image"),
             "row": w.IntSlider(value=s["row"], min=0, max=self.grid[0] - 1, description="patch row"),
             "col": w.IntSlider(value=s["col"], min=0, max=self.grid[1] - 1, description="patch col"),

@@ -2,7 +2,7 @@
 
 Two implementations: the toy world (``toyworld.ToyWorld``, procedural scenes, the default) and each real dataset
 (``datasets.DatasetWorld``: PASCAL VOC, COCO-Stuff, ...). The stages of ``deop_lite.stages`` take a world and a
-config, so that notebook 06's real-world training is notebook 04's call with another world.
+config, so that notebook 07's real-world training is notebook 04's call with another world.
 
 >>> from deop_lite.toyworld import ToyWorld
 >>> world = ToyWorld()

@@ -31,10 +31,12 @@ CELLS = [
     "%matplotlib widget\n"
     "import torch\n"
     "from deop_lite.clip import load_clip\n"
+    "from deop_lite.stages import load_proposals\n"
     "from deop_lite.toyworld import CLASS_NAMES, ToyWorld\n"
     "from deop_lite.viz import AlphaExplorer\n"
     "world = ToyWorld().validation_set(2)\n"
-    "explorer = AlphaExplorer(load_clip('toy'), torch.stack([world[i]['image_raw'] for i in range(2)]), CLASS_NAMES)",
+    "images = torch.stack([world[i]['image_raw'] for i in range(2)])\n"
+    "explorer = AlphaExplorer(load_clip('toy'), images, CLASS_NAMES, proxy=load_proposals()[0].pixel_features(images))",
     "explorer.widget()",
     "print({k: round(v, 2) if isinstance(v, float) else v for k, v in explorer.state.items()})",
 ]
@@ -106,8 +108,8 @@ def test_alpha_explorer_in_jupyterlab(jupyterlab, tmp_path):
     assert (start["mode"], start["alpha"], start["blocks"], start["row"], start["col"]) == ("GPS", 1.0, 1, 8, 8), start
     assert after_alpha["alpha"] == 0.7 and after_alpha["mode"] == "GPS", after_alpha
     assert after_blocks["blocks"] == 3 and after_blocks["alpha"] == 0.7, after_blocks
-    assert after_mode["mode"] == "NACLIP" and after_mode["blocks"] == 3, after_mode
-    assert after_click["col"] < 8 and after_click["mode"] == "NACLIP", after_click  # a click left of the centre
+    assert after_mode["mode"] == "ProxyCLIP" and after_mode["blocks"] == 3, after_mode
+    assert after_click["col"] < 8 and after_click["mode"] == "ProxyCLIP", after_click  # a click left of the centre
 
 
 def drive_the_explorer(page, url: str) -> tuple[dict, list[dict], list[str]]:
@@ -175,9 +177,9 @@ def drive_the_explorer(page, url: str) -> tuple[dict, list[dict], list[str]]:
         dial.press("ArrowRight")
     states.append(kernel_state(lambda state: state["blocks"] == 3))
     picture = redrawn("turn the dial", picture)
-    cells.nth(1).locator("button:has-text('NACLIP')").click()
-    states.append(kernel_state(lambda state: state["mode"] == "NACLIP"))
-    # α does not apply to NACLIP: its slider is disabled (the dial is not)
+    cells.nth(1).locator("button:has-text('ProxyCLIP')").click()  # a successor of 2024: attention from the proxy
+    states.append(kernel_state(lambda state: state["mode"] == "ProxyCLIP"))
+    # α does not apply to ProxyCLIP: its slider is disabled (the dial is not)
     cells.nth(1).locator(".widget-slider:not(:has-text('severed')):has-text('α') .noUi-target[disabled]").wait_for(
         state="attached")
     picture = redrawn("switch the mode", picture)

@@ -236,16 +236,18 @@ def test_successor_attention_maps(toy_clip):
     assert torch.equal(maskclip, torch.eye(24))
 
 
-def test_training_free_table_evaluates_each_mode_both_ways(toy_clip):
+def test_training_free_table_evaluates_each_mode_three_ways(toy_clip):
     from deop_lite.stages import evaluate_training_free, load_proposals
     proposals = load_proposals()[0]
-    rows = {mode: evaluate_training_free(toy_clip, proposals, mode, scenes=4) for mode in (None, "clearclip")}
+    rows = {name: evaluate_training_free(toy_clip, proposals, severance, scenes=4)
+            for name, severance in (("stock", NONE), ("clearclip", Severance("clearclip", {-1: 1.0})))}
     for row in rows.values():
-        assert set(row) == {"per_patch", "mask_pooling"}
+        assert set(row) == {"per_patch", "mask_pooling", "mask_vote"}
         assert all({"seen", "unseen", "hIoU", "things"} <= set(result) for result in row.values())
-    assert rows[None]["per_patch"]["IoU"] != rows["clearclip"]["per_patch"]["IoU"]
-    with pytest.raises(ValueError, match="mode must be None or one of"):
-        evaluate_training_free(toy_clip, proposals, "mps", scenes=1)
+    assert rows["stock"]["per_patch"]["IoU"] != rows["clearclip"]["per_patch"]["IoU"]
+    proxy = evaluate_training_free(toy_clip, proposals, Severance("proxyclip", {-1: 1.0}), scenes=4,
+                                   proxy=proposals.pixel_features)
+    assert proxy["per_patch"]["IoU"] != rows["stock"]["per_patch"]["IoU"]
 
 
 def test_rollout_is_the_product_of_each_blocks_attention_with_half_residual(toy_clip):
@@ -262,3 +264,126 @@ def test_rollout_is_the_product_of_each_blocks_attention_with_half_residual(toy_
     assert torch.allclose(got.sum((-2, -1)), torch.ones(1, 4, 4))  # each patch's output: a whole of its inputs
     _, cut = severed_features_and_rollout(toy_clip.visual, image, Severance("gps", {layer: 1.0 for layer in range(4)}))
     assert torch.equal(cut.reshape(16, 16), torch.eye(16))  # every block severed at α = 1: no patch sees another
+
+
+# ----------------------------------------------------------------------------------------------------
+# 2024-2025: the last block's attention from a second model (ProxyCLIP, CorrCLIP) or from earlier blocks (ResCLIP),
+# each against the equations of its official code, written out again here
+
+def _last_block_input(visual, image):
+    """Tokens entering the last block (B, L, W), the grid, and the last block's q, k, v per head (B, heads, L, d)."""
+    x, grid = embed_image(visual, image)
+    for block in visual.transformer.resblocks[:-1]:
+        x = block(x)
+    last = visual.transformer.resblocks[-1]
+    batch, length, width = x.shape
+    heads = last.attn.num_heads
+    q, k, v = (t.reshape(batch, length, heads, width // heads).transpose(1, 2)
+               for t in F.linear(last.ln_1(x), last.attn.in_proj_weight, last.attn.in_proj_bias).chunk(3, dim=-1))
+    return x, grid, (q, k, v)
+
+
+def _patch_output(visual, attn, v, grid):
+    """out_proj(A·V) over the patch tokens, no residual and no FFN, then ln_post, proj, L2 norm: (B, D, h, w)."""
+    last = visual.transformer.resblocks[-1]
+    batch, heads, patches, dim = attn.shape[0], v.shape[1], attn.shape[-1], v.shape[-1]
+    out = last.attn.out_proj((attn @ v).transpose(1, 2).reshape(batch, patches, heads * dim))  # (B, P, W)
+    return F.normalize(visual.ln_post(out) @ visual.proj, dim=-1).transpose(1, 2).reshape(batch, -1, *grid)
+
+
+def test_proxyclip_matches_its_official_custom_attn(clip):
+    """ProxyCLIP's open_clip/transformer.py ``custom_attn``: q_k = normalize(F, dim=1); S = q_kᵀ q_k;
+    S = (S − mean(S)·β)·γ; S[S < 0] = −inf; softmax; the same for every head, over the patch tokens' V (CLS dropped);
+    out_proj; no residual, no FFN."""
+    image = _image(clip)
+    proxy = torch.randn(1, 24, 4, 6, generator=torch.Generator().manual_seed(2))  # on the patch grid: no resizing
+    with torch.no_grad():
+        _, grid, (q, k, v) = _last_block_input(clip.visual, image)
+        q_k = F.normalize(proxy.flatten(2), dim=1)  # (B, C, P)
+        similarity = torch.einsum("bcm,bcn->bmn", q_k, q_k)
+        similarity = (similarity - similarity.mean() * 1.2) * 3.0
+        similarity[similarity < 0.0] = float("-inf")
+        attn = similarity.softmax(-1)[:, None]  # (B, 1, P, P): every head alike
+        by_hand = _patch_output(clip.visual, attn, v[:, :, 1:], grid)
+        package = severed_dense_features(clip.visual, image, Severance("proxyclip", {-1: 1.0}), proxy=proxy)
+    assert torch.allclose(package, by_hand, atol=1e-5)
+
+
+def test_corrclip_matches_its_official_scope_reconstruction(toy_clip):
+    """CorrCLIP's CorrCLIPv1/open_clip/transformer.py: attention allowed between tokens of the same region, and
+    where a token of the unsegmented region 0 meets S > mean(S); −inf elsewhere; softmax(τ·S), τ = 4."""
+    image = _image(toy_clip)
+    proxy = torch.randn(1, 24, 4, 6, generator=torch.Generator().manual_seed(3))
+    masks = torch.zeros(1, 2, *image.shape[-2:])
+    masks[0, 0, :16, :24], masks[0, 1, 16:, 24:] = 1, 1  # two masks of 2 x 3 patches; the rest is in no mask
+    region_of_patch = torch.zeros(4, 6, dtype=torch.long)
+    region_of_patch[:2, :3], region_of_patch[2:, 3:] = 1, 2
+    with torch.no_grad():
+        _, grid, (q, k, v) = _last_block_input(toy_clip.visual, image)
+        feats = F.normalize(proxy.flatten(2).transpose(1, 2), dim=-1)  # (B, P, C)
+        similarity = torch.einsum("bmc,bnc->bmn", feats, feats)[0]  # (P, P)
+        regions = region_of_patch.flatten()
+        region_masks = [(idx == regions) for idx in torch.unique(regions)]
+        equal_idx = torch.zeros_like(similarity).bool()
+        for mask in region_masks[1:]:
+            equal_idx += torch.outer(mask, mask)
+        mask = region_masks[0]
+        equal_idx += (mask.unsqueeze(0) + mask.unsqueeze(1)) * (similarity > similarity.mean())
+        similarity[~equal_idx] = float("-inf")
+        attn = (similarity * 4).softmax(dim=-1)[None, None]  # (1, 1, P, P)
+        by_hand = _patch_output(toy_clip.visual, attn, v[:, :, 1:], grid)
+        package = severed_dense_features(toy_clip.visual, image, Severance("corrclip", {-1: 1.0}), masks, proxy=proxy)
+    assert torch.allclose(package, by_hand, atol=1e-5)
+
+
+def test_resclip_matches_its_official_residual_attention(clip):
+    """ResCLIP's clip/model.py: the intermediate blocks' softmax(q kᵀ s) per head (CLS included), averaged
+    (``attention_rcs``), mixed after NACLIP's softmax(k kᵀ s + ω): (1 − λ)·A + λ·A_c, λ = 0.5; out_proj; no residual,
+    no FFN."""
+    from deop_lite.severance import resclip_blocks
+    assert list(resclip_blocks(12)) == [5, 6, 7, 8] and list(resclip_blocks(4)) == [2]  # ViT-B/16's 6th to 9th
+    image = _image(clip)
+    blocks = clip.visual.transformer.resblocks
+    with torch.no_grad():
+        x, grid = embed_image(clip.visual, image)
+        attn_map = []
+        for block in blocks[:-1]:
+            q_i, k_i, _ = qkv(block, x)
+            attn_map.append((q_i @ k_i.transpose(-1, -2) * q_i.shape[-1] ** -0.5).softmax(-1))
+            x = block(x)
+        selected = range(5, 9) if len(blocks) == 12 else range(2, 3)
+        attention_rcs = torch.stack([attn_map[i] for i in selected]).mean(0)
+        q, k, v = qkv(blocks[-1], x)
+        omega = torch.zeros(25, 25)
+        omega[1:, 1:] = torch.tensor([[math.exp(-((i // 6 - j // 6) ** 2 + (i % 6 - j % 6) ** 2) / 50) for j in range(24)]
+                                      for i in range(24)])
+        naclip = (k @ k.transpose(-1, -2) * k.shape[-1] ** -0.5 + omega).softmax(-1)
+        attn = 0.5 * naclip + 0.5 * attention_rcs  # (B, heads, L, L)
+        out = blocks[-1].attn.out_proj((attn @ v).transpose(1, 2).reshape(1, 25, -1))  # (B, L, W)
+        by_hand = F.normalize(clip.visual.ln_post(out[:, 1:]) @ clip.visual.proj, dim=-1).transpose(1, 2)
+        package = severed_dense_features(clip.visual, image, Severance("resclip", {-1: 1.0}))
+    assert torch.allclose(package, by_hand.reshape(1, -1, *grid), atol=1e-5)
+
+
+def test_mask_vote_is_corrclips_map_correction():
+    """CorrCLIP's corrclip_segmentor.py ``postprocess_result``: ``seg_pred[mask] = torch.mode(seg_pred[mask])[0]`` for
+    every mask but the unsegmented region."""
+    from deop_lite.model import mask_vote
+    generator = torch.Generator().manual_seed(4)
+    label = torch.randint(5, (2, 8, 8), generator=generator)
+    masks = torch.zeros(2, 3, 8, 8)
+    masks[:, 0, :4], masks[:, 1, 4:, :4], masks[:, 2, 4:, 4:6] = 0.9, 0.8, 0.6  # the last 2 columns in no mask
+    expected = label.clone()
+    for b in range(2):
+        for n in range(3):
+            mask = masks[b, n] >= 0.5
+            expected[b][mask] = torch.mode(label[b][mask])[0]
+    assert torch.equal(mask_vote(label, masks, 5), expected)
+
+
+def test_proxy_modes_ask_for_their_proxy(toy_clip):
+    image = _image(toy_clip)
+    with pytest.raises(ValueError, match="needs proxy features"):
+        severed_dense_features(toy_clip.visual, image, Severance("proxyclip", {-1: 1.0}))
+    with pytest.raises(ValueError, match="needs mask_probs"):
+        severed_dense_features(toy_clip.visual, image, Severance("corrclip", {-1: 1.0}), proxy=torch.rand(1, 8, 4, 6))

@@ -1,4 +1,5 @@
 import matplotlib.pyplot as plt
+import pytest
 import torch
 
 from deop_lite import viz
@@ -74,9 +75,10 @@ def test_alpha_explorer_offers_every_mode_and_disables_what_does_not_apply(toy_c
     explorer = viz.AlphaExplorer(toy_clip, images, CLASS_NAMES)
     explorer.widget()
     mode, alpha, blocks = explorer.controls["mode"], explorer.controls["alpha"], explorer.controls["blocks"]
-    assert "MPS" not in mode.options and {"SCLIP", "ClearCLIP", "NACLIP"} <= set(mode.options)
+    assert not {"MPS", "ProxyCLIP", "CorrCLIP"} & set(mode.options)  # they need masks or a proxy, not given here
+    assert {"SCLIP", "ClearCLIP", "NACLIP", "ResCLIP"} <= set(mode.options)
     blocks.value = 2
-    for name in ("SCLIP", "ClearCLIP", "NACLIP", "none"):
+    for name in ("SCLIP", "ClearCLIP", "NACLIP", "ResCLIP", "none"):
         mode.value = name  # the button drives update(), which redraws this mode's rollout
         severance = NONE if name == "none" else Severance(name.lower(), {2: 1.0, 3: 1.0})
         expected = severed_features_and_rollout(toy_clip.visual, toy_clip.normalize(images), severance)
@@ -123,4 +125,25 @@ def test_training_curves_one_per_key_or_per_run():
     fig = viz.plot_run_panels({"a": history, "b": history}, {"loss": "training loss", "hIoU": "validation hIoU"})
     assert [ax.get_title() for ax in fig.axes] == ["training loss", "validation hIoU"]
     assert [len(ax.lines) for ax in fig.axes] == [2, 2]
+    plt.close("all")
+
+
+def test_alpha_explorer_draws_the_proxy_modes_from_the_proxy_it_is_given(toy_clip):
+    import numpy as np
+
+    from deop_lite.severance import severed_features_and_rollout
+    from deop_lite.toyworld import CLASS_NAMES, segmentation_world
+    images = torch.stack([segmentation_world("val", 1)[0]["image_raw"]])  # (1, 3, 128, 128)
+    masks = torch.zeros(1, 2, 128, 128)
+    masks[:, 0, :, :64], masks[:, 1, :, 64:] = 1, 1
+    proxy = torch.randn(1, 8, 32, 32, generator=torch.Generator().manual_seed(0))
+    explorer = viz.AlphaExplorer(toy_clip, images, CLASS_NAMES, masks, proxy)
+    assert {"MPS", "ProxyCLIP", "CorrCLIP"} <= set(explorer.available_modes())
+    for name in ("ProxyCLIP", "CorrCLIP"):
+        drawn = explorer.update(mode=name, blocks=1)["attention"]
+        expected = severed_features_and_rollout(toy_clip.visual, toy_clip.normalize(images),
+                                                Severance(name.lower(), {3: 1.0}), masks, proxy)[1][0, 8, 8]
+        assert np.allclose(drawn.numpy(), expected.numpy(), atol=1e-6), name
+    with pytest.raises(ValueError, match="CorrCLIP needs proposal masks"):
+        viz.AlphaExplorer(toy_clip, images, CLASS_NAMES, proxy=proxy).update(mode="CorrCLIP")
     plt.close("all")

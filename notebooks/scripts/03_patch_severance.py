@@ -16,7 +16,7 @@
 # # 03 · Patch severance
 # *Cut the links between CLIP's patch tokens, and watch zero-shot segmentation improve with no training at all.*
 #
-# - **You will build:** a measurement of how poorly CLIP's last-layer patch tokens are localised, generalized patch severance (GPS) and mask-guided patch severance (MPS) derived and checked against `deop_lite.severance`, the toy-world analogue of the paper's Table 4 (severing the last block, the last 2, every block), an α sweep, why a CLIP pre-trained like ViT-B/16 cannot be severed everywhere, the training-free methods that came after (MaskCLIP, SCLIP, ClearCLIP, NACLIP) side by side, and an interactive α explorer.
+# - **You will build:** a measurement of how poorly CLIP's last-layer patch tokens are localised, generalized patch severance (GPS) and mask-guided patch severance (MPS) derived and checked against `deop_lite.severance`, the toy-world analogue of the paper's Table 4 (severing the last block, the last 2, every block), an α sweep, why a CLIP pre-trained like ViT-B/16 cannot be severed everywhere, and an interactive α explorer. The training-free methods that came after DeOP (MaskCLIP to CorrCLIP) have a notebook of their own, 06.
 # - **You need:** notebooks 00 and 01 (the toy CLIP and the proposal network, both shipped in `data/`).
 # - **Runtime:** as the [README's notebook table](../README.md#notebooks) gives it, measured with the shipped checkpoints; CI mode (`DEOP_CI=1`) is shorter.
 
@@ -36,7 +36,7 @@ viz.pipeline_figure("03", title="DeOP pipeline: this notebook builds the highlig
 plt.show()
 
 # %% tags=["parameters"]
-N_VAL = 200  # validation scenes behind Table 4 and the successors' table (the same in CI mode, so are their numbers)
+N_VAL = 200  # validation scenes behind Table 4 (the same in CI mode, so are its numbers)
 N_SWEEP = 30 if runtime.CI else 100  # validation scenes per point of the α sweep (fewer in CI mode: the curves' shape)
 N_GT = 100  # validation scenes of the two CLIPs' ground-truth comparison
 
@@ -228,73 +228,9 @@ plt.show()
 # The claim holds for the CLIP it was made about. Pre-trained like ViT-B/16, the toy CLIP also gains from severing its second- and third-to-last blocks (44.6, then 63.3, each interval clear of the previous one's). It reads ground-truth masks best with its last 3 blocks severed (63.3), and drops to 51.7 when the first block is severed too, the two intervals clear of each other: severing a shallow block breaks what the blocks after it expect. Its best one pass stays far below multi-pass crops (one CLIP pass per crop: 96.6). The shipped toy CLIP, pre-trained with blocks severed at random, gains at every step, each interval clear of the previous one's, up to 95.8 with every block severed, within the interval of its multi-pass crops (one CLIP pass per crop: 96.5): it was taught to read its own patch, so it can be severed everywhere. That is a property of its pre-training, not of DeOP, and it is why the toy DeOP severs only two blocks.
 
 # %% [markdown]
-# ## 5. What came after
+# ## 5. Explore
 #
-# Patch severance was one of the first answers to "CLIP's last layer is poorly localised". The training-free methods that followed change the same last block in other ways. With $s = 1/\sqrt{d}$, per head, and $q, k, v$ the block's own projections of its input tokens $x$:
-#
-# | method | attention on $v$ | attention residual $x + \cdot$ | FFN |
-# |---|---|---|---|
-# | DeOP's GPS, α = 1 | $E$ (identity) | kept | kept |
-# | **MaskCLIP** (Zhou et al., ECCV 2022) | $E$ | kept | kept |
-# | ClearCLIP's ablation of MaskCLIP | $E$ | dropped | dropped |
-# | **SCLIP** (Wang et al., ECCV 2024) | $\mathrm{softmax}(q q^\top s) + \mathrm{softmax}(k k^\top s)$ | kept | kept |
-# | **ClearCLIP** (Lan et al., ECCV 2024) | $\mathrm{softmax}(q q^\top s)$ | dropped | dropped |
-# | **NACLIP** (Hajimiri et al., WACV 2025) | $\mathrm{softmax}(k k^\top s + \omega)$, $\omega_{ij} = e^{-\lVert p_i - p_j \rVert^2 / 2\sigma^2}$ over the patch grid, σ = 5 | dropped | dropped |
-#
-# > We introduce three simple modifications to the final layer: removing the residual connection, implementing the self-self attention, and discarding the feed-forward network. — ClearCLIP, abstract
-#
-# > Our method enforces localization of patches in the self-attention of CLIP's vision transformer which, despite being crucial for dense prediction tasks, has been overlooked in the OVSS literature. — NACLIP, abstract
-#
-# So MaskCLIP is exactly GPS at α = 1 in the last block: its ViT ([mmseg/models/backbones/vit.py](https://github.com/chongzhou96/MaskCLIP/blob/master/mmseg/models/backbones/vit.py)) keeps the residual and the FFN around the value path (`v += x; v = self.ffn(self.norm2(v), identity=v)`), and `Severance("maskclip", {-1: 1.0})` equals `Severance("gps", {-1: 1.0})` (a test checks it). `residual` and `ffn` are separate switches of every `Severance`, so ClearCLIP's ablation (identity attention without either) is `Severance("gps", {-1: 1.0}, residual=False, ffn=False)`. Each attention, by hand, on the tokens entering the last block. The cell reuses $q, k, v$ from §2 (the last block's projections of those tokens); §2 overwrote `x`, so the tokens are recomputed as `x_last`:
-
-# %%
-s = q.shape[-1] ** -0.5  # q, k, v: (1, heads, 257, d) from §2
-softmax_of = lambda a, b: (a @ b.transpose(-1, -2) * s).softmax(-1)  # (1, heads, 257, 257)
-omega = severance.gaussian_neighbourhood(grid)  # (257, 257), 0 for CLS
-attention = {"maskclip": torch.eye(q.shape[-2]), "sclip": softmax_of(q, q) + softmax_of(k, k),
-             "clearclip": softmax_of(q, q), "naclip": (k @ k.transpose(-1, -2) * s + omega).softmax(-1)}
-with torch.no_grad():
-    x_last, _ = embed_image(visual, one)
-    for block in visual.transformer.resblocks[:-1]:
-        x_last = block(x_last)  # (1, 257, W): what the last block receives
-    for mode, attn in attention.items():
-        residual, ffn = severance.KEEPS[mode]
-        x_out = severance.finish_block(last, x_last, attn @ v, residual=residual, ffn=ffn)  # (1, 257, W)
-        ours = F.normalize(visual.ln_post(x_out[:, 1:]) @ visual.proj, dim=-1).transpose(1, 2).reshape(1, -1, *grid)
-        assert torch.allclose(ours, severance.severed_dense_features(visual, one, Severance(mode, {-1: 1.0})), atol=1e-5), mode
-print("MaskCLIP, SCLIP, ClearCLIP and NACLIP by hand == deop_lite.severance")
-
-# %% [markdown]
-# These methods label every pixel with its patch's nearest class (no proposals), so the table below measures each mode both ways: **per patch**, as they are used, and by the one-pass baseline's **mask pooling** of Table 4's proposals (refined as in notebook 01 §4), on the same 200 scenes as Table 4. Each changes the **last block only**, as its authors do; nothing is trained. The things' mIoU is reported apart, because reading a thing from its patches is what the gate of notebook 00 §4 tests.
-
-# %%
-# NBVAL_CHECK_OUTPUT
-modes = {"stock CLIP": None, "GPS α=1": "gps", "MaskCLIP": "maskclip", "SCLIP": "sclip",
-         "ClearCLIP": "clearclip", "NACLIP": "naclip"}
-after = {name: stages.evaluate_training_free(clip, net, mode, N_VAL, progress=False, interval=True)
-         for name, mode in modes.items()}
-print(metrics.format_table({f"{name}, {way.replace('_', ' ')}": row[way] for way in ("per_patch", "mask_pooling")
-                            for name, row in after.items()}, ("seen", "unseen", "hIoU", "things")))
-
-# %% [markdown]
-# On real images, the published mIoU (%), read from the authors' repository rather than their papers; one protocol only: ViT-B/16, training-free, no background class, no post-processing (SCLIP's default, `pamr_steps=0` in [clip_segmentor.py](https://github.com/wangf3014/SCLIP/blob/main/clip_segmentor.py)):
-#
-# | method | VOC-20 | Context-59 | COCO-Stuff | ADE-150 | source |
-# |---|---|---|---|---|---|
-# | SCLIP | 81.5 | 34.5 | 22.8 | 16.5 | [wangf3014/SCLIP](https://github.com/wangf3014/SCLIP) README, "the default setup in this repo" |
-# | MaskCLIP, ClearCLIP, NACLIP | – | – | – | – | not set here: ClearCLIP's README gives its table as an image only, and NACLIP's README reports its main numbers with PAMR post-processing, another protocol |
-#
-# What the toy world shows (the toy-world table two cells up: 200 validation scenes, each number with its 95 % interval over them, nothing trained):
-#
-# - **The mask-pooling rows of the stock CLIP and of GPS α = 1 are Table 4's baseline and GPS α₋₁ = 1 rows** (hIoU 19.0 and 24.0): the same measurement, on the same scenes and proposals.
-# - **Per patch, GPS α = 1 (which is MaskCLIP: their rows are equal), SCLIP and NACLIP lift the stock CLIP** from hIoU 23.9 to 33.1, 31.0 and 31.7, each interval clear of the stock CLIP's; 200 scenes do not rank the three. ClearCLIP (27.4) falls below GPS α = 1, clear of its interval, and its own interval overlaps the stock CLIP's.
-# - **Dropping the residual and the FFN costs the things.** ClearCLIP and NACLIP, which drop both, have the lowest things' mIoU per patch (16.3 and 15.8) and with mask pooling (7.6 and 6.3), against 30.0 and 16.0 for GPS α = 1, which keeps both; their intervals are clear of GPS α = 1's.
-# - **Changing the last block is not enough for the toy CLIP.** With mask pooling, the best of these rows reaches hIoU 24.2 (NACLIP, within the intervals of GPS α = 1 and SCLIP); severing more blocks with GPS (§4) reaches 41.1 (the last 2) and 74.4 (every block). Where the mixing happens matters more than how the last block is changed.
-
-# %% [markdown]
-# ## 6. Explore
-#
-# Switch between no severance, GPS, MPS and the training-free methods that came after DeOP (SCLIP, ClearCLIP, NACLIP; MaskCLIP is GPS at α = 1); turn the **severed blocks** dial to choose how many of the toy CLIP's last blocks the mode replaces (1 is the paper's setting, 2 the toy DeOP's), move α (GPS only; disabled otherwise), pick an image, and click a patch in any panel. The middle panel is the training-free one-pass segmentation, with a legend of its colours (unseen classes starred). The right panel is where the chosen patch's output comes from, over all four blocks: the attention rollout of [Abnar and Zuidema](https://aclanthology.org/2020.acl-main.385), $R = \prod_l \tfrac12(I + A_l)$, the half for the residual. As the dial turns, the mixing that severance leaves shrinks until, with every block severed at α = 1, the patch sees only itself.
+# Switch between no severance, GPS, MPS and the training-free methods that came after DeOP (SCLIP, ClearCLIP, NACLIP, ResCLIP; MaskCLIP is GPS at α = 1; notebook 06 derives them); turn the **severed blocks** dial to choose how many of the toy CLIP's last blocks the mode replaces (1 is the paper's setting, 2 the toy DeOP's), move α (GPS only; disabled otherwise), pick an image, and click a patch in any panel. The middle panel is the training-free one-pass segmentation, with a legend of its colours (unseen classes starred). The right panel is where the chosen patch's output comes from, over all four blocks: the attention rollout of [Abnar and Zuidema](https://aclanthology.org/2020.acl-main.385), $R = \prod_l \tfrac12(I + A_l)$, the half for the residual. As the dial turns, the mixing that severance leaves shrinks until, with every block severed at α = 1, the patch sees only itself.
 #
 # `%matplotlib widget` turns the figure into a live canvas (ipympl, JupyterLab's interactive matplotlib backend) so that a click chooses the patch; where that backend is not available, the patch sliders do the same.
 
@@ -323,7 +259,6 @@ Image(picture.getvalue())
 # - GPS, $(\alpha E + (1-\alpha)Attn)F_{in}$, and MPS, $M_i = \sum_j M_{j,i} M_j$, each take a few lines and match `deop_lite.severance`.
 # - Without any training, severing the last layer lifts the one-pass baseline from hIoU 19.0 to 24.0 (GPS α = 1), a gain at the edge of what 200 scenes can tell; MPS (22.0) and the official GPS with mask (25.0) have intervals that overlap GPS α = 1's, so the three are not ranked. The last 2 blocks, the toy DeOP's setting, give 41.1, and every block 74.4.
 # - The shipped toy CLIP can be severed everywhere because its pre-training severed blocks at random; a toy CLIP pre-trained like ViT-B/16 cannot (on ground-truth masks: 63.3 with the last 3 blocks severed, 51.7 with all 4), as the paper found for ViT-B/16.
-# - MaskCLIP is GPS at α = 1; SCLIP, ClearCLIP and NACLIP are each a few lines on the same block (and match `deop_lite.severance`). In the toy world none beats GPS α = 1 beyond the 95 % interval, the two that drop the residual and the FFN read things worst, and none changes the picture that severing more blocks does.
 #
 # ## Exercises
 # 1. **Where is localisation lost?** *(seconds)* Measure §1's share of attention inside the own segment in every layer, not only the last. *Hint:* `severance.patch_attention(clip.visual, image, layer=l)` for `l` in `range(4)`, then `severance.attention_in_segment(..., segments)` as in §1. *Expect:* every layer stays below uniform attention, and the first layers look away from their own segment even more than the last.

@@ -13,7 +13,7 @@
 # ---
 
 # %% [markdown]
-# # 06 · Full DeOP at the paper's scale
+# # 07 · Full DeOP at the paper's scale
 # *From the toy world to PASCAL VOC and COCO-Stuff: the same modules, real images, a real CLIP, one GPU or several.*
 #
 # - **You will build:** the real-world path of `deop_lite.datasets` and `deop_lite.realworld`: datasets prepared from their official downloads under the zero-shot protocol, presets at the paper's scale with the official code's recipe, and the same recipe shrunk for one 24 GB GPU, the three training stages (prompts, proposals, DeOP), multi-GPU training with `torchrun`, and the evaluations of Tables 1 and 2 written to JSON.

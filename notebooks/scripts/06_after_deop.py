@@ -1,0 +1,269 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.7
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 06 · After DeOP: ask CLIP *what*, not *where*
+# *The training-free methods of 2022–2025 change CLIP's last block; the strongest take its attention from a second, class-agnostic model, and one of them rediscovers DeOP's MPS.*
+#
+# - **You will build:** the last block of MaskCLIP, SCLIP, ClearCLIP and NACLIP by hand; ProxyCLIP with our own proposal network as the proxy (and, for contrast, CLIP's own early tokens); CorrCLIP's mask-scoped attention with our proposals, set beside MPS, with its per-mask vote; ResCLIP's residual attention from intermediate blocks; one table of all of them on the toy world, per patch, with mask pooling and with the vote, beside DeOP trained; the published numbers, labelled as theirs; the explorer with the new modes.
+# - **You need:** notebooks 01 (the proposal network), 03 (patch severance, MPS) and 04 (the trained toy DeOP), all shipped in `data/`.
+# - **Runtime:** as the [README's notebook table](../README.md#notebooks) gives it; CI mode (`DEOP_CI=1`) evaluates fewer scenes.
+
+# %%
+import io
+
+import matplotlib.pyplot as plt
+import torch
+import torch.nn.functional as F
+from IPython.display import Image
+
+from deop_lite import clip as clip_lib, metrics, model as model_lib, proposals, runtime, severance, stages, toyworld, viz
+from deop_lite.clip import embed_image
+from deop_lite.severance import Severance
+
+runtime.set_seed(0)
+viz.setup_notebook()
+print(runtime.describe())
+viz.pipeline_figure("06", title="DeOP pipeline: the successors change the highlighted box, with help from the proposals")
+plt.show()
+
+# %% tags=["parameters"]
+N_VAL = 16 if runtime.CI else 200  # validation scenes of the table (fewer in CI mode: the table's shape, not its numbers)
+
+# %%
+clip = clip_lib.load_clip("toy")
+net, _ = stages.load_proposals()
+val = toyworld.segmentation_world("val", 8)
+image_raw = val[1]["image_raw"][None]  # (1, 3, 128, 128): one scene for the derivations
+image = clip.normalize(image_raw)
+masks = proposals.proposal_masks(net, image_raw, refinement=toyworld.REFINEMENT).sigmoid()  # (1, N, 128, 128)
+visual, last = clip.visual, clip.visual.transformer.resblocks[-1]
+with torch.no_grad():
+    x, grid = embed_image(visual, image)  # (1, 257, W)
+    for block in visual.transformer.resblocks[:-1]:
+        x = block(x)  # (1, 257, W): what the last block receives
+    q, k, v = severance.qkv(last, x)  # (1, heads, 257, d) each
+s = q.shape[-1] ** -0.5
+print(f"the last block's input {tuple(x.shape)}; q, k, v {tuple(q.shape)} per head; a {grid[0]}x{grid[1]} patch grid")
+
+
+def features(attn: torch.Tensor, residual: bool, ffn: bool) -> torch.Tensor:
+    """The last block with attention ``attn`` on v (then its output projection, optionally the residual and the FFN),
+    then ln_post, proj and the L2 norm: F_V (1, D, h, w)."""
+    with torch.no_grad():
+        out = severance.finish_block(last, x, attn @ v, residual=residual, ffn=ffn)  # (1, 257, W)
+        return F.normalize(visual.ln_post(out[:, 1:]) @ visual.proj, dim=-1).transpose(1, 2).reshape(1, -1, *grid)
+
+
+# %% [markdown]
+# ## 1. The last block, four ways (2022–2024)
+#
+# Patch severance was one of the first answers to "CLIP's last layer is poorly localised" (notebook 03). The training-free methods that followed change the same last block in other ways. With $s = 1/\sqrt{d}$, per head, and $q, k, v$ the block's own projections of its input tokens $x$:
+#
+# | method | attention on $v$ | attention residual $x + \cdot$ | FFN |
+# |---|---|---|---|
+# | DeOP's GPS, α = 1 | $E$ (identity) | kept | kept |
+# | **MaskCLIP** (Zhou et al., ECCV 2022) | $E$ | kept | kept |
+# | ClearCLIP's ablation of MaskCLIP | $E$ | dropped | dropped |
+# | **SCLIP** (Wang et al., ECCV 2024) | $\mathrm{softmax}(q q^\top s) + \mathrm{softmax}(k k^\top s)$ | kept | kept |
+# | **ClearCLIP** (Lan et al., ECCV 2024) | $\mathrm{softmax}(q q^\top s)$ | dropped | dropped |
+# | **NACLIP** (Hajimiri et al., WACV 2025) | $\mathrm{softmax}(k k^\top s + \omega)$, $\omega_{ij} = e^{-\lVert p_i - p_j \rVert^2 / 2\sigma^2}$ over the patch grid, σ = 5 | dropped | dropped |
+#
+# > We introduce three simple modifications to the final layer: removing the residual connection, implementing the self-self attention, and discarding the feed-forward network. — ClearCLIP, abstract
+#
+# > Our method enforces localization of patches in the self-attention of CLIP's vision transformer which, despite being crucial for dense prediction tasks, has been overlooked in the OVSS literature. — NACLIP, abstract
+#
+# So MaskCLIP is exactly GPS at α = 1 in the last block: its ViT ([mmseg/models/backbones/vit.py](https://github.com/chongzhou96/MaskCLIP/blob/master/mmseg/models/backbones/vit.py)) keeps the residual and the FFN around the value path (`v += x; v = self.ffn(self.norm2(v), identity=v)`), and `Severance("maskclip", {-1: 1.0})` equals `Severance("gps", {-1: 1.0})` (a test checks it). `residual` and `ffn` are separate switches of every `Severance`, so ClearCLIP's ablation is `Severance("gps", {-1: 1.0}, residual=False, ffn=False)`. Each attention, by hand:
+
+# %%
+softmax_of = lambda a, b: (a @ b.transpose(-1, -2) * s).softmax(-1)  # (1, heads, 257, 257)
+omega = severance.gaussian_neighbourhood(grid)  # (257, 257), 0 for CLS
+by_hand = {"maskclip": torch.eye(q.shape[-2]), "sclip": softmax_of(q, q) + softmax_of(k, k),
+           "clearclip": softmax_of(q, q), "naclip": (k @ k.transpose(-1, -2) * s + omega).softmax(-1)}
+for mode, attn in by_hand.items():
+    ours = features(attn, *severance.KEEPS[mode])
+    assert torch.allclose(ours, severance.severed_dense_features(visual, image, Severance(mode, {-1: 1.0})), atol=1e-5), mode
+print("MaskCLIP, SCLIP, ClearCLIP and NACLIP by hand == deop_lite.severance")
+
+# %% [markdown]
+# ## 2. ProxyCLIP: the attention of a second model
+#
+# ProxyCLIP (Lan et al., ECCV 2024) stops asking CLIP *where* at all. The last block's attention comes from the features $F$ of a vision foundation model (DINO in the paper), through their cosine similarity $S_{ij} = \cos(F_i, F_j)$:
+#
+# $$A = \mathrm{softmax}_j\big(\gamma\,(S - \beta\,\overline{S})\big), \quad \text{pairs with } S_{ij} < \beta\,\overline{S} \text{ masked out}, \qquad \beta = 1.2,\ \gamma = 3$$
+#
+# with $\overline{S}$ the mean of the whole matrix, one $A$ for every head, applied to CLIP's $v$, and the residual and the FFN dropped ([open_clip/transformer.py](https://github.com/mc-lan/ProxyCLIP/blob/main/open_clip/transformer.py), `custom_attn`).
+#
+# DeOP already trains such a second model: its class-agnostic proposal network, whose pixel decoder turns an image into per-pixel *mask features* $\mathcal{E}$ that group pixels into segments (notebook 01 §2). Here it is the proxy, `net.pixel_features`. One difference from the official code: it upsamples CLIP's values to the proxy's grid, we resize the proxy to CLIP's (area pooling, from 32 × 32 to 16 × 16). The proxy was trained on seen classes only, so the table of §5 reports seen and unseen classes apart.
+
+# %%
+proxy = net.pixel_features(image_raw)  # E (1, C_m, 32, 32): the proposal network's pixel decoder
+feats = F.normalize(F.interpolate(proxy, size=grid, mode="area").flatten(2), dim=1)  # (1, C_m, 256), unit per patch
+S = feats.transpose(1, 2) @ feats  # (1, 256, 256): cos(F_i, F_j)
+logits = 3.0 * (S - 1.2 * S.mean())  # γ (S − β mean S)
+A_proxy = logits.masked_fill(logits < 0, float("-inf")).softmax(-1)  # (1, 256, 256)
+attn = torch.zeros(1, 1, 257, 257)
+attn[:, :, 0, 0], attn[:, :, 1:, 1:] = 1.0, A_proxy  # CLS keeps itself; every head alike
+ours = features(attn, residual=False, ffn=False)
+assert torch.allclose(ours, severance.severed_dense_features(visual, image, Severance("proxyclip", {-1: 1.0}), proxy=proxy), atol=1e-5)
+print(f"proxy features {tuple(proxy.shape)} -> S {tuple(S.shape)}; pairs kept per patch: "
+      f"{(logits >= 0).float().sum(-1).mean():.0f} of {S.shape[-1]}")
+
+# %% [markdown]
+# ## 3. CorrCLIP: MPS rediscovered
+#
+# CorrCLIP (Zhang et al., ICCV 2025) restricts the last block's attention to the inside of class-agnostic masks (SAM's, or Mask2Former's), and inside a mask weighs the patches by feature similarity ([CorrCLIPv1/open_clip/transformer.py](https://github.com/zdk258/CorrCLIP/blob/main/CorrCLIPv1/open_clip/transformer.py)):
+#
+# $$A_{ij} = \frac{[r_i = r_j]\, e^{\tau S_{ij}}}{\sum_{k} [r_i = r_k]\, e^{\tau S_{ik}}}, \qquad \tau = 4,$$
+#
+# with $r_i$ the mask of patch $i$ (a patch in no mask may attend wherever $S$ exceeds its mean). Its published pipeline adds a spatial branch, one class token per mask and DBSCAN merging of its masks, left out here, and corrects the final map by a **majority vote inside each mask**.
+#
+# Two years earlier DeOP's MPS (paper Eq. 1, notebook 03 §3) let patch $i$ attend to patch $k$ as much as they share proposals, $A_{ik} \propto \sum_j M_{j,i} M_{j,k}$. What is the same: the scope of the attention is a class-agnostic mask, given by a second model. What differs: inside the scope MPS weighs every patch by mask overlap, CorrCLIP by feature similarity; MPS keeps CLIP's residual and FFN, CorrCLIP drops them. And CorrCLIP's per-mask class token and vote are DeOP's mask pooling in another place: one answer per mask. Our proposals as its masks, our pixel decoder as its proxy, by hand:
+
+# %%
+shares = F.interpolate(masks, size=grid, mode="area").flatten(2)  # (1, N, 256): how much of each patch a mask covers
+best, owner = shares.max(1)
+region = torch.where(best >= 0.5, owner + 1, 0)  # (1, 256): the patch's mask, 0 for none
+same = (region[:, :, None] == region[:, None, :]) & (region[:, :, None] > 0)
+outside = (region[:, :, None] == 0) | (region[:, None, :] == 0)
+allowed = same | (outside & (S > S.mean()))
+A_corr = (4.0 * S).masked_fill(~allowed, float("-inf")).softmax(-1)  # (1, 256, 256)
+attn = torch.zeros(1, 1, 257, 257)
+attn[:, :, 0, 0], attn[:, :, 1:, 1:] = 1.0, A_corr
+ours = features(attn, residual=False, ffn=False)
+assert torch.allclose(ours, severance.severed_dense_features(visual, image, Severance("corrclip", {-1: 1.0}), masks, proxy=proxy), atol=1e-5)
+A_mps = severance.mps_attention(severance.token_memberships(masks, grid))[0, 1:, 1:]  # (256, 256), Eq. 1
+patch = (8, 8)
+i = patch[0] * grid[1] + patch[1]
+maps = {name: severance.patch_attention(visual, image, severance=Severance(mode, {-1: 1.0}), mask_probs=masks, proxy=proxy)[0]
+        for name, mode in (("MPS (DeOP, Eq. 1)", "mps"), ("CorrCLIP", "corrclip"), ("ProxyCLIP", "proxyclip"))}  # (h, w, h, w)
+fig = viz.show_attention(image_raw[0], maps, patch)
+plt.show()
+print(f"patch {patch}: in mask {int(region[0, i])}; its attention inside that mask: MPS "
+      f"{100 * A_mps[i][region[0] == region[0, i]].sum():.0f} %, CorrCLIP {100 * A_corr[0, i][region[0] == region[0, i]].sum():.0f} %, "
+      f"ProxyCLIP {100 * A_proxy[0, i][region[0] == region[0, i]].sum():.0f} %")
+
+# %% [markdown]
+# ## 4. ResCLIP: the attention of CLIP's own intermediate blocks
+#
+# ResCLIP (Yang et al., CVPR 2025) takes the second opinion from inside CLIP: the q–k attention of intermediate blocks (ViT-B/16's 6th to 9th) is better localised than the last block's, so it is averaged, $A_c$, and mixed into NACLIP's attention ([clip/model.py](https://github.com/yvhangyang/ResCLIP/blob/main/clip/model.py)):
+#
+# $$A = (1 - \lambda)\,\mathrm{softmax}(k k^\top s + \omega) + \lambda\, A_c, \qquad \lambda = 0.5 \text{ (the paper's; the code tunes it per dataset)}.$$
+#
+# Its semantic feedback refinement, a second pass that runs PAMR inside, is left out. The toy CLIP has 4 blocks; the same share of its depth is its third block (`severance.resclip_blocks`):
+
+# %%
+blocks = visual.transformer.resblocks
+with torch.no_grad():
+    x_i, _ = embed_image(visual, image)
+    intermediate = []
+    for index, block in enumerate(blocks[:-1]):
+        if index in severance.resclip_blocks(len(blocks)):
+            q_i, k_i, _ = severance.qkv(block, x_i)
+            intermediate.append(softmax_of(q_i, k_i))  # (1, heads, 257, 257)
+        x_i = block(x_i)
+A_c = torch.stack(intermediate).mean(0)
+A_res = 0.5 * by_hand["naclip"] + 0.5 * A_c
+ours = features(A_res, residual=False, ffn=False)
+assert torch.allclose(ours, severance.severed_dense_features(visual, image, Severance("resclip", {-1: 1.0})), atol=1e-5)
+print(f"intermediate blocks averaged: {list(severance.resclip_blocks(len(blocks)))} of 0..{len(blocks) - 1} "
+      f"(ViT-B/16: {list(severance.resclip_blocks(12))} of 0..11)")
+
+# %% [markdown]
+# ## 5. One table
+#
+# Every method above, training-free, on the same validation scenes, three ways: **per patch** (each pixel takes its patch's nearest class: how these methods segment), with **mask pooling** in our refined proposals (the one-pass baseline of notebook 01), and with CorrCLIP's **mask vote** (the per-patch labels, then each proposal's majority, `model.mask_vote`). Two more rows: GPS in the last 2 blocks, the toy DeOP's severance (notebook 04 §6), and the toy DeOP itself, trained. ProxyCLIP reads our pixel decoder, or CLIP's own tokens after its first block (`severance.clip_block_features`); CorrCLIP reads the pixel decoder and our proposals. Each number comes with its 95 % bootstrap interval over the scenes.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+decoder = net.pixel_features  # images (B, 3, H, W) in [0, 1] -> (B, C_m, H/4, W/4)
+early = lambda images: severance.clip_block_features(visual, clip.normalize(images), 1)  # CLIP's tokens after block 1
+rows = {"stock CLIP": (severance.NONE, None), "GPS α=1 (= MaskCLIP)": (severance.GPS_LAST, None),
+        "SCLIP": (Severance("sclip", {-1: 1.0}), None), "ClearCLIP": (Severance("clearclip", {-1: 1.0}), None),
+        "NACLIP": (Severance("naclip", {-1: 1.0}), None), "ResCLIP (NACLIP + blocks' attention)": (Severance("resclip", {-1: 1.0}), None),
+        "ProxyCLIP, proxy: pixel decoder": (Severance("proxyclip", {-1: 1.0}), decoder),
+        "ProxyCLIP, proxy: CLIP block 1": (Severance("proxyclip", {-1: 1.0}), early),
+        "CorrCLIP, pixel decoder + proposals": (Severance("corrclip", {-1: 1.0}), decoder),
+        "GPS α=1, last 2 blocks (toy DeOP's)": (stages.GPS_TOY, None)}
+table = {name: stages.evaluate_training_free(clip, net, setting, N_VAL, progress=False, interval=True, proxy=proxy_fn)
+         for name, (setting, proxy_fn) in rows.items()}
+deop = stages.evaluate_deop(stages.load_deop("deop", proposals=net, clip=clip), N_VAL, progress=False, interval=True)
+for way in ("per_patch", "mask_pooling", "mask_vote"):
+    print(f"{way.replace('_', ' ')}, {N_VAL} validation scenes:")
+    print(metrics.format_table({name: row[way] for name, row in table.items()}, ("seen", "unseen", "hIoU", "things")) + "\n")
+print(metrics.format_table({"toy DeOP, trained (notebook 04)": deop}, ("seen", "unseen", "hIoU", "things")))
+
+# %% [markdown]
+# ## 6. Published numbers, and what carries over
+#
+# The methods' own numbers on real images, ViT-B/16, mIoU (%), as their sources give them. They are **theirs**, on other benchmarks, with other CLIPs and proxies, and not all of them could be checked against text:
+#
+# | method | VOC-20 | Context-59 | COCO-Stuff | ADE-150 | CLIP, proxy, post-process | checked against |
+# |---|---|---|---|---|---|---|
+# | NACLIP | 79.7 | 35.2 | 23.3 | 17.4 | OpenAI, none, none | secondary sources only (others' tables); NACLIP's own README gives 83.0 / 38.4 / 25.7 / 19.1 with PAMR |
+# | ProxyCLIP | 80.3 | 39.1 | 26.5 | 20.2 | OpenAI, DINO ViT-B/8, none | not checked: the README's table is an image, and re-runs report ADE-150 near 19.6 |
+# | ResCLIP (with NACLIP) | 86.0 | 36.8 | 24.7 | 18.0 | OpenAI, none, none (PAMR inside its SFR) | secondary sources only |
+# | CorrCLIP (Mask2Former masks) | 87.8 | 48.2 | 33.9 | 24.6 | **MetaCLIP**, DINO ViT-B/8, mask vote always on | its README ([zdk258/CorrCLIP](https://github.com/zdk258/CorrCLIP)) |
+#
+# Their ranking on VOC-20: NACLIP < ProxyCLIP < ResCLIP < CorrCLIP. The toy world's, with each method as it is used (per patch; CorrCLIP with its vote), and whether each step of theirs carries over (a step carries over when our two rows' intervals are clear of each other in the same order):
+
+# %%
+# NBVAL_CHECK_OUTPUT
+ours = {"NACLIP": table["NACLIP"]["per_patch"], "ProxyCLIP": table["ProxyCLIP, proxy: pixel decoder"]["per_patch"],
+        "ResCLIP": table["ResCLIP (NACLIP + blocks' attention)"]["per_patch"],
+        "CorrCLIP": table["CorrCLIP, pixel decoder + proposals"]["mask_vote"]}
+published = {"NACLIP": 79.7, "ProxyCLIP": 80.3, "ResCLIP": 86.0, "CorrCLIP": 87.8}  # VOC-20, from the table above
+for name, result in ours.items():
+    low, high = result["interval"]["hIoU"]
+    print(f"{name:10s} published VOC-20 {published[name]:5.1f} | toy world hIoU {result['hIoU']:5.1f} [{low:.1f}, {high:.1f}]")
+for worse, better in (("NACLIP", "ProxyCLIP"), ("NACLIP", "ResCLIP"), ("ProxyCLIP", "CorrCLIP"), ("ResCLIP", "CorrCLIP")):
+    (low_w, high_w), (low_b, high_b) = ours[worse]["interval"]["hIoU"], ours[better]["interval"]["hIoU"]
+    verdict = "carries over" if low_b > high_w else "reversed" if low_w > high_b else "not told apart"
+    print(f"{worse} < {better} (theirs): {verdict}")
+
+# %% [markdown]
+# ## 7. Explore
+#
+# The explorer of notebook 03 with the new modes: ProxyCLIP and CorrCLIP read the pixel decoder's features of each image, CorrCLIP and MPS the proposals. The right panel is where the clicked patch's output comes from over all four blocks (the attention rollout); with the dial at 1 and a mode that drops the residual, it is the last block's attention the mode gives that patch, drawn through the three blocks before it. Click a patch on a thing and switch between MPS, CorrCLIP and ProxyCLIP.
+
+# %%
+# %matplotlib widget
+explore_images = torch.stack([toyworld.segmentation_world("val", 6)[i]["image_raw"] for i in range(6)])  # (6, 3, 128, 128)
+explore_masks = proposals.proposal_masks(net, explore_images, refinement=toyworld.REFINEMENT).sigmoid()  # (6, N, 128, 128)
+explorer = viz.AlphaExplorer(clip, explore_images, toyworld.CLASS_NAMES, explore_masks, proxy=net.pixel_features(explore_images))
+explorer.update(mode="CorrCLIP")
+explorer.widget()
+
+# %% [markdown]
+# A page that shows this notebook without running it leaves the live widget above blank. Here is its first state as a picture:
+
+# %%
+picture = io.BytesIO()
+explorer.fig.savefig(picture, format="png", dpi=80)
+Image(picture.getvalue())
+
+# %% [markdown]
+# ## Summary
+# - MaskCLIP is GPS at α = 1; SCLIP, ClearCLIP and NACLIP are each a few lines on the same last block, and match `deop_lite.severance`.
+# - ProxyCLIP and CorrCLIP take the last block's attention from a second, class-agnostic model. DeOP trains one: its proposal network's pixel decoder serves as the proxy here.
+# - CorrCLIP's mask-scoped attention is DeOP's MPS with feature similarity inside the scope, and its per-mask vote does what DeOP's mask pooling does: one answer per mask.
+# - ResCLIP mixes CLIP's intermediate attention into NACLIP's.
+#
+# ## Exercises
+# 1. **A better proxy?** *(a minute)* Use CLIP's own tokens after 2 or 3 blocks as ProxyCLIP's proxy (`severance.clip_block_features(visual, clip.normalize(images), k)`). *Hint:* `stages.evaluate_training_free(clip, net, Severance("proxyclip", {-1: 1.0}), 100, interval=True, proxy=...)`. *Expect:* to read the difference against the intervals: a proxy is only as good as the grouping its features encode.
+# 2. **MPS with the vote.** *(a minute)* Give MPS CorrCLIP's vote: evaluate `Severance("mps", {-1: 1.0})` with `stages.evaluate_training_free` and read its `mask_vote` row. *Hint:* MPS reads the same proposals. *Expect:* compare with CorrCLIP's `mask_vote` row: how much of CorrCLIP's gain is the scope, and how much the feature similarity inside it?
+# 3. **ResCLIP's λ.** *(a package change, minutes)* Change `severance.RESCLIP_LAMBDA` to 0.3 and 0.6, the code's settings for ADE-150 and VOC-20. *Hint:* it is read when the attention is computed. *Expect:* not measured here; the intermediate block of a 4-block CLIP may not be better localised than the last one.
+# 4. **The unseen classes and the proxy.** *(seconds)* Compare the seen and unseen columns of ProxyCLIP with the pixel decoder against ProxyCLIP with CLIP's tokens. *Hint:* the decoder was trained on seen classes only (notebook 01). *Expect:* if the decoder groups unseen things worse, the unseen column shows it.
+#
+# **Next:** [07_full_deop_gpu.ipynb](07_full_deop_gpu.ipynb): the same pipeline at the paper's scale, with real images and a real CLIP.
