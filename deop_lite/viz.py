@@ -15,7 +15,7 @@ from . import checks
 from .clip import patch_scores
 from .metrics import IGNORE_INDEX
 from .model import classify_masks_with
-from .severance import NONE, Severance, severed_features_and_rollout
+from .severance import NONE, Severance, severed_features_and_attention, severed_features_and_rollout
 from .toyworld import CLASS_NAMES, UNSEEN_CLASSES
 
 PALETTE = (np.concatenate([
@@ -341,9 +341,10 @@ class AlphaExplorer:
     SCLIP, ClearCLIP, NACLIP, ProxyCLIP, CorrCLIP and ResCLIP; MaskCLIP is GPS at α = 1), a dial for how many of
     CLIP's last blocks the mode replaces (the paper severs the last of ViT-B/16's 12; the toy DeOP the last 2 of 4),
     α for GPS (disabled otherwise), a choice of image and patch. Redraws the training-free zero-shot labelling
-    (with a legend of its classes) and, for the chosen patch, where its output comes from over all blocks (attention rollout,
-    ``severance.severed_features_and_rollout``): the mixing that severance leaves. Text embeddings and masks
-    do not depend on the settings and are computed once.
+    (with a legend of its classes) and, for the chosen patch, where its output comes from over all blocks (attention
+    rollout, ``severance.severed_features_and_rollout``: the mixing that severance leaves) or, with the panel switch,
+    the attention the last block's mode gives it. Text embeddings and masks do not depend on the settings and are
+    computed once.
 
     With the ipympl backend (``%matplotlib widget``) the figure is a live canvas and a click on the image or
     on either map chooses the patch; with any other backend the figure is redrawn as a picture and the patch
@@ -364,6 +365,7 @@ class AlphaExplorer:
     """
 
     MODES = ("none", "GPS", "MPS", "SCLIP", "ClearCLIP", "NACLIP", "ProxyCLIP", "CorrCLIP", "ResCLIP")  # MaskCLIP: GPS, α = 1
+    PANELS = ("rollout", "last block")  # the right panel: where the patch's output comes from, or its last attention
 
     def __init__(self, clip, images_raw: torch.Tensor, class_names: Sequence[str], mask_probs: torch.Tensor | None = None,
                  proxy: torch.Tensor | None = None):
@@ -380,7 +382,7 @@ class AlphaExplorer:
         self.palette_ids = torch.tensor([legend_colour_index(c, i) for i, c in enumerate(self.class_names)])  # (C,)
         self.grid = (images_raw.shape[-2] // clip.patch_size, images_raw.shape[-1] // clip.patch_size)
         self.depth = len(clip.visual.transformer.resblocks)
-        self.state = {"image": 0, "mode": "GPS", "blocks": 1, "alpha": 1.0,
+        self.state = {"image": 0, "mode": "GPS", "blocks": 1, "alpha": 1.0, "panel": "rollout",
                       "row": self.grid[0] // 2, "col": self.grid[1] // 2}
         backend = plt.get_backend().lower()  # under %matplotlib widget: "widget" or "module://ipympl.backend_nbagg"
         self.interactive = backend in ("widget", "ipympl") or "ipympl" in backend
@@ -416,18 +418,23 @@ class AlphaExplorer:
                                 for layer in range(self.depth - s["blocks"], self.depth)})
 
     def compute(self) -> dict:
-        """Labelling (H, W) and the chosen patch's rollout (h, w) for the current state."""
+        """Labelling (H, W) and, for the chosen patch, the right panel (h, w): its rollout over all blocks, or the
+        attention the last block's mode gives it (``panel="last block"``)."""
         s = self.state
         image = self.clip.normalize(self.images_raw[s["image"]:s["image"] + 1])  # (1, 3, H, W)
         masks = None if self.mask_probs is None else self.mask_probs[s["image"]:s["image"] + 1]  # (1, N, H, W)
         proxy = None if self.proxy is None else self.proxy[s["image"]:s["image"] + 1]  # (1, C, h', w')
         with torch.no_grad():
-            dense_feats, rollout = severed_features_and_rollout(self.clip.visual, image, self.severance(), masks, proxy)
+            if s["panel"] == "rollout":
+                dense_feats, maps = severed_features_and_rollout(self.clip.visual, image, self.severance(), masks, proxy)
+            else:
+                dense_feats, maps = severed_features_and_attention(self.clip.visual, image, self.severance(), masks,
+                                                                   proxy=proxy)  # (1, h, w, h, w), the last block's
             if masks is None:
                 scores = patch_scores(dense_feats, self.text_emb, image.shape[-2:])  # (1, C, H, W)
             else:
                 _, scores = classify_masks_with(dense_feats, masks, self.text_emb, self.clip.model.logit_scale.exp().item())
-        return {"label": scores.argmax(1)[0], "attention": rollout[0, s["row"], s["col"]]}
+        return {"label": scores.argmax(1)[0], "attention": maps[0, s["row"], s["col"]]}
 
     def select_patch(self, x: float, y: float) -> dict:
         """Choose the patch under pixel (x, y) of the image (what a click does), keeping the sliders in step."""
@@ -466,6 +473,8 @@ class AlphaExplorer:
             raise checks.InputError(f"blocks must be an integer in [1, {self.depth}] (how many of the last blocks "
                                     f"the mode replaces), got {changes['blocks']!r}")
         for key, value in changes.items():
+            if key == "panel" and value not in self.PANELS:
+                raise checks.InputError(f"panel must be one of {self.PANELS}, got {value!r}")
             if key == "mode" and value not in self.MODES:
                 raise checks.InputError(f"mode must be one of {self.MODES}, got {value!r}")
             if key == "mode" and value not in self.available_modes():
@@ -522,6 +531,8 @@ class AlphaExplorer:
             "blocks": w.IntSlider(value=s["blocks"], min=1, max=self.depth, description="severed blocks",
                                   style={"description_width": "initial"}),
             "mode": w.ToggleButtons(options=self.available_modes(), value=s["mode"]),
+            "panel": w.ToggleButtons(options=self.PANELS, value=s["panel"], description="right panel",
+                                     style={"description_width": "initial"}),
             "image": w.IntSlider(value=s["image"], min=0, max=len(self.images_raw) - 1, description="image"),
             "row": w.IntSlider(value=s["row"], min=0, max=self.grid[0] - 1, description="patch row"),
             "col": w.IntSlider(value=s["col"], min=0, max=self.grid[1] - 1, description="patch col"),
@@ -540,4 +551,4 @@ class AlphaExplorer:
         self.update()
         figure = self.fig.canvas if self.interactive else self.output
         return w.VBox([w.HBox([controls["mode"], controls["image"]]), w.HBox([controls["blocks"], controls["alpha"]]),
-                       w.HBox([controls["row"], controls["col"]]), figure])
+                       w.HBox([controls["row"], controls["col"]]), controls["panel"], figure])

@@ -147,3 +147,22 @@ def test_alpha_explorer_draws_the_proxy_modes_from_the_proxy_it_is_given(toy_cli
     with pytest.raises(ValueError, match="CorrCLIP needs proposal masks"):
         viz.AlphaExplorer(toy_clip, images, CLASS_NAMES, proxy=proxy).update(mode="CorrCLIP")
     plt.close("all")
+
+
+def test_alpha_explorer_shows_the_attention_each_mode_gives_the_patch(toy_clip):
+    """The panel switch: the last block's attention of the chosen patch under the current mode (what users of SCLIP,
+    ClearCLIP and ResCLIP ask to see), instead of the rollout."""
+    import numpy as np
+
+    from deop_lite.severance import patch_attention
+    from deop_lite.toyworld import CLASS_NAMES, segmentation_world
+    images = torch.stack([segmentation_world("val", 1)[0]["image_raw"]])  # (1, 3, 128, 128)
+    explorer = viz.AlphaExplorer(toy_clip, images, CLASS_NAMES)
+    for mode in ("none", "SCLIP", "ClearCLIP", "ResCLIP"):
+        drawn = explorer.update(mode=mode, blocks=1, panel="last block")["attention"]
+        severance = NONE if mode == "none" else Severance(mode.lower(), {3: 1.0})
+        expected = patch_attention(toy_clip.visual, toy_clip.normalize(images), severance=severance)[0, 8, 8]
+        assert np.allclose(drawn.numpy(), expected.numpy(), atol=1e-6), mode
+    with pytest.raises(ValueError, match="panel must be one of"):
+        explorer.update(panel="heatmap")
+    plt.close("all")

@@ -254,7 +254,7 @@ for worse, better in (("NACLIP", "ProxyCLIP"), ("NACLIP", "ResCLIP"), ("ProxyCLI
 # %% [markdown]
 # ## 7. Explore
 #
-# The explorer of notebook 03 with the new modes: ProxyCLIP and CorrCLIP read the pixel decoder's features of each image, CorrCLIP and MPS the proposals. The right panel is where the clicked patch's output comes from over all four blocks (the attention rollout); with the dial at 1 and a mode that drops the residual, it is the last block's attention the mode gives that patch, drawn through the three blocks before it. Click a patch on a thing and switch between MPS, CorrCLIP and ProxyCLIP.
+# The explorer of notebook 03 with the new modes: ProxyCLIP and CorrCLIP read the pixel decoder's features of each image, CorrCLIP and MPS the proposals. The **right panel** switch shows, for the clicked patch, either where its output comes from over all four blocks (the attention rollout) or the attention the last block's mode gives it (**last block**). Click a patch on a thing, choose **last block**, and switch between MPS, CorrCLIP and ProxyCLIP.
 
 # %%
 # %matplotlib widget
