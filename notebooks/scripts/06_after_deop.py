@@ -14,7 +14,7 @@
 
 # %% [markdown]
 # # 06 · After DeOP: ask CLIP *what*, not *where*
-# *The training-free methods that followed DeOP change CLIP's last block; the strongest take its attention from a second, class-agnostic model, and one of them rediscovers DeOP's MPS.*
+# *The training-free methods that followed DeOP change CLIP's last block; the strongest take its attention from a second, class-agnostic model, and one of them comes back to DeOP's MPS.*
 #
 # - **You will build:** the last block of MaskCLIP, SCLIP, ClearCLIP and NACLIP by hand; ProxyCLIP with our own proposal network as the proxy (and, for contrast, CLIP's own early tokens); CorrCLIP's mask-scoped attention with our proposals, set beside MPS, with its per-mask vote; ResCLIP's residual attention from intermediate blocks; one table of all of them on the toy world, per patch, with mask pooling and with the vote, beside DeOP trained; the published numbers, labelled as theirs; the explorer with the new modes.
 # - **You need:** notebooks 01 (the proposal network), 03 (patch severance, MPS) and 04 (the trained toy DeOP), all shipped in `data/`.
@@ -84,7 +84,7 @@ def features(attn: torch.Tensor, residual: bool, ffn: bool) -> torch.Tensor:
 #
 # > Our method enforces localization of patches in the self-attention of CLIP's vision transformer which, despite being crucial for dense prediction tasks, has been overlooked in the OVSS literature. — NACLIP, abstract
 #
-# So MaskCLIP is exactly GPS at α = 1 in the last block: its ViT ([mmseg/models/backbones/vit.py](https://github.com/chongzhou96/MaskCLIP/blob/master/mmseg/models/backbones/vit.py)) keeps the residual and the FFN around the value path (`v += x; v = self.ffn(self.norm2(v), identity=v)`), and `Severance("maskclip", {-1: 1.0})` equals `Severance("gps", {-1: 1.0})` (a test checks it). `residual` and `ffn` are separate switches of every `Severance`, so ClearCLIP's ablation is `Severance("gps", {-1: 1.0}, residual=False, ffn=False)`. Each attention, by hand:
+# NACLIP's σ = 5 patches was chosen for ViT-B/16's larger grids; on the toy CLIP's 16 × 16 grid it spans about a third of the image's side, so its window is wide here. So MaskCLIP is exactly GPS at α = 1 in the last block: its ViT ([mmseg/models/backbones/vit.py](https://github.com/chongzhou96/MaskCLIP/blob/master/mmseg/models/backbones/vit.py)) keeps the residual and the FFN around the value path (`v += x; v = self.ffn(self.norm2(v), identity=v)`), and `Severance("maskclip", {-1: 1.0})` equals `Severance("gps", {-1: 1.0})` (a test checks it). `residual` and `ffn` are separate switches of every `Severance`, so ClearCLIP's ablation is `Severance("gps", {-1: 1.0}, residual=False, ffn=False)`. Each attention, by hand:
 
 # %%
 softmax_of = lambda a, b: (a @ b.transpose(-1, -2) * s).softmax(-1)  # (1, heads, 257, 257)
@@ -121,15 +121,17 @@ print(f"proxy features {tuple(proxy.shape)} -> S {tuple(S.shape)}; pairs kept pe
       f"{(logits >= 0).float().sum(-1).mean():.0f} of {S.shape[-1]}")
 
 # %% [markdown]
-# ## 3. CorrCLIP: MPS rediscovered
+# The masking makes ProxyCLIP's attention sparse: each patch keeps only the patches whose similarity to it exceeds β times the image's mean similarity (the count printed above, on average), and spreads its attention over those.
+#
+# ## 3. CorrCLIP: back to MPS
 #
 # CorrCLIP (Zhang et al., ICCV 2025) restricts the last block's attention to the inside of class-agnostic masks (SAM's, or Mask2Former's), and inside a mask weighs the patches by feature similarity ([CorrCLIPv1/open_clip/transformer.py](https://github.com/zdk258/CorrCLIP/blob/main/CorrCLIPv1/open_clip/transformer.py)):
 #
-# $$A_{ij} = \frac{[r_i = r_j]\, e^{\tau S_{ij}}}{\sum_{k} [r_i = r_k]\, e^{\tau S_{ik}}}, \qquad \tau = 4,$$
+# $$A_{ij} = \frac{a_{ij}\, e^{\tau S_{ij}}}{\sum_{k} a_{ik}\, e^{\tau S_{ik}}}, \qquad a_{ij} = [r_i = r_j \neq 0] \ \text{or}\ \big([r_i = 0 \text{ or } r_j = 0] \text{ and } S_{ij} > \overline{S}\big), \qquad \tau = 4,$$
 #
-# with $r_i$ the mask of patch $i$ (a patch in no mask may attend wherever $S$ exceeds its mean). Its published pipeline adds a spatial branch, one class token per mask and DBSCAN merging of its masks, left out here, and corrects the final map by a **majority vote inside each mask**.
+# with $r_i$ the mask of patch $i$ (0: in no mask) and $\overline{S}$ the mean of the image's whole similarity matrix: a patch attends to the patches of its own mask, and to the patches in no mask that resemble it more than the average pair does. Its published pipeline adds a spatial branch, one class token per mask (added, with weight $\beta = 0.5$, to the features of the mask's patches) and DBSCAN merging of its masks, all left out here, and corrects the final map by a **majority vote inside each mask**.
 #
-# Two years earlier DeOP's MPS (paper Eq. 1, notebook 03 §3) let patch $i$ attend to patch $k$ as much as they share proposals, $A_{ik} \propto \sum_j M_{j,i} M_{j,k}$. What is the same: the scope of the attention is a class-agnostic mask, given by a second model. What differs: inside the scope MPS weighs every patch by mask overlap, CorrCLIP by feature similarity; MPS keeps CLIP's residual and FFN, CorrCLIP drops them. And CorrCLIP's per-mask class token and vote are DeOP's mask pooling in another place: one answer per mask. Our proposals as its masks, our pixel decoder as its proxy, by hand:
+# Two years earlier DeOP's MPS (paper Eq. 1, notebook 03 §3) let patch $i$ attend to patch $k$ as much as they share proposals, $A_{ik} \propto \sum_j M_{j,i} M_{j,k}$. What is the same: class-agnostic masks from a second model decide where a patch may look. What differs: MPS's scope is soft, every proposal weighted by how much of the two patches it covers, while CorrCLIP's is a hard partition (each patch in one mask) with feature similarity inside it; MPS keeps CLIP's residual and FFN, CorrCLIP drops them. And CorrCLIP's vote gives one answer per mask, as DeOP's mask pooling does, but from the patches' labels rather than their pooled features. Our proposals as its masks, our pixel decoder as its proxy, by hand:
 
 # %%
 shares = F.interpolate(masks, size=grid, mode="area").flatten(2)  # (1, N, 256): how much of each patch a mask covers
@@ -155,13 +157,15 @@ print(f"patch {patch}: in mask {int(region[0, i])}; its attention inside that ma
       f"ProxyCLIP {100 * A_proxy[0, i][region[0] == region[0, i]].sum():.0f} %")
 
 # %% [markdown]
+# The printed mask id counts from 1 (0 is "in no mask"). CorrCLIP keeps most, not all, of the patch's attention inside its mask: the rest goes to patches in no mask that resemble it. MPS keeps the least, as its scope is soft: a proposal that covers the patch a little still draws some of its attention. ProxyCLIP, with no mask at all, lands in between on this patch: the decoder's features already group it with its segment.
+#
 # ## 4. ResCLIP: the attention of CLIP's own intermediate blocks
 #
 # ResCLIP (Yang et al., CVPR 2025) takes the second opinion from inside CLIP: the q–k attention of intermediate blocks (ViT-B/16's 6th to 9th) is better localised than the last block's, so it is averaged, $A_c$, and mixed into NACLIP's attention ([clip/model.py](https://github.com/yvhangyang/ResCLIP/blob/main/clip/model.py)):
 #
 # $$A = (1 - \lambda)\,\mathrm{softmax}(k k^\top s + \omega) + \lambda\, A_c, \qquad \lambda = 0.5 \text{ (the paper's; the code tunes it per dataset)}.$$
 #
-# Its semantic feedback refinement, a second pass that runs PAMR inside, is left out. The toy CLIP has 4 blocks; the same share of its depth is its third block (`severance.resclip_blocks`):
+# Its semantic feedback refinement, a second pass that runs PAMR inside, is left out. The toy CLIP has 4 blocks; the same share of its depth is its third block (`severance.resclip_blocks`). The premise is that this block attends more locally than the last; the second cell measures it, as the mean distance between a patch and where it looks.
 
 # %%
 blocks = visual.transformer.resblocks
@@ -180,10 +184,24 @@ assert torch.allclose(ours, severance.severed_dense_features(visual, image, Seve
 print(f"intermediate blocks averaged: {list(severance.resclip_blocks(len(blocks)))} of 0..{len(blocks) - 1} "
       f"(ViT-B/16: {list(severance.resclip_blocks(12))} of 0..11)")
 
+# %%
+# NBVAL_CHECK_OUTPUT
+rows_, cols_ = torch.meshgrid(torch.arange(grid[0]), torch.arange(grid[1]), indexing="ij")
+distance = torch.cdist(*[torch.stack([rows_.flatten(), cols_.flatten()], -1).float()] * 2)  # (256, 256), in patches
+with torch.no_grad():
+    x_d, _ = embed_image(visual, clip.normalize(torch.stack([val[j]["image_raw"] for j in range(8)])))  # 8 scenes
+    for index, block in enumerate(blocks):
+        q_d, k_d, _ = severance.qkv(block, x_d)
+        a = softmax_of(q_d, k_d).mean(1)[:, 1:, 1:]  # (8, 256, 256): heads averaged, CLS dropped
+        a = a / a.sum(-1, keepdim=True)
+        print(f"stock block {index}: a patch's attention lies {(a * distance).sum(-1).mean():.1f} patches away on average")
+        x_d = block(x_d)
+print(f"uniform attention: {distance.mean():.1f} patches away on average")
+
 # %% [markdown]
 # ## 5. One table
 #
-# Every method above, training-free, on the same validation scenes, three ways: **per patch** (each pixel takes its patch's nearest class: how these methods segment), with **mask pooling** in our refined proposals (the one-pass baseline of notebook 01), and with CorrCLIP's **mask vote** (the per-patch labels, then each proposal's majority, `model.mask_vote`). Two more rows: GPS in the last 2 blocks, the toy DeOP's severance (notebook 04 §6), and the toy DeOP itself, trained. ProxyCLIP reads our pixel decoder, or CLIP's own tokens after its first block (`severance.clip_block_features`); CorrCLIP reads the pixel decoder and our proposals. Each number comes with its 95 % bootstrap interval over the scenes.
+# Every method above, training-free, on the same validation scenes, three ways: **per patch** (the patches' class scores, upsampled bilinearly to the pixels, and each pixel's best class: how these methods segment), with **mask pooling** in our refined proposals (the one-pass baseline of notebook 01), and with CorrCLIP's **mask vote** (the per-patch labels, then each proposal's majority, `model.mask_vote`). Two more rows: GPS in the last 2 blocks, the toy DeOP's severance (notebook 04 §6), and the toy DeOP itself, trained. ProxyCLIP reads our pixel decoder, or CLIP's own tokens after its first block (`severance.clip_block_features`); CorrCLIP reads the pixel decoder and our proposals. Each number comes with its 95 % bootstrap interval over the scenes; **things** is the mIoU over the eight thing classes (notebook 01 §7).
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -219,7 +237,7 @@ PUBLISHED = {  # VOC-20 / Context-59 / COCO-Stuff / ADE-150, ViT-B/16, mIoU (%):
     "ResCLIP": ((86.0, 36.8, 24.7, 18.0), "OpenAI CLIP with NACLIP, no proxy (PAMR inside its refinement)",
                 "others' tables only"),
     "CorrCLIP": ((87.8, 48.2, 33.9, 24.6), "MetaCLIP, DINO ViT-B/8 proxy, Mask2Former masks, mask vote always on",
-                 "its README"),
+                 "its README (the numbers); its configs/base_config.py (MetaCLIP, DINO ViT-B/8)"),
 }
 print(f"{'':10s} {'VOC-20':>7s} {'Ctx-59':>7s} {'Stuff':>7s} {'ADE':>7s}   setting; checked against")
 for name, (numbers, setting, checked) in PUBLISHED.items():
@@ -242,14 +260,14 @@ for worse, better in (("NACLIP", "ProxyCLIP"), ("NACLIP", "ResCLIP"), ("ProxyCLI
     print(f"{worse} < {better} (theirs): {verdict}")
 
 # %% [markdown]
-# What the toy world shows (§5's tables and the cell above: 200 validation scenes, each number with its 95 % interval over them, nothing trained but DeOP):
+# What the toy world shows (§5's tables and the cell above: 200 validation scenes, each number with its 95 % interval over them; no CLIP weight is trained, and the proposal network of notebook 01 gives every row its masks and the pixel-decoder proxy):
 #
-# - **A second model's attention does not beat CLIP's own here.** Per patch, ProxyCLIP with our pixel decoder as its proxy reaches hIoU 31.4 [28.7, 33.8], not told apart from NACLIP (31.7) or GPS α = 1 (33.1); with CLIP's own tokens after its first block as the proxy, 34.0 [31.5, 36.4]. The proxy that was trained on seen classes only does not favour them: its seen and unseen mIoU are 33.7 and 29.4, against 36.8 and 31.6 with CLIP's tokens.
-# - **CorrCLIP's scope with its vote** gives 33.9 [30.7, 36.6], the best of the last-block rows with the vote but within the intervals of GPS α = 1 (32.7) and ProxyCLIP (34.1 with CLIP's tokens).
-# - **The vote beats pooling** for every last-block row: GPS α = 1 gives 32.7 with the vote and 24.0 with mask pooling. The vote counts each patch's own answer; pooling averages features that the last block alone did not make local.
-# - **ResCLIP falls below the stock CLIP** (20.3 against 23.9 per patch, things 4.0): the toy CLIP's third block attends no more locally than its last, so mixing it in spreads the attention further. The published gain rests on ViT-B/16's intermediate blocks, which the toy CLIP does not have.
-# - **Where the mixing happens still matters most.** GPS in the last 2 blocks, the toy DeOP's severance, gives 48.7 per patch and 56.7 with the vote, above every last-block method; the trained DeOP gives 67.8.
-# - **Of the published ranking,** one step carries over (ResCLIP below CorrCLIP), one is reversed (NACLIP below ResCLIP), and two are not told apart by 200 scenes (NACLIP and ProxyCLIP; ProxyCLIP and CorrCLIP). The steps that rest on what a web-scale CLIP's blocks learned (ResCLIP) or on a web-scale proxy (DINO) do not carry over to a 4-block toy CLIP and a proxy trained on the seen classes of a toy world.
+# - **A second model's attention does not beat CLIP's own here.** Per patch, ProxyCLIP with our pixel decoder as its proxy reaches hIoU 31.4 [28.7, 33.8], not told apart from NACLIP (31.7) or GPS α = 1 (33.1); with CLIP's own tokens after its first block as the proxy, 34.0 [31.5, 36.4]. The decoder was trained on seen classes only, yet shows no sign of favouring them: its seen and unseen mIoU are 33.7 and 29.4, against 36.8 and 31.6 with CLIP's tokens, all intervals overlapping.
+# - **CorrCLIP's scope with its vote** gives 33.9 [30.7, 36.6], about as good as ProxyCLIP with CLIP's tokens and the vote (34.1) and GPS α = 1 with the vote (32.7); the three are not told apart.
+# - **Pooling hurts a changed last block; the vote does not help it.** For GPS α = 1, mask pooling gives 24.0 against 33.1 per patch, and the vote 32.7: the vote gives back the per-patch labelling without beating it, because the features it votes over are no more local than before. Once the features are local across blocks it pays: GPS in the last 2 blocks gives 48.7 per patch and 56.7 with the vote.
+# - **ResCLIP's second opinion is no opinion here.** Per patch its things' mIoU falls to 4.0 (the stock CLIP's: 20.6), and its hIoU (20.3) is not told apart from the stock CLIP's (23.9). §4's measurement says why: every block of the toy CLIP attends about as far as uniform attention would, its third block no nearer than its last. ResCLIP's premise, that intermediate blocks are better localised, comes from ViT-B/16.
+# - **Where the mixing happens still matters most.** GPS in the last 2 blocks, the toy DeOP's severance, is above every last-block method; the trained DeOP gives 67.8.
+# - **The published steps.** Each pair above is a method against what it builds on. One step carries over (ResCLIP below CorrCLIP), one is reversed (NACLIP below ResCLIP), and two are not shown by 200 scenes (NACLIP and ProxyCLIP; ProxyCLIP and CorrCLIP). These are partial re-implementations: ResCLIP's published gain includes its refinement (with PAMR inside), CorrCLIP's its other branches and MetaCLIP, ProxyCLIP's a DINO proxy; none of these is here.
 
 # %% [markdown]
 # ## 7. Explore
@@ -275,9 +293,9 @@ Image(picture.getvalue())
 # %% [markdown]
 # ## Summary
 # - MaskCLIP is GPS at α = 1; SCLIP, ClearCLIP and NACLIP are each a few lines on the same last block, and match `deop_lite.severance`.
-# - ProxyCLIP and CorrCLIP take the last block's attention from a second, class-agnostic model. DeOP trains one: its proposal network's pixel decoder serves as the proxy here, and matches NACLIP per patch (31.4 against 31.7).
-# - CorrCLIP's mask-scoped attention is DeOP's MPS with feature similarity inside the scope, and its per-mask vote does what DeOP's mask pooling does: one answer per mask. In the toy world the vote beats pooling for every last-block method.
-# - ResCLIP mixes CLIP's intermediate attention into NACLIP's; the toy CLIP's intermediate block is no more local, and ResCLIP falls below the stock CLIP.
+# - ProxyCLIP and CorrCLIP take the last block's attention from a second, class-agnostic model. DeOP trains one: its proposal network's pixel decoder serves as the proxy here, and is not told apart from NACLIP per patch (31.4 against 31.7).
+# - CorrCLIP's mask-scoped attention resembles DeOP's MPS: masks decide where a patch looks, a hard partition with feature similarity inside it where MPS weighs every proposal softly. Its vote gives one answer per mask, as mask pooling does, and in the toy world it keeps the per-patch accuracy that pooling loses.
+# - ResCLIP mixes CLIP's intermediate attention into NACLIP's; the toy CLIP's intermediate block attends no more locally than its last, and ResCLIP loses the things.
 # - No change of the last block alone comes near severing the last 2 blocks (48.7 per patch) or the trained DeOP (67.8).
 #
 # ## Exercises
