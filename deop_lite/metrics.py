@@ -231,11 +231,23 @@ def evaluate_segmentation(predict, dataset, class_names: Sequence[str], seen_cla
         progress: show a progress bar; default: not in CI mode.
         thing_classes: also report ``things``, their mIoU.
     """
-    meter = _accumulate(predict, dataset, class_names, batch_size, progress, per_scene=interval)
-    result = {**meter.compute(seen_classes, unseen_classes, thing_classes), "scenes": len(dataset)}
-    if interval:
-        result["interval"] = meter.interval(seen_classes, unseen_classes, thing_classes)
-    return result
+    return evaluate_labellings(lambda batch: {"": predict(batch)}, dataset, class_names, seen_classes, unseen_classes,
+                               batch_size, progress, thing_classes, interval)[""]
+
+
+@torch.no_grad()
+def evaluate_labellings(predict, dataset, class_names: Sequence[str], seen_classes: Sequence[str],
+                        unseen_classes: Sequence[str], batch_size: int = 16, progress: bool | None = None,
+                        thing_classes: Sequence[str] | None = None, interval: bool = False) -> dict[str, dict]:
+    """:func:`evaluate_segmentation` of several labellings of the same images in one pass over the dataset:
+    ``predict`` maps a batch to {name: (B, H, W) class indices}; returns {name: that labelling's result}."""
+    meters = _accumulate(predict, dataset, class_names, batch_size, progress, per_scene=interval)
+    results = {}
+    for name, meter in meters.items():
+        results[name] = {**meter.compute(seen_classes, unseen_classes, thing_classes), "scenes": len(dataset)}
+        if interval:
+            results[name]["interval"] = meter.interval(seen_classes, unseen_classes, thing_classes)
+    return results
 
 
 @torch.no_grad()
@@ -245,8 +257,9 @@ def compare_segmentation(predict, reference, dataset, class_names: Sequence[str]
     """How much ``predict`` beats ``reference`` on the same scenes (both as in :func:`evaluate_segmentation`):
     metric -> [difference, low, high], with the 95 % paired bootstrap interval of
     :meth:`SegmentationMeter.difference_interval`."""
-    ours, theirs = (_accumulate(model, dataset, class_names, batch_size, progress, per_scene=True)
-                    for model in (predict, reference))
+    meters = _accumulate(lambda batch: {"ours": predict(batch), "theirs": reference(batch)}, dataset, class_names,
+                         batch_size, progress, per_scene=True)
+    ours, theirs = meters["ours"], meters["theirs"]
     split = (seen_classes, unseen_classes, thing_classes)
     interval, ours_result, theirs_result = ours.difference_interval(theirs, *split), ours.compute(*split), \
         theirs.compute(*split)
@@ -254,13 +267,15 @@ def compare_segmentation(predict, reference, dataset, class_names: Sequence[str]
 
 
 def _accumulate(predict, dataset, class_names: Sequence[str], batch_size: int, progress: bool | None,
-                per_scene: bool) -> SegmentationMeter:
-    """``predict`` run over ``dataset`` into a meter (see :func:`evaluate_segmentation`)."""
-    meter = SegmentationMeter(class_names, per_scene=per_scene)
+                per_scene: bool) -> dict[str, SegmentationMeter]:
+    """``predict`` (a batch -> {name: (B, H, W) labels}) run over ``dataset``, one meter per name."""
+    meters: dict[str, SegmentationMeter] = {}
     for start in tqdm(range(0, len(dataset), batch_size), desc="evaluate", leave=False,
                       disable=runtime.CI if progress is None else not progress):
         items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
         batch = {"image_raw": torch.stack([it["image_raw"] for it in items]),  # (B, 3, H, W)
                  "label": torch.stack([it["label"] for it in items])}  # (B, H, W)
-        meter.update(predict(batch).cpu(), batch["label"])
-    return meter
+        for name, labels in predict(batch).items():
+            meters.setdefault(name, SegmentationMeter(class_names, per_scene=per_scene)).update(labels.cpu(),
+                                                                                               batch["label"])
+    return meters

@@ -21,7 +21,6 @@ The toy world's shipped files (``data/``) are load-or-train: :func:`load_deop`, 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import tempfile
 import time
@@ -37,7 +36,7 @@ from . import checks, runtime, toyclip
 from .anchors import AnchorConfig
 from .clip import TOY_CLIP_CHECKPOINT, ClipModel, ToyClipConfig, WordTokenizer, build_toy_clip, load_clip, patch_scores
 from .losses import deop_segmentation_loss, half_resolution, mask_proposal_loss
-from .metrics import compare_segmentation, format_table, seen_label_map
+from .metrics import compare_segmentation, evaluate_labellings, format_table, seen_label_map
 from .model import DeOP, DeOPConfig, LearnedParts, MaskClassifier, classify_masks_with, mask_vote
 from .prompts import PromptConfig, crop_classification_loss, segment_crop_embeddings
 from .proposals import MaskProposalNetwork, ProposalConfig, Refinement, format_recall, proposal_masks, proposal_recall
@@ -169,29 +168,26 @@ def evaluate_training_free(clip: ClipModel, proposals: nn.Module, severance: Sev
 
     The proposals are the network's, post-processed as the world does; masks go to the modes that read them, and
     ``proxy(image_raw)`` (B, C, h', w') features to ProxyCLIP and CorrCLIP. Each value is :func:`world.evaluate`'s
-    result on the first ``scenes`` validation scenes. One CLIP pass per image serves all three.
+    result on the first ``scenes`` validation scenes. One CLIP pass per image serves all three
+    (``metrics.evaluate_labellings``).
     """
     world = world or ToyWorld()
     text_emb = clip.text_embeddings(world.class_names, ("a photo of a {}.",))  # (C, D), the baseline's template
     scale = clip.model.logit_scale.exp()
-    labelled: dict[str, dict[str, torch.Tensor]] = {}  # image digest -> the three labellings, uint8
 
-    def label(batch: dict, way: str) -> torch.Tensor:
-        key = hashlib.blake2b(batch["image_raw"].numpy().tobytes(), digest_size=16).hexdigest()
-        if key not in labelled:
-            images = batch["image_raw"]  # (B, 3, H, W)
-            masks = proposal_masks(proposals, images, refinement=world.refinement).sigmoid()  # (B, N, H, W)
-            dense_feats = severed_dense_features(clip.visual, clip.normalize(images), severance, masks,
-                                                 proxy=None if proxy is None else proxy(images))  # (B, D, h, w)
-            per_patch = patch_scores(dense_feats, text_emb, images.shape[-2:]).argmax(1)  # (B, H, W)
-            labelled[key] = {"per_patch": per_patch,
-                             "mask_pooling": classify_masks_with(dense_feats, masks, text_emb, scale)[1].argmax(1),
-                             "mask_vote": mask_vote(per_patch, masks, len(world.class_names))}
-            labelled[key] = {name: labels.to(torch.uint8) for name, labels in labelled[key].items()}
-        return labelled[key][way].long()
+    def labellings(batch: dict) -> dict[str, torch.Tensor]:  # the three ways, from one CLIP pass
+        images = batch["image_raw"]  # (B, 3, H, W)
+        masks = proposal_masks(proposals, images, refinement=world.refinement).sigmoid()  # (B, N, H, W)
+        dense_feats = severed_dense_features(clip.visual, clip.normalize(images), severance, masks,
+                                             proxy=None if proxy is None else proxy(images))  # (B, D, h, w)
+        per_patch = patch_scores(dense_feats, text_emb, images.shape[-2:]).argmax(1)  # (B, H, W)
+        return {"per_patch": per_patch,
+                "mask_pooling": classify_masks_with(dense_feats, masks, text_emb, scale)[1].argmax(1),
+                "mask_vote": mask_vote(per_patch, masks, len(world.class_names))}
 
-    return {way: evaluate(lambda batch, way=way: label(batch, way), world, scenes, progress=progress, interval=interval)
-            for way in ("per_patch", "mask_pooling", "mask_vote")}
+    return evaluate_labellings(labellings, world.validation_set(scenes), world.class_names, world.seen_classes,
+                               world.unseen_classes, progress=progress, thing_classes=world.thing_classes,
+                               interval=interval)
 
 
 # ----------------------------------------------------------------------------------------------------
