@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from . import checks, runtime
 from .metrics import IGNORE_INDEX
-from .world import World
+from .world import World, shard
 
 # ----------------------------------------------------------------------------------------------------
 # Class lists and zero-shot splits
@@ -467,18 +467,10 @@ class DatasetWorld(World):
         self.seen_classes, self.unseen_classes = self.train.seen_classes, self.train.unseen_classes
 
     def training_batch(self, step: int, batch_size: int, share: int = 0, shares: int = 1) -> dict:
-        """Share ``share`` of ``shares`` (processes x micro-batches) of global batch ``step``: samples
-        step·B + [share·B/S, (share+1)·B/S) of the stream (:func:`training_sample`).
-
-        One process with batch B and W processes with B/W each see exactly the same samples, which is what
-        makes a multi-GPU run equal a single-GPU one (and lets a run resume on another number of GPUs).
-        """
-        if batch_size % shares:
-            raise checks.InputError(f"the global batch size {batch_size} must be divisible by the number of processes "
-                                    f"and micro-batches {shares}")
-        size = batch_size // shares
-        positions = range(step * batch_size + share * size, step * batch_size + (share + 1) * size)
-        samples = [training_sample(self.train, p, self.crop, self.seed) for p in positions]
+        """Share ``share`` of ``shares`` of global batch ``step`` (``world.shard``), each sample drawn from its position
+        in the stream (:func:`training_sample`): one process with batch B and W processes with B/W each see exactly
+        the same samples, so a multi-GPU run equals a single-GPU one (and resumes on another number of GPUs)."""
+        samples = [training_sample(self.train, p, self.crop, self.seed) for p in shard(step, batch_size, share, shares)]
         return {"image_raw": torch.stack([s[0] for s in samples]), "label": torch.stack([s[1] for s in samples])}
 
     def training_set(self) -> SegmentationDataset:

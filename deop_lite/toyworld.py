@@ -25,9 +25,10 @@ from scipy import ndimage
 from torch.utils.data import Dataset
 
 from . import checks
+from .clip import split_words
 from .metrics import IGNORE_INDEX
 from .proposals import Refinement
-from .world import World
+from .world import World, shard
 
 STUFF_CLASSES = ("sky", "grass", "water", "sand", "brick", "wood", "snow", "road")
 THING_CLASSES = ("ladybird", "flower", "house", "fish", "car", "mushroom", "butterfly", "clock")
@@ -590,7 +591,7 @@ def vocabulary() -> list[str]:
     texts = [*CAPTION_TEMPLATES, *PROMPT_TEMPLATES, *CLASS_NAMES, *COLOURS, "and , an the"]
     words = set()
     for text in texts:
-        words.update(re.findall(r"[a-z]+|[.,]", re.sub(r"\{\w*\}", " ", text).lower()))
+        words.update(split_words(re.sub(r"\{\w*\}", " ", text)))
     return sorted(words)
 
 
@@ -602,15 +603,6 @@ REFINEMENT = Refinement()
 uses none: it has not been measured on real images, where colour edges are texture as often as object boundaries."""
 NO_CLASS_OBJECTS = 2
 """Objects of no class pasted into each scene of the proposal network's training stream."""
-
-
-def _share(step: int, batch_size: int, share: int, shares: int) -> range:
-    """Stream positions of share ``share`` of ``shares`` of global batch ``step``."""
-    if batch_size % shares:
-        raise checks.InputError(f"the global batch size {batch_size} must be divisible by the number of processes "
-                                f"and micro-batches {shares}")
-    size = batch_size // shares
-    return range(step * batch_size + share * size, step * batch_size + (share + 1) * size)
 
 
 class ToyWorld(World):
@@ -634,7 +626,7 @@ class ToyWorld(World):
     def training_batch(self, step: int, batch_size: int, share: int = 0, shares: int = 1) -> dict:
         """Scenes step·B + [share·B/shares, (share + 1)·B/shares) of the training stream (a function of the step)."""
         images, label_maps = [], []
-        for index in _share(step, batch_size, share, shares):
+        for index in shard(step, batch_size, share, shares):
             scene = self.scenes.scene(index)
             image, label = scene.image.astype(np.float32), hide_unseen(scene.label)
             rng = np.random.default_rng((7, index))
@@ -654,13 +646,11 @@ class ToyWorld(World):
         """The toy CLIP's pre-training stream (``ToyWorldConfig(image_size)``: scenes, stuff and objects, with
         captions): this share of batch ``step``, (B/shares, 3, S, S) raw images in [0, 1] and their captions."""
         config = ToyWorldConfig(image_size=image_size)
-        scenes = [make_scene(scene_rng("train", index), config) for index in _share(step, batch_size, share, shares)]
+        scenes = [make_scene(scene_rng("train", index), config) for index in shard(step, batch_size, share, shares)]
         images = torch.from_numpy(np.stack([s.image for s in scenes])).permute(0, 3, 1, 2).float() / 255
         return images, [s.caption for s in scenes]
 
-    @staticmethod
-    def vocabulary() -> list[str]:
-        return vocabulary()
+    vocabulary = staticmethod(vocabulary)  # the toy CLIP's words
 
     def validation_set(self, scenes: int | None = 200) -> ToyScenes:
         return segmentation_world("val", scenes, self.image_size)

@@ -19,6 +19,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from .checks import InputError
 from .metrics import evaluate_segmentation, ground_truth_masks
 from .proposals import Refinement
 
@@ -56,6 +57,16 @@ class World:
     def validation_set(self, scenes: int | None = None) -> torch.utils.data.Dataset:
         """The first ``scenes`` validation images (None: all) with full labels."""
         raise NotImplementedError
+
+
+def shard(step: int, batch_size: int, share: int, shares: int) -> range:
+    """Positions in the training stream of share ``share`` of ``shares`` (processes x micro-batches) of global batch
+    ``step``: step·B + [share·B/S, (share + 1)·B/S). W processes with B/W each see what one process with B sees."""
+    if batch_size % shares:
+        raise InputError(f"the global batch size {batch_size} must be divisible by the number of processes and "
+                         f"micro-batches {shares}")
+    size = batch_size // shares
+    return range(step * batch_size + share * size, step * batch_size + (share + 1) * size)
 
 
 # ----------------------------------------------------------------------------------------------------
