@@ -253,11 +253,10 @@ def proxyclip_attention(similarity: torch.Tensor) -> torch.Tensor:
     return logits.masked_fill(logits < 0, float("-inf")).softmax(-1)
 
 
-def mask_regions(mask_probs: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """Each patch's mask: (B, N, H, W) -> (B, h*w) ids, n + 1 for the mask that covers most of the patch if it covers
-    at least half of it, else 0 (in no mask)."""
-    shares = F.interpolate(mask_probs, size=grid, mode="area").flatten(2)  # (B, N, h*w)
-    best, index = shares.max(1)  # (B, h*w) each
+def mask_regions(memberships: torch.Tensor) -> torch.Tensor:
+    """Each patch's mask, from :func:`token_memberships` (B, 1 + h*w, N): (B, h*w) ids, n + 1 for the mask that covers
+    most of the patch if it covers at least half of it, else 0 (in no mask)."""
+    best, index = memberships[:, 1:].max(-1)  # (B, h*w) each, CLS dropped
     return torch.where(best >= 0.5, index + 1, torch.zeros_like(index))
 
 
@@ -299,8 +298,8 @@ class _Severed:
         self.memberships = (token_memberships(mask_probs.to(self.tokens.dtype), self.grid) if severance.reads_masks
                             else None)  # (B, 1 + h*w, N)
         self.similarity = proxy_similarity(proxy.to(self.tokens.dtype), self.grid) if severance.reads_proxy else None
-        self.regions = mask_regions(mask_probs.to(self.tokens.dtype), self.grid) if severance.mode == "corrclip" \
-            and severance.severs else None  # (B, h*w)
+        self.regions = mask_regions(self.memberships) if severance.mode == "corrclip" and severance.severs \
+            else None  # (B, h*w)
         self.block_inputs: dict[int, torch.Tensor] = {}  # filled by run(): what each block received
 
     def _extra(self, index: int) -> int:
